@@ -1,0 +1,129 @@
+"""asyncio front of the engine: one background thread drives the model.
+
+The event loop never runs model compute: ``submit`` only validates and
+enqueues, and the engine thread hands events back with
+``call_soon_threadsafe``. Callers iterate a ``RequestStream``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+
+from preheat.config import EngineConfig
+from preheat.engine.errors import EngineError, EngineStoppedError
+from preheat.engine.llm_engine import EngineStats, LLMEngine, build_engine
+from preheat.engine.output import EngineEvent, Finished, Started
+from preheat.engine.request import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+_IDLE_WAIT_S = 0.5
+
+
+class RequestStream:
+    """Events of one request: ``Started``, ``TextDelta``..., ``Finished``."""
+
+    def __init__(self, request_id: str, engine: AsyncEngine):
+        self.request_id = request_id
+        self._engine = engine
+        self._queue: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()
+        self._done = False
+
+    def _push(self, item: EngineEvent | BaseException) -> None:
+        self._queue.put_nowait(item)
+
+    async def __aiter__(self) -> AsyncIterator[EngineEvent]:
+        while not self._done:
+            item = await self._queue.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            if isinstance(item, Finished):
+                self._done = True
+            yield item
+
+    def abort(self) -> None:
+        """Stop generating and free the request's KV blocks before the next step."""
+        if not self._done:
+            self._done = True
+            self._engine._abort(self.request_id)
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine, model_id: str):
+        self.engine = engine
+        self.model_id = model_id
+        self.tokenizer = engine.tokenizer
+        self.config = engine.config
+        self.context_window = engine.context_window
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, RequestStream]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="preheat-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, *, clock: Callable[[], float] = time.monotonic,
+                    loaded=None) -> AsyncEngine:
+        engine, model_id = build_engine(config, clock=clock, loaded=loaded)
+        return cls(engine, model_id)
+
+    def submit(self, request: GenerationRequest) -> RequestStream:
+        """Queue a request; raises EngineError subclasses for requests that can't run."""
+        if self._stopped:
+            raise EngineStoppedError("the engine has stopped")
+        seq = self.engine.prepare(request)
+        stream = RequestStream(request.request_id, self)
+        stream._push(Started(seq.usage))
+        with self._lock:
+            self._streams[request.request_id] = (asyncio.get_running_loop(), stream)
+        self.engine.enqueue(seq)
+        self._wake.set()
+        return stream
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    def shutdown(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def _abort(self, request_id: str) -> None:
+        with self._lock:
+            self._streams.pop(request_id, None)
+        self.engine.abort(request_id)
+        self._wake.set()
+
+    def _deliver(self, request_id: str, item: EngineEvent | BaseException) -> None:
+        with self._lock:
+            entry = self._streams.get(request_id)
+            if entry is not None and (isinstance(item, (Finished, BaseException))):
+                del self._streams[request_id]
+        if entry is not None:
+            loop, stream = entry
+            loop.call_soon_threadsafe(stream._push, item)
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            if not self.engine.has_work:
+                self._wake.wait(_IDLE_WAIT_S)
+                self._wake.clear()
+                continue
+            try:
+                events = self.engine.step()
+            except Exception:  # a bug or device error must not kill the server
+                log.exception("engine step failed; aborting in-flight requests")
+                for request_id, _ in self.engine.abort_all("internal error"):
+                    self._deliver(request_id, EngineError("internal error in the engine"))
+                continue
+            for request_id, event in events:
+                self._deliver(request_id, event)
+        with self._lock:
+            pending = list(self._streams)
+        for request_id in pending:
+            self._deliver(request_id, EngineStoppedError("the engine has stopped"))

@@ -1,0 +1,201 @@
+"""The synchronous engine core: requests in, one step at a time, events out.
+
+Data flows one way: request -> tokens -> scheduler -> model runner -> sampler
+-> detokenizer -> events. ``prepare``/``enqueue``/``abort`` may be called from
+any thread; ``step`` runs on the engine thread only.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from preheat.config import EngineConfig
+from preheat.engine.block_pool import BlockPool
+from preheat.engine.detokenizer import IncrementalDetokenizer
+from preheat.engine.errors import (EngineError, EngineOverloadedError, PromptTooLongError,
+                                   RequestTooLargeError)
+from preheat.engine.model_runner import ModelRunner, kv_bytes_per_block
+from preheat.engine.output import CacheUsage, EngineEvent, Finished, StopReason, TextDelta
+from preheat.engine.radix_cache import RadixCache
+from preheat.engine.request import CacheBreakpoint, GenerationRequest
+from preheat.engine.sampler import make_generator, sample
+from preheat.engine.scheduler import Scheduler
+from preheat.engine.sequence import Sequence
+from preheat.models.llama import LlamaModel
+
+log = logging.getLogger(__name__)
+
+Emitted = list[tuple[str, EngineEvent]]
+
+
+def cache_usage(prompt_len: int, breakpoints: tuple[CacheBreakpoint, ...], hit: int) -> CacheUsage:
+    """Anthropic's arithmetic: read = the hit; written = hit..last breakpoint, per TTL segment."""
+    by_ttl: dict[float, int] = {}
+    done = hit
+    for bp in sorted(breakpoints, key=lambda b: b.position):
+        if bp.position > done:
+            by_ttl[bp.ttl] = by_ttl.get(bp.ttl, 0) + bp.position - done
+            done = bp.position
+    return CacheUsage(prompt_len, hit, sum(by_ttl.values()), by_ttl)
+
+
+@dataclass
+class EngineStats:
+    running: int
+    waiting: int
+    free_blocks: int
+    total_blocks: int
+    cached_blocks: int
+    pinned_blocks: int
+    preemptions: int
+
+
+class LLMEngine:
+    def __init__(self, model: LlamaModel, tokenizer, config: EngineConfig,
+                 *, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.model = model
+        cfg = model.cfg
+        self.context_window = min(config.context_window or cfg.max_position_embeddings,
+                                  cfg.max_position_embeddings)
+        if config.kv_cache_bytes is not None:
+            num_blocks = config.kv_cache_bytes // kv_bytes_per_block(cfg, config.block_size, model.dtype)
+        else:
+            num_blocks = -(-config.kv_cache_tokens // config.block_size)
+        self.pool = BlockPool(num_blocks, config.block_size)
+        self.radix = RadixCache(self.pool, clock=clock,
+                                max_pinned_blocks=int(num_blocks * config.max_pinned_fraction))
+        self.scheduler = Scheduler(self.pool, self.radix, config.max_step_tokens, config.max_running)
+        self.runner = ModelRunner(model, num_blocks, config.block_size)
+        self._inbox: deque[tuple[str, object]] = deque()
+        self._eos = frozenset(tokenizer.eos_token_ids)
+
+    # ---- any thread ---------------------------------------------------------
+
+    def prepare(self, request: GenerationRequest) -> Sequence:
+        """Validate, do the cache accounting (a pin hit refreshes it), build the sequence."""
+        n, params = len(request.prompt_ids), request.params
+        if n == 0:
+            raise EngineError("the prompt is empty")
+        if n + (1 if params.max_tokens > 0 else 0) > self.context_window:
+            raise PromptTooLongError(n, self.context_window)
+        most = min(n + params.max_tokens, self.context_window)
+        if self.pool.blocks_for(most) > self.pool.num_blocks:
+            raise RequestTooLargeError(
+                f"the request needs up to {most} tokens of KV cache; the pool holds "
+                f"{self.pool.num_blocks * self.pool.block_size}")
+        if len(self._inbox) + len(self.scheduler.waiting) >= self.config.max_waiting:
+            raise EngineOverloadedError("too many requests are waiting; retry later")
+        bps = tuple(b for b in request.breakpoints if 0 < b.position <= n)
+        request.breakpoints = bps
+        last = max((b.position for b in bps), default=0)
+        hit = self.radix.lookup_pin(request.namespace, request.prompt_ids, last) if bps else 0
+        return Sequence(
+            request=request,
+            usage=cache_usage(n, bps, hit),
+            detokenizer=IncrementalDetokenizer(self.tokenizer.decode, request.prompt_ids, params.stop),
+            generator=make_generator(params),
+            max_total_tokens=self.context_window,
+        )
+
+    def enqueue(self, seq: Sequence) -> None:
+        self._inbox.append(("add", seq))
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.append(("abort", request_id))
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._inbox) or self.scheduler.has_work
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        return EngineStats(len(s.running), len(s.waiting) + len(self._inbox), self.pool.num_free,
+                           self.pool.num_blocks, self.radix.num_cached_blocks,
+                           self.radix.num_pinned_blocks(), s.num_preemptions)
+
+    # ---- engine thread ------------------------------------------------------
+
+    def step(self) -> Emitted:
+        """Run one batch; returns (request_id, event) pairs in order."""
+        out: Emitted = self._drain_inbox()
+        batch = self.scheduler.schedule()
+        if not batch:
+            return out
+        sample_from = [s for s, n in batch.items()
+                       if s.num_computed + n == s.num_tokens and s.request.params.max_tokens > 0]
+        logits = self.runner.run(batch, sample_from)
+        self.scheduler.commit(batch)
+        tokens = sample(logits, [s.request.params for s in sample_from],
+                        [s.generator for s in sample_from])
+        for seq, token in zip(sample_from, tokens):
+            out.extend(self._append(seq, token))
+        for seq, _ in batch.items():
+            if seq.request.params.max_tokens == 0 and seq.num_computed == seq.num_tokens:
+                out.append(self._finish(seq, StopReason.MAX_TOKENS))  # pre-warm done
+        return out
+
+    def abort_all(self, reason: str) -> Emitted:
+        """Drop every request (after a failed step); the engine stays usable."""
+        self._drain_inbox()
+        out: Emitted = []
+        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+            self.scheduler.finish(seq)
+            out.append((seq.id, Finished(StopReason.ABORTED, None, seq.usage, seq.num_output,
+                                         seq.output_ids, reason)))
+        return out
+
+    def _drain_inbox(self) -> Emitted:
+        out: Emitted = []
+        while self._inbox:
+            kind, item = self._inbox.popleft()
+            if kind == "add":
+                self.scheduler.add(item)
+            elif (seq := self.scheduler.find(item)) is not None:
+                out.append(self._finish(seq, StopReason.ABORTED))
+        return out
+
+    def _append(self, seq: Sequence, token: int) -> Emitted:
+        seq.token_ids.append(token)
+        params = seq.request.params
+        if token in self._eos and not params.ignore_eos:
+            return self._text(seq, seq.detokenizer.flush()) + [self._finish(seq, StopReason.EOS)]
+        out = self._text(seq, seq.detokenizer.push(token))
+        if seq.detokenizer.stop_sequence is not None:
+            reason = StopReason.STOP_SEQUENCE
+        elif seq.num_output >= params.max_tokens:
+            reason = StopReason.MAX_TOKENS
+        elif seq.num_tokens >= seq.max_total_tokens:
+            reason = StopReason.CONTEXT_WINDOW
+        else:
+            return out
+        if reason is not StopReason.STOP_SEQUENCE:
+            out += self._text(seq, seq.detokenizer.flush())
+        return out + [self._finish(seq, reason)]
+
+    def _text(self, seq: Sequence, text: str) -> Emitted:
+        return [(seq.id, TextDelta(text, seq.num_output))] if text else []
+
+    def _finish(self, seq: Sequence, reason: StopReason) -> tuple[str, Finished]:
+        self.scheduler.finish(seq)
+        return seq.id, Finished(reason, seq.detokenizer.stop_sequence, seq.usage, seq.num_output,
+                                seq.output_ids, seq.detokenizer.text)
+
+
+def build_engine(config: EngineConfig, *, clock: Callable[[], float] = time.monotonic,
+                 loaded=None) -> tuple[LLMEngine, str]:
+    """Load the configured model and wrap it in an engine; returns (engine, model_id)."""
+    from preheat.loader import load_model
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    dtype = getattr(torch, config.dtype)
+    loaded = loaded or load_model(config.model, dtype=dtype, cache_dir=config.cache_dir)
+    model = LlamaModel(loaded.config, loaded.weights, torch.device(config.device), dtype)
+    return LLMEngine(model, loaded.tokenizer, config, clock=clock), loaded.model_id

@@ -1,0 +1,73 @@
+"""Turns a scheduled batch into model inputs, runs the model, returns logits.
+
+Owns the preallocated paged KV cache: [layers, 2, blocks, block_size, kv_heads, head_dim].
+"""
+from __future__ import annotations
+
+import torch
+
+from preheat.engine.scheduler import ScheduledBatch
+from preheat.engine.sequence import Sequence
+from preheat.layers.attention import AttentionMetadata, DecodeBatch, PrefillSlice, causal_mask
+from preheat.models.config import ModelConfig
+from preheat.models.llama import LlamaModel
+
+
+def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    elem = torch.empty((), dtype=dtype).element_size()
+    return cfg.num_layers * 2 * block_size * cfg.num_kv_heads * cfg.head_dim * elem
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int):
+        cfg = model.cfg
+        self.model = model
+        self.device = model.device
+        self.block_size = block_size
+        self.kv_cache = torch.zeros(cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads,
+                                    cfg.head_dim, dtype=model.dtype, device=model.device)
+
+    def _tensor(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
+
+    def _slots(self, seq: Sequence, start: int, n: int) -> list[int]:
+        bs, table = self.block_size, seq.block_table
+        return [table[p // bs] * bs + p % bs for p in range(start, start + n)]
+
+    def _decode_batch(self, seqs: list[Sequence]) -> DecodeBatch | None:
+        if not seqs:
+            return None
+        width = max(len(s.block_table) for s in seqs)
+        tables = [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
+        lengths = self._tensor([s.num_computed + 1 for s in seqs])
+        keys = torch.arange(width * self.block_size, device=self.device)
+        mask = (keys[None, :] < lengths[:, None]).view(len(seqs), 1, 1, -1)
+        return DecodeBatch(self._tensor(sum(tables, [])).view(len(seqs), width), mask)
+
+    def run(self, batch: ScheduledBatch, sample_from: list[Sequence]) -> torch.Tensor:
+        """Forward one step; returns logits [len(sample_from), vocab] for the given sequences.
+
+        ``sample_from`` lists sequences whose last scheduled token completes their
+        context (decodes and final prompt chunks); other chunks yield no logits.
+        """
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        last_index: dict[int, int] = {}
+        prefills: list[PrefillSlice] = []
+        for seq, n in batch.items():
+            start = seq.num_computed
+            if n > 1:
+                mask = None if start == 0 else causal_mask(n, start + n, self.device)
+                prefills.append(PrefillSlice(len(ids), n, start + n,
+                                             self._tensor(seq.block_table), mask))
+            ids.extend(seq.token_ids[start: start + n])
+            positions.extend(range(start, start + n))
+            slots.extend(self._slots(seq, start, n))
+            last_index[id(seq)] = len(ids) - 1
+        meta = AttentionMetadata(self._tensor(slots), self._decode_batch(batch.decodes), prefills)
+        hidden = self.model.forward(self._tensor(ids), self._tensor(positions), self.kv_cache, meta)
+        if not sample_from:
+            return hidden.new_empty((0, self.model.cfg.vocab_size))
+        rows = self._tensor([last_index[id(s)] for s in sample_from])
+        return self.model.logits(hidden[rows])

@@ -1,0 +1,44 @@
+"""What a caller hands the engine: prompt tokens, sampling, cache breakpoints."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens. ``temperature == 0`` means greedy.
+
+    ``max_tokens == 0`` is a pre-warm: the prompt is prefilled (and its
+    breakpoints pinned) but nothing is generated.
+    """
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class CacheBreakpoint:
+    """Pin ``prompt_ids[:position]`` in the prefix cache for ``ttl`` seconds."""
+
+    position: int
+    ttl: float
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    params: SamplingParams
+    # Prefixes are only ever shared inside one namespace (the API uses one per API key).
+    namespace: str = ""
+    breakpoints: tuple[CacheBreakpoint, ...] = ()
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)

@@ -1,0 +1,154 @@
+"""Continuous batching: which sequences run in the next step, and their memory.
+
+Each step has a token budget. Sequences that are decoding get one token each
+first, so running streams never wait behind a long prompt for more than one
+step; the rest of the budget goes to prompt chunks (chunked prefill), oldest
+first, then to admitting waiting requests. When the pool runs dry, unpinned
+cache entries are evicted, and then the most recently admitted sequence is
+preempted: its blocks are freed and it is recomputed later.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from preheat.engine.block_pool import BlockPool
+from preheat.engine.radix_cache import RadixCache
+from preheat.engine.sequence import Sequence, SeqStatus
+
+
+@dataclass
+class ScheduledBatch:
+    """Sequences and how many new tokens each runs this step (decodes have 1)."""
+
+    decodes: list[Sequence] = field(default_factory=list)
+    prefills: list[tuple[Sequence, int]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.decodes or self.prefills)
+
+    def items(self) -> list[tuple[Sequence, int]]:
+        return [(s, 1) for s in self.decodes] + self.prefills
+
+
+class Scheduler:
+    def __init__(self, pool: BlockPool, radix: RadixCache, max_step_tokens: int, max_running: int):
+        self.pool = pool
+        self.radix = radix
+        self.max_step_tokens = max_step_tokens
+        self.max_running = max_running
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in admission order
+        self.num_preemptions = 0
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def find(self, request_id: str) -> Sequence | None:
+        for seq in (*self.running, *self.waiting):
+            if seq.id == request_id:
+                return seq
+        return None
+
+    def finish(self, seq: Sequence) -> None:
+        """Remove ``seq`` wherever it is and give its blocks back at once."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self._release(seq)
+        seq.status = SeqStatus.FINISHED
+
+    # ---- one step -----------------------------------------------------------
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.max_step_tokens
+        chosen: set[int] = set()
+        decoding = [s for s in self.running if s.remaining_prefill == 1]
+        prefilling = [s for s in self.running if s.remaining_prefill > 1]
+        for seq in decoding + prefilling:
+            if budget == 0:
+                break
+            if seq.status is not SeqStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            n = min(seq.remaining_prefill, budget)
+            if not self._reserve(seq, n, chosen):
+                self._preempt(seq)
+                continue
+            self._add(batch, seq, n, chosen)
+            budget -= n
+        while budget > 0 and self.waiting and len(self.running) < self.max_running:
+            seq = self.waiting[0]
+            self._admit(seq)
+            n = min(seq.remaining_prefill, budget)
+            if not self._reserve(seq, n, chosen):
+                self._release(seq)
+                break
+            self.waiting.popleft()
+            seq.status = SeqStatus.RUNNING
+            self.running.append(seq)
+            self._add(batch, seq, n, chosen)
+            budget -= n
+        return batch
+
+    def commit(self, batch: ScheduledBatch) -> None:
+        """After the forward pass: advance progress, share full blocks, place pins."""
+        for seq, n in batch.items():
+            seq.num_computed += n
+            full = seq.num_computed // self.pool.block_size
+            if full > seq.num_inserted_blocks:
+                end = full * self.pool.block_size
+                self.radix.insert(seq.namespace, seq.token_ids[:end], seq.block_table[:full])
+                seq.num_inserted_blocks = full
+            while seq.pending_pins and seq.pending_pins[0].position <= seq.num_computed:
+                bp = seq.pending_pins.pop(0)
+                self.radix.pin(seq.namespace, seq.token_ids[: bp.position], bp.ttl)
+
+    # ---- memory -------------------------------------------------------------
+
+    def _add(self, batch: ScheduledBatch, seq: Sequence, n: int, chosen: set[int]) -> None:
+        chosen.add(id(seq))
+        if n == 1:
+            batch.decodes.append(seq)
+        else:
+            batch.prefills.append((seq, n))
+
+    def _admit(self, seq: Sequence) -> None:
+        # Leave at least one token to run: its logits pick the next token.
+        blocks = self.radix.match(seq.namespace, seq.token_ids[: seq.num_tokens - 1])
+        self.pool.incref(blocks)
+        seq.block_table = list(blocks)
+        seq.num_computed = len(blocks) * self.pool.block_size
+        seq.num_inserted_blocks = len(blocks)
+
+    def _reserve(self, seq: Sequence, n: int, chosen: set[int]) -> bool:
+        need = self.pool.blocks_for(seq.num_computed + n) - len(seq.block_table)
+        while need > self.pool.num_free:
+            if self.radix.evict(need - self.pool.num_free) > 0:
+                continue
+            victim = next((s for s in reversed(self.running)
+                           if s is not seq and id(s) not in chosen), None)
+            if victim is None:
+                return False
+            self._preempt(victim)
+        if need > 0:
+            seq.block_table.extend(self.pool.allocate(need))
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self._release(seq)
+        seq.status = SeqStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _release(self, seq: Sequence) -> None:
+        self.pool.decref(seq.block_table)
+        seq.block_table = []
+        seq.num_computed = 0
+        seq.num_inserted_blocks = 0

@@ -1,0 +1,63 @@
+"""One request's state inside the engine: tokens, KV blocks, progress."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from preheat.engine.detokenizer import IncrementalDetokenizer
+from preheat.engine.output import CacheUsage
+from preheat.engine.request import GenerationRequest
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: GenerationRequest
+    usage: CacheUsage
+    detokenizer: IncrementalDetokenizer
+    generator: torch.Generator | None
+    max_total_tokens: int  # context window: generation stops here
+    token_ids: list[int] = field(default_factory=list)
+    num_prompt_tokens: int = 0
+    num_computed: int = 0  # tokens whose KV is in the cache
+    block_table: list[int] = field(default_factory=list)
+    num_inserted_blocks: int = 0  # leading blocks already handed to the radix tree
+    pending_pins: list = field(default_factory=list)  # breakpoints not yet pinned, by position
+    status: SeqStatus = SeqStatus.WAITING
+
+    def __post_init__(self) -> None:
+        self.token_ids = list(self.request.prompt_ids)
+        self.num_prompt_tokens = len(self.token_ids)
+        self.pending_pins = sorted(self.request.breakpoints, key=lambda b: b.position)
+
+    @property
+    def id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def namespace(self) -> str:
+        return self.request.namespace
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def remaining_prefill(self) -> int:
+        """Tokens still to run before the next sample (1 while decoding)."""
+        return self.num_tokens - self.num_computed
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]

@@ -1,0 +1,103 @@
+"""Attention over a paged KV cache.
+
+One engine step mixes sequences: decode tokens (one query each) come first in
+the flat token batch, then prefill chunks. Every sequence's keys and values
+live in fixed-size blocks of a preallocated cache, addressed by its block table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PrefillSlice:
+    """A chunk of one sequence's prompt inside the flat token batch."""
+
+    token_start: int
+    num_tokens: int
+    context_len: int  # cached tokens after this step, the chunk included
+    block_table: torch.Tensor  # [blocks] long
+    mask: torch.Tensor | None  # [num_tokens, context_len] bool; None when the chunk is the whole context
+
+
+@dataclass
+class DecodeBatch:
+    """All single-token sequences of the step, attended in one padded call."""
+
+    block_tables: torch.Tensor  # [batch, max_blocks] long (padded with block 0)
+    mask: torch.Tensor  # [batch, 1, 1, max_blocks * block_size] bool
+
+    @property
+    def size(self) -> int:
+        return self.block_tables.shape[0]
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [tokens] flat cache slot of each new token
+    decode: DecodeBatch | None
+    prefills: list[PrefillSlice]
+
+
+def causal_mask(num_tokens: int, context_len: int, device: torch.device) -> torch.Tensor:
+    """Query i (absolute position context_len - num_tokens + i) sees keys <= its position."""
+    q_pos = torch.arange(context_len - num_tokens, context_len, device=device)
+    return torch.arange(context_len, device=device)[None, :] <= q_pos[:, None]
+
+
+def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
+    # [blocks, block_size, kv_heads, head_dim] -> [kv_heads, blocks * block_size, head_dim]
+    blocks = cache[block_table]
+    return blocks.reshape(-1, *blocks.shape[-2:]).transpose(0, 1)
+
+
+def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+            batch: DecodeBatch) -> torch.Tensor:
+    b, num_heads, head_dim = q.shape
+    kv_heads = k_cache.shape[2]
+    # Fold the query heads that share a KV head into the query axis: no KV copies for GQA.
+    q = q.view(b, kv_heads, num_heads // kv_heads, head_dim)
+    blocks_k = k_cache[batch.block_tables]  # [b, max_blocks, block_size, kv, hd]
+    blocks_v = v_cache[batch.block_tables]
+    k = blocks_k.reshape(b, -1, kv_heads, head_dim).transpose(1, 2)
+    v = blocks_v.reshape(b, -1, kv_heads, head_dim).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.mask)
+    return out.reshape(b, num_heads, head_dim)
+
+
+def _prefill(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
+             v_cache: torch.Tensor, s: PrefillSlice) -> torch.Tensor:
+    n, num_heads, head_dim = q.shape
+    kv_heads = k_cache.shape[2]
+    group = num_heads // kv_heads
+    if s.mask is None:
+        # Nothing cached before this chunk: attend to the fresh keys directly.
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1), k_new.transpose(0, 1), v_new.transpose(0, 1),
+            is_causal=True, enable_gqa=True)
+        return out.transpose(0, 1)
+    k = _gather(k_cache, s.block_table)[:, : s.context_len]
+    v = _gather(v_cache, s.block_table)[:, : s.context_len]
+    # [n, kv*group, hd] -> [kv, group*n, hd]; the mask repeats once per group member.
+    qf = q.view(n, kv_heads, group, head_dim).permute(1, 2, 0, 3).reshape(kv_heads, group * n, head_dim)
+    out = F.scaled_dot_product_attention(qf, k, v, attn_mask=s.mask.repeat(group, 1))
+    return out.view(kv_heads, group, n, head_dim).permute(2, 0, 1, 3).reshape(n, num_heads, head_dim)
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                    v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    """Store this step's k/v in the cache, then attend. q: [tokens, heads, head_dim]."""
+    kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    k_cache.view(-1, kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
+    v_cache.view(-1, kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+    out = torch.empty_like(q)
+    if meta.decode is not None:
+        b = meta.decode.size
+        out[:b] = _decode(q[:b], k_cache, v_cache, meta.decode)
+    for s in meta.prefills:
+        span = slice(s.token_start, s.token_start + s.num_tokens)
+        out[span] = _prefill(q[span], k[span], v[span], k_cache, v_cache, s)
+    return out

@@ -1,0 +1,29 @@
+"""Architecture hyper-parameters of a Llama-family model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything the model code needs to build a Llama-family network.
+
+    Covers Llama 2/3 (incl. llama3 RoPE scaling), SmolLM2, Mistral and Qwen2
+    (which only adds biases on the q/k/v projections).
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # HF-style dict, e.g. {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+    # "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}; None = plain RoPE.
+    rope_scaling: dict | None = field(default=None, hash=False, compare=False)
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False

@@ -1,0 +1,224 @@
+"""Engine invariants on a tiny random Llama: cache reuse, batching, memory pressure, accounting."""
+import pytest
+import torch
+
+from engine_driver import GREEDY, last_logits, run, run_one
+from preheat.engine.errors import EngineOverloadedError, PromptTooLongError, RequestTooLargeError
+from preheat.engine.output import StopReason, TextDelta
+from preheat.engine.request import CacheBreakpoint, GenerationRequest, SamplingParams
+from tiny import tiny_engine
+
+BS = 4  # tiny_engine's block size
+
+
+def ids(n: int, seed: int) -> list[int]:
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def sequence_refs(engine) -> int:
+    """Block references held by sequences (all references minus the radix tree's own)."""
+    total = sum(engine.pool.refcount(b) for b in range(engine.pool.num_blocks))
+    return total - engine.radix.num_cached_blocks
+
+
+def held_only_by_tree(engine) -> bool:
+    """No sequence leaked a block: every reference left is the radix tree's."""
+    return sequence_refs(engine) == 0
+
+
+@pytest.mark.parametrize("shared", [40, 42, 38], ids=["aligned", "partial_block", "mid_block_divergence"])
+def test_cache_hit_equals_cold_run(shared):
+    base = ids(60, 1)
+    first = base[:shared] + ids(10, 2)
+    second = base[:shared] + ids(12, 3)
+    cold = tiny_engine()
+    want_logits = last_logits(cold, second)
+    want = run_one(tiny_engine(), second)
+
+    warm = tiny_engine()
+    run_one(warm, first)
+    reused = len(warm.radix.match("", second)) * BS
+    assert reused == shared - shared % BS  # physically served from the tree
+    torch.testing.assert_close(last_logits(warm, second), want_logits, atol=1e-5, rtol=1e-5)
+    assert run_one(warm, second).output_ids == want.output_ids
+
+
+def test_prefix_shared_by_many_at_once():
+    prefix = ids(48, 5)
+    prompts = [prefix + ids(5 + i, 10 + i) for i in range(8)]
+    want = [run_one(tiny_engine(), p).output_ids for p in prompts]
+    engine = tiny_engine()
+    run_one(engine, prefix + [1, 2])
+    got = run(engine, [GenerationRequest(p, GREEDY) for p in prompts])
+    assert [g.output_ids for g in got] == want
+    assert held_only_by_tree(engine)
+
+
+def test_concurrent_equals_sequential():
+    prompts = [ids(10 + 9 * i, 20 + i) for i in range(8)]
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    sequential = [run_one(tiny_engine(), p, params).output_ids for p in prompts]
+    batched = run(tiny_engine(), [GenerationRequest(p, params) for p in prompts])
+    assert [b.output_ids for b in batched] == sequential
+
+
+def test_memory_pressure_preempts_and_completes():
+    prompts = [ids(30, 40 + i) for i in range(6)]
+    params = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)
+    want = [r.output_ids for r in run(tiny_engine(), [GenerationRequest(p, params) for p in prompts])]
+    small = tiny_engine(kv_cache_tokens=128)  # 6 x 60 tokens do not fit at once
+    got = run(small, [GenerationRequest(p, params) for p in prompts])
+    assert small.scheduler.num_preemptions > 0
+    assert [g.output_ids for g in got] == want
+    assert held_only_by_tree(small)
+
+
+def test_request_that_can_never_fit_is_rejected():
+    engine = tiny_engine(kv_cache_tokens=64)
+    with pytest.raises(RequestTooLargeError, match="pool holds 64"):
+        engine.prepare(GenerationRequest(ids(50, 1), SamplingParams(max_tokens=30)))
+    with pytest.raises(PromptTooLongError, match="1024"):
+        tiny_engine().prepare(GenerationRequest(ids(1024, 1), GREEDY))
+
+
+def test_overload_is_refused():
+    engine = tiny_engine(max_waiting=2)
+    for i in range(2):
+        engine.enqueue(engine.prepare(GenerationRequest(ids(8, i), GREEDY)))
+    with pytest.raises(EngineOverloadedError):
+        engine.prepare(GenerationRequest(ids(8, 9), GREEDY))
+
+
+def test_abort_frees_blocks_immediately():
+    engine = tiny_engine(max_step_tokens=16)
+    req = GenerationRequest(ids(200, 3), GREEDY)
+    engine.enqueue(engine.prepare(req))
+    engine.step()
+    engine.step()
+    assert sequence_refs(engine) == 8  # 32 tokens prefilled, 4 per block
+    engine.abort(req.request_id)
+    events = engine.step()
+    assert [ev.stop_reason for _, ev in events] == [StopReason.ABORTED]
+    assert not engine.has_work and held_only_by_tree(engine)
+
+
+def test_chunked_prefill_never_stalls_running_streams():
+    engine = tiny_engine(max_step_tokens=32)
+    short = GenerationRequest(ids(8, 1), SamplingParams(max_tokens=200, temperature=0, ignore_eos=True))
+    engine.enqueue(engine.prepare(short))
+    engine.step()
+    stream = engine.scheduler.find(short.request_id)
+    engine.enqueue(engine.prepare(GenerationRequest(ids(600, 2), GREEDY)))
+    for _ in range(20):  # the long prompt needs ~19 chunks; the stream advances every step
+        before = stream.num_output
+        engine.step()
+        assert stream.num_output == before + 1
+
+
+def test_pinned_prefix_accounting_write_read_extend_expire():
+    clock = FakeClock()
+    engine = tiny_engine(clock=clock)
+    doc = ids(90, 7)
+
+    def ask(prompt, *bps):
+        req = GenerationRequest(prompt, GREEDY, breakpoints=tuple(CacheBreakpoint(p, t) for p, t in bps))
+        return run(engine, [req])[0].usage
+
+    u = ask(doc + [1, 2, 3], (41, 300.0), (90, 3600.0))
+    assert (u.cache_read_tokens, u.cache_write_tokens, u.input_tokens) == (0, 90, 3)
+    assert u.cache_write_by_ttl == {300.0: 41, 3600.0: 49}
+    u = ask(doc + [4, 5], (90, 3600.0))
+    assert (u.cache_read_tokens, u.cache_write_tokens, u.input_tokens) == (90, 0, 2)
+    u = ask(doc[:60] + [9] * 30, (41, 300.0), (90, 300.0))  # diverges after 60: reads the 41 entry
+    assert (u.cache_read_tokens, u.cache_write_tokens) == (41, 49)
+    u = ask(doc + [1], (20, 300.0))  # reads may not pass the last breakpoint
+    assert (u.cache_read_tokens, u.cache_write_tokens) == (0, 20)
+    u = ask(doc + [1])  # no breakpoint: plain input in the accounting
+    assert (u.cache_read_tokens, u.cache_write_tokens, u.input_tokens) == (0, 0, 91)
+    clock.now += 3601
+    u = ask(doc + [1], (90, 300.0))
+    assert (u.cache_read_tokens, u.cache_write_tokens) == (0, 90)
+
+
+def test_other_namespace_gets_no_hit():
+    engine = tiny_engine()
+    doc = ids(40, 3)
+    bp = (CacheBreakpoint(40, 300.0),)
+    run(engine, [GenerationRequest(doc + [1], GREEDY, namespace="a", breakpoints=bp)])
+    u = run(engine, [GenerationRequest(doc + [1], GREEDY, namespace="b", breakpoints=bp)])[0].usage
+    assert u.cache_read_tokens == 0 and u.cache_write_tokens == 40
+    assert engine.radix.match("b", doc) != engine.radix.match("a", doc)
+
+
+def test_prewarm_generates_nothing_but_pins():
+    engine = tiny_engine()
+    doc = ids(40, 4)
+    bp = (CacheBreakpoint(40, 300.0),)
+    warm = run(engine, [GenerationRequest(doc, SamplingParams(max_tokens=0), breakpoints=bp)])[0]
+    assert warm.output_ids == [] and warm.usage.cache_write_tokens == 40
+    hit = run(engine, [GenerationRequest(doc + [5], GREEDY, breakpoints=bp)])[0]
+    assert hit.usage.cache_read_tokens == 40
+
+
+def test_stop_reasons():
+    engine = tiny_engine(context_window=40)
+    out = run_one(engine, ids(30, 1), SamplingParams(max_tokens=100, temperature=0, ignore_eos=True))
+    assert out.stop_reason is StopReason.CONTEXT_WINDOW and len(out.output_ids) == 10
+    out = run_one(engine, ids(10, 1), SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))
+    assert out.stop_reason is StopReason.MAX_TOKENS and len(out.output_ids) == 5
+
+
+def test_eos_stops_generation():
+    engine = tiny_engine()
+    prompt = ids(12, 2)
+    free = run_one(engine, prompt, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
+    eos = free.output_ids[5]
+    engine._eos = frozenset({eos})  # pretend the 6th greedy token is the model's EOS
+    out = run_one(engine, prompt, SamplingParams(max_tokens=40, temperature=0))
+    assert out.stop_reason is StopReason.EOS
+    assert out.output_ids == free.output_ids[: free.output_ids.index(eos) + 1]
+
+
+def test_stop_sequence_ends_generation_and_is_cut():
+    engine = tiny_engine()
+    prompt = ids(12, 2)
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    text = run_one(engine, prompt, params).text
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    assert len(stop) == 2
+    out = run_one(engine, prompt, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True,
+                                                 stop=(stop,)))
+    assert out.stop_reason is StopReason.STOP_SEQUENCE and out.stop_sequence == stop
+    assert out.text == text[: text.index(stop)]
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch():
+    params = SamplingParams(max_tokens=20, temperature=0.9, top_p=0.95, seed=123, ignore_eos=True)
+    prompt = ids(16, 8)
+    alone = run_one(tiny_engine(), prompt, params).output_ids
+    batch = run(tiny_engine(), [GenerationRequest(prompt, params)] +
+                [GenerationRequest(ids(9, i), SamplingParams(max_tokens=20, temperature=1.0))
+                 for i in range(3)])
+    assert batch[0].output_ids == alone
+
+
+def test_text_deltas_concatenate_to_final_text():
+    engine = tiny_engine()
+    req = GenerationRequest(ids(10, 3), SamplingParams(max_tokens=30, temperature=0, ignore_eos=True))
+    engine.enqueue(engine.prepare(req))
+    deltas, final = [], None
+    while engine.has_work:
+        for _, ev in engine.step():
+            if isinstance(ev, TextDelta):
+                deltas.append(ev.text)
+            else:
+                final = ev
+    assert "".join(deltas) == final.text

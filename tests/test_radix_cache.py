@@ -1,0 +1,170 @@
+"""Radix prefix cache: match, insert/split, ref counts, LRU eviction, pins, namespaces."""
+import pytest
+
+from preheat.engine.block_pool import BlockPool
+from preheat.engine.radix_cache import RadixCache
+
+BS = 4
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def pool():
+    return BlockPool(16, BS)
+
+
+@pytest.fixture
+def cache(pool, clock):
+    return RadixCache(pool, clock=clock)
+
+
+def put(cache, pool, tokens, ns=""):
+    """Insert like a finished sequence would: allocate, insert, release the sequence's refs."""
+    blocks = pool.allocate(len(tokens) // BS)
+    cache.insert(ns, tokens, blocks)
+    pool.decref(blocks)
+    return blocks
+
+
+def test_match_returns_longest_block_aligned_prefix(cache, pool):
+    blocks = put(cache, pool, list(range(12)))
+    assert cache.match("", list(range(12))) == blocks
+    assert cache.match("", list(range(10))) == blocks[:2]  # partial block: round down
+    assert cache.match("", list(range(6)) + [99] * 6) == blocks[:1]  # diverges mid-block
+    assert cache.match("", [99] * 12) == []
+
+
+def test_insert_splits_edge_and_shares_common_prefix(cache, pool):
+    a = put(cache, pool, list(range(12)))
+    b = put(cache, pool, list(range(8)) + [50, 51, 52, 53])
+    # The common two blocks stay the tree's; the caller's duplicates were released.
+    assert cache.match("", list(range(8)) + [50, 51, 52, 53]) == a[:2] + [b[2]]
+    assert cache.match("", list(range(12))) == a
+    assert pool.refcount(b[0]) == 0 and pool.refcount(b[1]) == 0
+    assert cache.num_cached_blocks == 4
+    assert pool.num_free == 16 - 4
+
+
+def test_refcounts_shared_blocks_are_not_evicted(cache, pool):
+    blocks = put(cache, pool, list(range(8)))
+    held = cache.match("", list(range(8)))
+    pool.incref(held)  # a running sequence uses them
+    assert cache.evict(16) == 0
+    pool.decref(held)
+    assert cache.evict(16) == 2
+    assert pool.num_free == 16
+    assert cache.match("", list(range(8))) == []
+    assert blocks  # allocated ids were real
+
+
+def test_lru_eviction_order(cache, pool, clock):
+    put(cache, pool, [1] * 4)
+    clock.now += 1
+    put(cache, pool, [2] * 4)
+    clock.now += 1
+    cache.match("", [1] * 4)  # touch the first: the second is now least recent
+    assert cache.evict(1) == 1
+    assert cache.match("", [1] * 4) != []
+    assert cache.match("", [2] * 4) == []
+
+
+def test_eviction_frees_leaves_before_parents(cache, pool):
+    put(cache, pool, list(range(8)))
+    put(cache, pool, list(range(4)) + [9] * 4)
+    assert cache.evict(1) == 1  # one leaf goes, the shared parent stays
+    assert len(cache.match("", list(range(4)))) == 1
+    assert cache.evict(10) == 2
+    assert pool.num_free == 16
+
+
+def test_pin_blocks_eviction_until_expiry(cache, pool, clock):
+    tokens = list(range(10))  # pin ends mid-block: its 2 full blocks are protected
+    put(cache, pool, tokens[:8])
+    assert cache.pin("", tokens, ttl=300)
+    assert cache.num_pinned_blocks() == 2
+    assert cache.evict(16) == 0
+    clock.now += 299
+    assert cache.evict(16) == 0
+    clock.now += 2
+    assert cache.num_pinned_blocks() == 0
+    assert cache.evict(16) == 2  # expired: an ordinary evictable entry
+
+
+def test_pin_hit_refreshes_expiry(cache, pool, clock):
+    tokens = list(range(8))
+    put(cache, pool, tokens)
+    assert cache.pin("", tokens, ttl=300)
+    clock.now += 200
+    assert cache.lookup_pin("", tokens + [7, 7], max_len=10) == 8
+    clock.now += 200  # 400 s after pinning, 200 s after the hit
+    assert cache.evict(16) == 0
+    assert cache.lookup_pin("", tokens, max_len=8) == 8
+    clock.now += 301
+    assert cache.lookup_pin("", tokens, max_len=8) == 0
+    assert cache.evict(16) == 2
+
+
+def test_lookup_pin_longest_within_limit(cache, pool):
+    tokens = list(range(12))
+    put(cache, pool, tokens)
+    assert cache.pin("", tokens[:5], ttl=60)
+    assert cache.pin("", tokens[:11], ttl=60)
+    assert cache.lookup_pin("", tokens, max_len=12) == 11
+    assert cache.lookup_pin("", tokens, max_len=10) == 5  # may not read past the last breakpoint
+    assert cache.lookup_pin("", tokens[:5] + [0] * 7, max_len=12) == 5
+    assert cache.lookup_pin("", [5] + tokens[1:], max_len=12) == 0
+
+
+def test_pin_splits_so_only_the_prefix_is_protected(cache, pool):
+    tokens = list(range(16))
+    put(cache, pool, tokens)
+    assert cache.pin("", tokens[:8], ttl=60)
+    assert cache.num_pinned_blocks() == 2
+    assert cache.evict(16) == 2  # the unpinned tail goes
+    assert len(cache.match("", tokens)) == 2
+
+
+def test_pin_fails_when_prefix_missing_or_over_budget(pool, clock):
+    cache = RadixCache(pool, clock=clock, max_pinned_blocks=3)
+    assert not cache.pin("", list(range(8)), ttl=60)  # not in the tree
+    put(cache, pool, list(range(8)))
+    put(cache, pool, [7] * 8)
+    assert cache.pin("", list(range(8)), ttl=60)
+    assert not cache.pin("", [7] * 8, ttl=60)  # 2 + 2 > 3
+    assert cache.lookup_pin("", [7] * 8, max_len=8) == 0
+
+
+def test_namespaces_are_isolated(cache, pool):
+    tokens = list(range(8))
+    put(cache, pool, tokens, ns="alice")
+    assert cache.pin("alice", tokens, ttl=60)
+    assert cache.match("bob", tokens) == []
+    assert cache.lookup_pin("bob", tokens, max_len=8) == 0
+    assert not cache.pin("bob", tokens, ttl=60)
+    assert cache.lookup_pin("alice", tokens, max_len=8) == 8
+
+
+def test_block_pool_refcounts():
+    pool = BlockPool(4, BS)
+    a = pool.allocate(3)
+    pool.incref(a[:1])
+    pool.decref(a)
+    assert pool.num_free == 3 and pool.refcount(a[0]) == 1
+    pool.decref(a[:1])
+    assert pool.num_free == 4
+    with pytest.raises(ValueError):
+        pool.decref(a[:1])
+    with pytest.raises(RuntimeError):
+        pool.allocate(5)
