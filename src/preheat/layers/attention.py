@@ -54,24 +54,21 @@ def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
     return blocks.reshape(-1, *blocks.shape[-2:]).transpose(0, 1)
 
 
-def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-            batch: DecodeBatch) -> torch.Tensor:
+def _decode(q: torch.Tensor, kv_cache: torch.Tensor, batch: DecodeBatch) -> torch.Tensor:
     b, num_heads, head_dim = q.shape
-    kv_heads = k_cache.shape[2]
+    kv_heads = kv_cache.shape[3]
     # Fold the query heads that share a KV head into the query axis: no KV copies for GQA.
     q = q.view(b, kv_heads, num_heads // kv_heads, head_dim)
-    blocks_k = k_cache[batch.block_tables]  # [b, max_blocks, block_size, kv, hd]
-    blocks_v = v_cache[batch.block_tables]
-    k = blocks_k.reshape(b, -1, kv_heads, head_dim).transpose(1, 2)
-    v = blocks_v.reshape(b, -1, kv_heads, head_dim).transpose(1, 2)
+    blocks = kv_cache[:, batch.block_tables]  # [2, b, max_blocks, block_size, kv, hd]
+    k, v = blocks.reshape(2, b, -1, kv_heads, head_dim).transpose(2, 3)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.mask)
     return out.reshape(b, num_heads, head_dim)
 
 
-def _prefill(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
-             v_cache: torch.Tensor, s: PrefillSlice) -> torch.Tensor:
+def _prefill(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv_cache: torch.Tensor,
+             s: PrefillSlice) -> torch.Tensor:
     n, num_heads, head_dim = q.shape
-    kv_heads = k_cache.shape[2]
+    kv_heads = kv_cache.shape[3]
     group = num_heads // kv_heads
     if s.mask is None:
         # Nothing cached before this chunk: attend to the fresh keys directly.
@@ -79,25 +76,28 @@ def _prefill(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache:
             q.transpose(0, 1), k_new.transpose(0, 1), v_new.transpose(0, 1),
             is_causal=True, enable_gqa=True)
         return out.transpose(0, 1)
-    k = _gather(k_cache, s.block_table)[:, : s.context_len]
-    v = _gather(v_cache, s.block_table)[:, : s.context_len]
+    k = _gather(kv_cache[0], s.block_table)[:, : s.context_len]
+    v = _gather(kv_cache[1], s.block_table)[:, : s.context_len]
     # [n, kv*group, hd] -> [kv, group*n, hd]; the mask repeats once per group member.
     qf = q.view(n, kv_heads, group, head_dim).permute(1, 2, 0, 3).reshape(kv_heads, group * n, head_dim)
     out = F.scaled_dot_product_attention(qf, k, v, attn_mask=s.mask.repeat(group, 1))
     return out.view(kv_heads, group, n, head_dim).permute(2, 0, 1, 3).reshape(n, num_heads, head_dim)
 
 
-def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                    v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-    """Store this step's k/v in the cache, then attend. q: [tokens, heads, head_dim]."""
-    kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-    k_cache.view(-1, kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
-    v_cache.view(-1, kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                    meta: AttentionMetadata) -> torch.Tensor:
+    """Store this step's k/v in the layer's cache, then attend.
+
+    q: [tokens, heads, head_dim]; kv_cache: [2, blocks, block_size, kv_heads, head_dim].
+    """
+    slots = kv_cache.view(2, -1, *kv_cache.shape[-2:])
+    slots[0].index_copy_(0, meta.slot_mapping, k)
+    slots[1].index_copy_(0, meta.slot_mapping, v)
     out = torch.empty_like(q)
     if meta.decode is not None:
         b = meta.decode.size
-        out[:b] = _decode(q[:b], k_cache, v_cache, meta.decode)
+        out[:b] = _decode(q[:b], kv_cache, meta.decode)
     for s in meta.prefills:
         span = slice(s.token_start, s.token_start + s.num_tokens)
-        out[span] = _prefill(q[span], k[span], v[span], k_cache, v_cache, s)
+        out[span] = _prefill(q[span], k[span], v[span], kv_cache, s)
     return out

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from preheat.layers.attention import AttentionMetadata, paged_attention
-from preheat.layers.rotary import RotaryEmbedding
+from preheat.layers.rotary import RotaryEmbedding, apply_rotary
 from preheat.models.config import ModelConfig
 
 
@@ -28,18 +28,18 @@ class LlamaLayer:
         self.gate_up = torch.cat([w[f"{mlp}.gate_proj.weight"], w[f"{mlp}.up_proj.weight"]])
         self.down = w[f"{mlp}.down_proj.weight"]
 
-    def __call__(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
-                 kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                 kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         cfg = self.cfg
+        heads, kv_heads, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         h = F.rms_norm(x, (cfg.hidden_size,), self.attn_norm, cfg.rms_norm_eps)
-        qkv = F.linear(h, self.qkv, self.qkv_bias)
-        q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-        q = rope(q.view(-1, cfg.num_heads, cfg.head_dim), positions)
-        k = rope(k.view(-1, cfg.num_kv_heads, cfg.head_dim), positions)
-        v = v.reshape(-1, cfg.num_kv_heads, cfg.head_dim)
-        attn = paged_attention(q, k, v, kv[0], kv[1], meta)
-        x = x + F.linear(attn.view(-1, q_size), self.o)
+        qkv = F.linear(h, self.qkv, self.qkv_bias).view(-1, heads + 2 * kv_heads, hd)
+        # q and k heads are adjacent: one rotation covers both.
+        qk = apply_rotary(qkv[:, : heads + kv_heads], *rope)
+        q, k = qk[:, :heads], qk[:, heads:]
+        v = qkv[:, heads + kv_heads:]
+        attn = paged_attention(q, k, v, kv_cache, meta)
+        x = x + F.linear(attn.view(-1, heads * hd), self.o)
         h = F.rms_norm(x, (cfg.hidden_size,), self.mlp_norm, cfg.rms_norm_eps)
         gate, up = F.linear(h, self.gate_up).chunk(2, dim=-1)
         return x + F.linear(F.silu(gate) * up, self.down)
@@ -66,8 +66,9 @@ class LlamaModel:
                 kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions: [tokens]; kv_cache: [layers, 2, blocks, block_size, kv_heads, head_dim]."""
         x = F.embedding(input_ids, self.embed)
+        rope = self.rope.tables(positions)
         for i, layer in enumerate(self.layers):
-            x = layer(x, positions, self.rope, (kv_cache[i, 0], kv_cache[i, 1]), meta)
+            x = layer(x, rope, kv_cache[i], meta)
         return F.rms_norm(x, (self.cfg.hidden_size,), self.norm, self.cfg.rms_norm_eps)
 
     @torch.inference_mode()
