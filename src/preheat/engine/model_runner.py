@@ -8,7 +8,7 @@ import torch
 
 from preheat.engine.scheduler import ScheduledBatch
 from preheat.engine.sequence import Sequence
-from preheat.layers.attention import AttentionMetadata, DecodeBatch, PrefillSlice, causal_mask
+from preheat.layers.attention import AttentionMetadata, DecodeBatch, PrefillSlice
 from preheat.models.config import ModelConfig
 from preheat.models.llama import LlamaModel
 
@@ -58,9 +58,7 @@ class ModelRunner:
         for seq, n in batch.items():
             start = seq.num_computed
             if n > 1:
-                mask = None if start == 0 else causal_mask(n, start + n, self.device)
-                prefills.append(PrefillSlice(len(ids), n, start + n,
-                                             self._tensor(seq.block_table), mask))
+                prefills.append(PrefillSlice(len(ids), n, start + n, self._tensor(seq.block_table)))
             ids.extend(seq.token_ids[start: start + n])
             positions.extend(range(start, start + n))
             slots.extend(self._slots(seq, start, n))

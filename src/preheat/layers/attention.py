@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 
 @dataclass
@@ -20,7 +21,6 @@ class PrefillSlice:
     num_tokens: int
     context_len: int  # cached tokens after this step, the chunk included
     block_table: torch.Tensor  # [blocks] long
-    mask: torch.Tensor | None  # [num_tokens, context_len] bool; None when the chunk is the whole context
 
 
 @dataclass
@@ -42,12 +42,6 @@ class AttentionMetadata:
     prefills: list[PrefillSlice]
 
 
-def causal_mask(num_tokens: int, context_len: int, device: torch.device) -> torch.Tensor:
-    """Query i (absolute position context_len - num_tokens + i) sees keys <= its position."""
-    q_pos = torch.arange(context_len - num_tokens, context_len, device=device)
-    return torch.arange(context_len, device=device)[None, :] <= q_pos[:, None]
-
-
 def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
     # [blocks, block_size, kv_heads, head_dim] -> [kv_heads, blocks * block_size, head_dim]
     blocks = cache[block_table]
@@ -67,21 +61,18 @@ def _decode(q: torch.Tensor, kv_cache: torch.Tensor, batch: DecodeBatch) -> torc
 
 def _prefill(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv_cache: torch.Tensor,
              s: PrefillSlice) -> torch.Tensor:
-    n, num_heads, head_dim = q.shape
-    kv_heads = kv_cache.shape[3]
-    group = num_heads // kv_heads
-    if s.mask is None:
-        # Nothing cached before this chunk: attend to the fresh keys directly.
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1), k_new.transpose(0, 1), v_new.transpose(0, 1),
-            is_causal=True, enable_gqa=True)
-        return out.transpose(0, 1)
-    k = _gather(kv_cache[0], s.block_table)[:, : s.context_len]
-    v = _gather(kv_cache[1], s.block_table)[:, : s.context_len]
-    # [n, kv*group, hd] -> [kv, group*n, hd]; the mask repeats once per group member.
-    qf = q.view(n, kv_heads, group, head_dim).permute(1, 2, 0, 3).reshape(kv_heads, group * n, head_dim)
-    out = F.scaled_dot_product_attention(qf, k, v, attn_mask=s.mask.repeat(group, 1))
-    return out.view(kv_heads, group, n, head_dim).permute(2, 0, 1, 3).reshape(n, num_heads, head_dim)
+    if s.context_len == s.num_tokens:
+        k, v = k_new.transpose(0, 1), v_new.transpose(0, 1)  # nothing cached before this chunk
+    else:
+        k = _gather(kv_cache[0], s.block_table)[:, : s.context_len]
+        v = _gather(kv_cache[1], s.block_table)[:, : s.context_len]
+    # Query i sits at absolute position context_len - num_tokens + i: causal, aligned
+    # bottom-right. The CausalBias form keeps SDPA on its fused kernel (a boolean mask
+    # would materialize every score).
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], k[None], v[None],
+        attn_mask=causal_lower_right(s.num_tokens, s.context_len), enable_gqa=True)
+    return out[0].transpose(0, 1)
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
