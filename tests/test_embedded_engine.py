@@ -131,6 +131,6 @@ async def test_async_abort_frees_blocks(loaded):
             await asyncio.sleep(0.05)
         pool = engine.engine.pool
         refs = sum(pool.refcount(b) for b in range(pool.num_blocks))
-        assert stats.running == 0 and refs == engine.engine.radix.num_cached_blocks
+        assert stats.running == 0 and refs == engine.engine.radix.cached_blocks
     finally:
         engine.shutdown()

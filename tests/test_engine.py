@@ -26,7 +26,7 @@ class FakeClock:
 def sequence_refs(engine) -> int:
     """Block references held by sequences (all references minus the radix tree's own)."""
     total = sum(engine.pool.refcount(b) for b in range(engine.pool.num_blocks))
-    return total - engine.radix.num_cached_blocks
+    return total - engine.radix.cached_blocks
 
 
 def held_only_by_tree(engine) -> bool:
@@ -146,6 +146,18 @@ def test_pinned_prefix_accounting_write_read_extend_expire():
     clock.now += 3601
     u = ask(doc + [1], (90, 300.0))
     assert (u.cache_read_tokens, u.cache_write_tokens) == (0, 90)
+
+
+def test_breakpoints_over_the_pin_budget_are_reported_as_plain_input():
+    engine = tiny_engine(kv_cache_tokens=256, max_pinned_fraction=0.25)  # 16 of 64 blocks
+    doc, other = ids(40, 1), ids(40, 2)
+    run(engine, [GenerationRequest(doc + [1], GREEDY, breakpoints=(CacheBreakpoint(40, 300.0),))])
+    assert engine.radix.pinned_blocks == 10
+    u = run(engine, [GenerationRequest(other + [1], GREEDY, breakpoints=(CacheBreakpoint(40, 300.0),))])
+    assert (u[0].usage.cache_write_tokens, u[0].usage.input_tokens) == (0, 41)
+    assert engine.radix.pinned_blocks == 10 and engine.radix.lookup_pin("", other, 40) == 0
+    u = run(engine, [GenerationRequest(doc + [2], GREEDY, breakpoints=(CacheBreakpoint(40, 300.0),))])
+    assert u[0].usage.cache_read_tokens == 40  # hits still read
 
 
 def test_other_namespace_gets_no_hit():

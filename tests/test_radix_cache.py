@@ -53,7 +53,7 @@ def test_insert_splits_edge_and_shares_common_prefix(cache, pool):
     assert cache.match("", list(range(8)) + [50, 51, 52, 53]) == a[:2] + [b[2]]
     assert cache.match("", list(range(12))) == a
     assert pool.refcount(b[0]) == 0 and pool.refcount(b[1]) == 0
-    assert cache.num_cached_blocks == 4
+    assert cache.cached_blocks == 4
     assert pool.num_free == 16 - 4
 
 
@@ -93,12 +93,14 @@ def test_pin_blocks_eviction_until_expiry(cache, pool, clock):
     tokens = list(range(10))  # pin ends mid-block: its 2 full blocks are protected
     put(cache, pool, tokens[:8])
     assert cache.pin("", tokens, ttl=300)
-    assert cache.num_pinned_blocks() == 2
+    assert cache.pinned_blocks == 2
     assert cache.evict(16) == 0
     clock.now += 299
-    assert cache.evict(16) == 0
+    cache.tick()
+    assert cache.evict(16) == 0 and cache.pinned_blocks == 2
     clock.now += 2
-    assert cache.num_pinned_blocks() == 0
+    cache.tick()
+    assert cache.pinned_blocks == 0
     assert cache.evict(16) == 2  # expired: an ordinary evictable entry
 
 
@@ -131,19 +133,22 @@ def test_pin_splits_so_only_the_prefix_is_protected(cache, pool):
     tokens = list(range(16))
     put(cache, pool, tokens)
     assert cache.pin("", tokens[:8], ttl=60)
-    assert cache.num_pinned_blocks() == 2
+    assert cache.pinned_blocks == 2
     assert cache.evict(16) == 2  # the unpinned tail goes
     assert len(cache.match("", tokens)) == 2
 
 
-def test_pin_fails_when_prefix_missing_or_over_budget(pool, clock):
+def test_pin_needs_the_prefix_and_budget_counts_live_pins(pool, clock):
     cache = RadixCache(pool, clock=clock, max_pinned_blocks=3)
     assert not cache.pin("", list(range(8)), ttl=60)  # not in the tree
+    assert cache.lookup_pin("", list(range(8)), max_len=8) == 0
     put(cache, pool, list(range(8)))
-    put(cache, pool, [7] * 8)
+    assert cache.can_pin(3)
     assert cache.pin("", list(range(8)), ttl=60)
-    assert not cache.pin("", [7] * 8, ttl=60)  # 2 + 2 > 3
-    assert cache.lookup_pin("", [7] * 8, max_len=8) == 0
+    assert cache.can_pin(1) and not cache.can_pin(2)  # 2 pinned + 2 > 3
+    clock.now += 61
+    cache.tick()
+    assert cache.can_pin(3)
 
 
 def test_namespaces_are_isolated(cache, pool):

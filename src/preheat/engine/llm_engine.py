@@ -53,6 +53,7 @@ class EngineStats:
     cached_blocks: int
     pinned_blocks: int
     preemptions: int
+    aborted: int  # requests stopped by their caller (e.g. a client that hung up)
 
 
 class LLMEngine:
@@ -75,6 +76,7 @@ class LLMEngine:
         self.runner = ModelRunner(model, num_blocks, config.block_size)
         self._inbox: deque[tuple[str, object]] = deque()
         self._eos = frozenset(tokenizer.eos_token_ids)
+        self.num_aborted = 0
 
     # ---- any thread ---------------------------------------------------------
 
@@ -93,9 +95,14 @@ class LLMEngine:
         if len(self._inbox) + len(self.scheduler.waiting) >= self.config.max_waiting:
             raise EngineOverloadedError("too many requests are waiting; retry later")
         bps = tuple(b for b in request.breakpoints if 0 < b.position <= n)
-        request.breakpoints = bps
         last = max((b.position for b in bps), default=0)
         hit = self.radix.lookup_pin(request.namespace, request.prompt_ids, last) if bps else 0
+        new_blocks = self.pool.blocks_for(last) - hit // self.pool.block_size
+        if last > hit and not self.radix.can_pin(new_blocks):
+            log.warning("pinned prefixes would exceed %d blocks; not caching this request's "
+                        "breakpoints past its hit", self.radix.max_pinned_blocks)
+            bps = tuple(b for b in bps if b.position <= hit)
+        request.breakpoints = bps
         return Sequence(
             request=request,
             usage=cache_usage(n, bps, hit),
@@ -117,14 +124,15 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         s = self.scheduler
         return EngineStats(len(s.running), len(s.waiting) + len(self._inbox), self.pool.num_free,
-                           self.pool.num_blocks, self.radix.num_cached_blocks,
-                           self.radix.num_pinned_blocks(), s.num_preemptions)
+                           self.pool.num_blocks, self.radix.cached_blocks,
+                           self.radix.pinned_blocks, s.num_preemptions, self.num_aborted)
 
     # ---- engine thread ------------------------------------------------------
 
     def step(self) -> Emitted:
         """Run one batch; returns (request_id, event) pairs in order."""
         out: Emitted = self._drain_inbox()
+        self.radix.tick()
         batch = self.scheduler.schedule()
         if not batch:
             return out
@@ -158,6 +166,7 @@ class LLMEngine:
             if kind == "add":
                 self.scheduler.add(item)
             elif (seq := self.scheduler.find(item)) is not None:
+                self.num_aborted += 1
                 out.append(self._finish(seq, StopReason.ABORTED))
         return out
 

@@ -11,6 +11,10 @@ its expiry; a hit (``lookup_pin``) refreshes the expiry; an expired pin leaves
 an ordinary evictable entry behind. A pin may end mid-block: the tree protects
 its full blocks and the few tokens past the last boundary are recomputed.
 Everything is per namespace: prefixes are never shared across namespaces.
+
+Threads: the tree belongs to the engine thread. Other threads may call only
+``lookup_pin`` and ``can_pin`` and read the ``cached_blocks`` / ``pinned_blocks``
+counters, which the engine thread keeps current.
 """
 from __future__ import annotations
 
@@ -57,6 +61,9 @@ class RadixCache:
         self.bs = pool.block_size
         self.clock = clock
         self.max_pinned_blocks = pool.num_blocks if max_pinned_blocks is None else max_pinned_blocks
+        self.cached_blocks = 0  # blocks held by the tree
+        self.pinned_blocks = 0  # blocks under a live pin, as of the last recount
+        self._next_expiry = float("inf")
         self._roots: dict[str, _Node] = {}
         # Pin lookups come from the API's thread while the engine thread pins; only this
         # table is shared, tree nodes are touched by the engine thread alone.
@@ -144,6 +151,7 @@ class RadixCache:
         first = at // self.bs
         leaf = _Node(tuple(tokens[at:]), list(blocks[first:]), parent, last_access=now)
         self.pool.incref(leaf.blocks)
+        self.cached_blocks += len(leaf.blocks)
         parent.children[self._key(leaf.tokens, 0)] = leaf
 
     def _nodes(self):
@@ -154,14 +162,10 @@ class RadixCache:
             if node.parent is not None:
                 yield node
 
-    @property
-    def num_cached_blocks(self) -> int:
-        return sum(len(n.blocks) for n in self._nodes())
-
-    def num_pinned_blocks(self) -> int:
-        now = self.clock()
-        return sum(len(n.blocks) for n in self._nodes() if n.pinned(now))
-
+    def tick(self) -> None:
+        """Once per engine step: retire pins whose time has come and recount."""
+        if self.clock() >= self._next_expiry:
+            self._drop_expired_pins(self.clock())
     def _evictable(self, node: _Node, now: float) -> bool:
         return (not node.children and not node.pinned(now)
                 and all(self.pool.refcount(b) == 1 for b in node.blocks))
@@ -179,6 +183,7 @@ class RadixCache:
             parent = node.parent
             del parent.children[self._key(node.tokens, 0)]
             self.pool.decref(node.blocks)
+            self.cached_blocks -= len(node.blocks)
             freed += len(node.blocks)
             if parent.parent is not None and self._evictable(parent, now):
                 heapq.heappush(heap, (parent.last_access, next(tie), parent))
@@ -186,11 +191,18 @@ class RadixCache:
 
     # ---- pins -------------------------------------------------------------
 
+    def can_pin(self, new_blocks: int) -> bool:
+        """Whether ``new_blocks`` more pinned blocks stay within ``max_pinned_blocks``.
+
+        Checked when a request is admitted, so its usage never reports a write
+        that is then refused. Thread-safe (reads the engine thread's counter).
+        """
+        return self.pinned_blocks + new_blocks <= self.max_pinned_blocks
+
     def pin(self, ns: str, tokens: list[int], ttl: float) -> bool:
         """Protect ``tokens`` (already inserted up to its last full block) for ``ttl`` s.
 
-        Returns False when the prefix is not in the tree or pinning it would
-        exceed ``max_pinned_blocks``.
+        Returns False when the prefix is not in the tree.
         """
         now = self.clock()
         key = (ns, tuple(tokens))
@@ -204,14 +216,12 @@ class RadixCache:
                 entry.expiry = max(entry.expiry, now + ttl)
                 entry.ttl = max(entry.ttl, ttl)
                 return True
-            extra = sum(len(n.blocks) for n in path if not n.pinned(now))
-            if self.num_pinned_blocks() + extra > self.max_pinned_blocks:
-                return False
             entry = PinEntry(ns, key[1], ttl, now + ttl)
             self._pins[key] = entry
             self._pin_lengths.setdefault(ns, set()).add(len(tokens))
         for node in path:
             node.pins.add(entry)
+        self._recount(now)
         return True
 
     def lookup_pin(self, ns: str, tokens: list[int], max_len: int) -> int:
@@ -240,3 +250,9 @@ class RadixCache:
                 self._pin_lengths.setdefault(ns, set()).add(len(toks))
         for node in self._nodes():
             node.pins = {p for p in node.pins if p.alive(now)}
+        self._recount(now)
+
+    def _recount(self, now: float) -> None:
+        self.pinned_blocks = sum(len(n.blocks) for n in self._nodes() if n.pinned(now))
+        with self._pin_lock:
+            self._next_expiry = min((e.expiry for e in self._pins.values()), default=float("inf"))

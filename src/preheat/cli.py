@@ -1,0 +1,234 @@
+"""The ``preheat`` command: ``serve`` the Messages API, or ``generate`` one reply.
+
+Every ``serve`` and engine option ``--some-name`` can also be set with the
+environment variable ``PREHEAT_SOME_NAME`` (repeatable options take a comma
+list); a flag on the command line wins over the environment.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+from preheat import __version__
+from preheat.config import EngineConfig
+from preheat.server.settings import ServerSettings
+
+log = logging.getLogger("preheat")
+
+ENV_PREFIX = "PREHEAT_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in _TRUE | _FALSE:
+        return text.lower() in _TRUE
+    raise argparse.ArgumentTypeError(f"expected one of {sorted(_TRUE | _FALSE)}, got {text!r}")
+
+
+class _AppendReplacingDefault(argparse.Action):
+    """Like ``append``, but flags given on the command line replace the environment's list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, [*([] if current is self.default else current), values])
+
+
+def add_option(container, flag: str, *, convert: Callable = str, default=None,
+               repeat: bool = False, switch: bool = False, help: str = "") -> None:
+    """An option whose default comes from its ``PREHEAT_*`` variable when that is set."""
+    env = env_name(flag)
+    raw = os.environ.get(env)
+    if raw is not None:
+        try:
+            if repeat:
+                default = [convert(part.strip()) for part in raw.split(",") if part.strip()]
+            else:
+                default = parse_bool(raw) if switch else convert(raw)
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            raise SystemExit(f"preheat: {env}={raw!r}: {err}") from None
+    help = f"{help} [env {env}]".strip()
+    if switch:
+        container.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                               help=help)
+    elif repeat:
+        container.add_argument(flag, action=_AppendReplacingDefault, type=convert,
+                               default=default or [], help=help)
+    else:
+        shown = f" (default: {default})" if default not in (None, "") else ""
+        container.add_argument(flag, type=convert, default=default, help=help + shown)
+
+
+# ---- engine options, one per EngineConfig field ----------------------------------------
+
+
+def _field_converter(hint) -> Callable:
+    """``int | None`` -> int, ``Path | None`` -> Path, ..."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+ENGINE_HELP = {
+    "model": "a .gguf file or Hugging Face folder (default: the embedded SmolLM2)",
+    "device": "torch device",
+    "dtype": "weight and KV cache dtype",
+    "block_size": "tokens per KV cache block",
+    "kv_cache_tokens": "KV cache pool size in tokens",
+    "kv_cache_bytes": "KV cache pool size in bytes (instead of --kv-cache-tokens)",
+    "max_step_tokens": "token budget of one engine step (prefill chunk + decodes)",
+    "max_running": "sequences decoding at once",
+    "max_waiting": "queued requests before new ones get 529 overloaded",
+    "max_pinned_fraction": "share of the KV pool that cache breakpoints may pin",
+    "context_window": "context window in tokens (default: the model's)",
+    "cache_dir": "where converted weights are cached (default: the user cache dir)",
+    "num_threads": "torch CPU threads (default: torch's choice)",
+}
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """One option per ``EngineConfig`` field, so new engine settings appear without edits here."""
+    hints = typing.get_type_hints(EngineConfig)
+    group = parser.add_argument_group("engine")
+    for field in dataclasses.fields(EngineConfig):
+        add_option(group, "--" + field.name.replace("_", "-"),
+                   convert=_field_converter(hints[field.name]), default=field.default,
+                   help=ENGINE_HELP.get(field.name, f"EngineConfig.{field.name}"))
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EngineConfig)})
+
+
+# ---- serve ------------------------------------------------------------------------------
+
+
+def add_serve_parser(commands) -> None:
+    parser = commands.add_parser("serve", help="serve the Anthropic Messages API")
+    defaults = ServerSettings()
+    add_option(parser, "--host", default=defaults.host, help="address to listen on")
+    add_option(parser, "--port", convert=int, default=defaults.port, help="port to listen on")
+    add_option(parser, "--api-key", repeat=True,
+               help="accept only this key (repeatable); others get 401. Default: any key")
+    add_option(parser, "--alias", repeat=True, help="another model id to serve (repeatable)")
+    add_option(parser, "--claude-aliases", switch=True, default=defaults.claude_aliases,
+               help="serve any claude-* model id with the loaded model")
+    add_option(parser, "--min-cache-tokens", convert=int, default=defaults.min_cache_tokens,
+               help="shortest prefix a cache breakpoint pins")
+    add_option(parser, "--ttl-5m-seconds", convert=float, default=defaults.ttl_5m_seconds,
+               help='what the API\'s "5m" cache TTL lasts here')
+    add_option(parser, "--ttl-1h-seconds", convert=float, default=defaults.ttl_1h_seconds,
+               help='what the API\'s "1h" cache TTL lasts here')
+    add_option(parser, "--max-request-bytes", convert=int, default=defaults.max_request_bytes,
+               help="largest request body accepted (413 above)")
+    add_option(parser, "--preheat", convert=Path,
+               help="a file whose text is pinned as a system prompt at start and kept warm")
+    add_option(parser, "--preheat-ttl", default=defaults.preheat_ttl,
+               help='cache TTL of the --preheat prompt, "5m" or "1h"')
+    add_option(parser, "--preheat-key", default=defaults.preheat_key,
+               help="on a server without --api-key: the client key to warm the prompt for")
+    add_option(parser, "--log-level", default="info", help="debug, info, warning or error")
+    add_engine_options(parser)
+    parser.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from preheat.engine.async_engine import AsyncEngine
+    from preheat.server.app import create_app
+
+    if args.preheat_ttl not in ("5m", "1h"):
+        raise SystemExit(f'--preheat-ttl must be "5m" or "1h", not {args.preheat_ttl!r}')
+    if args.preheat is not None and not args.preheat.is_file():
+        raise SystemExit(f"--preheat: no such file: {args.preheat}")
+    settings = ServerSettings(
+        host=args.host, port=args.port, api_keys=tuple(args.api_key), aliases=tuple(args.alias),
+        claude_aliases=args.claude_aliases, min_cache_tokens=args.min_cache_tokens,
+        ttl_5m_seconds=args.ttl_5m_seconds, ttl_1h_seconds=args.ttl_1h_seconds,
+        max_request_bytes=args.max_request_bytes, preheat_file=args.preheat,
+        preheat_ttl=args.preheat_ttl, preheat_key=args.preheat_key)
+    engine = AsyncEngine.from_config(engine_config(args))
+    try:
+        app = create_app(engine, settings)
+        log.info("serving %s on http://%s:%d", engine.model_id, settings.host, settings.port)
+        uvicorn.run(app, host=settings.host, port=settings.port, workers=1,
+                    log_level=args.log_level, timeout_graceful_shutdown=5)
+    finally:
+        engine.shutdown()
+    return 0
+
+
+# ---- generate ---------------------------------------------------------------------------
+
+
+def add_generate_parser(commands) -> None:
+    parser = commands.add_parser("generate", help="stream one chat reply to the terminal")
+    parser.add_argument("prompt", help="the user message")
+    parser.add_argument("--system", default=None, help="a system prompt")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 is greedy")
+    add_option(parser, "--log-level", default="warning", help="debug, info, warning or error")
+    add_engine_options(parser)
+    parser.set_defaults(func=generate)
+
+
+def generate(args: argparse.Namespace) -> int:
+    asyncio.run(_generate(args))
+    return 0
+
+
+async def _generate(args: argparse.Namespace) -> None:
+    from preheat.engine.async_engine import AsyncEngine
+    from preheat.engine.output import TextDelta
+    from preheat.engine.request import GenerationRequest, SamplingParams
+    from preheat.server.prompt_builder import build_prompt
+    from preheat.server.protocol import PromptRequest
+
+    engine = AsyncEngine.from_config(engine_config(args))
+    try:
+        body = PromptRequest.model_validate({
+            "model": engine.model_id, "system": args.system,
+            "messages": [{"role": "user", "content": args.prompt}]})
+        prompt = build_prompt(body, engine.tokenizer)
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
+        async for event in engine.submit(GenerationRequest(prompt.token_ids, params)):
+            if isinstance(event, TextDelta):
+                print(event.text, end="", flush=True)
+        print()
+    finally:
+        engine.shutdown()
+
+
+# ---- entry point ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser; a new subcommand is one more ``add_*_parser(commands)``."""
+    parser = argparse.ArgumentParser(prog="preheat", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"preheat {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_serve_parser(commands)
+    add_generate_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

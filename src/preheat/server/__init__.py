@@ -1,0 +1,1 @@
+"""The Anthropic Messages API over HTTP; knows token ids and events, never tensors."""

@@ -1,0 +1,142 @@
+"""The HTTP application: routes, error handlers, and what lives for the app's lifetime."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from preheat.server.auth import Authenticator
+from preheat.server.cache_policy import CachePolicy
+from preheat.server.diagnostics import DiagnosticsStore
+from preheat.server.errors import (APIError, InvalidRequestError, MethodNotAllowedError,
+                                   NotFoundError, RequestTooLarge)
+from preheat.server.messages import MessageService
+from preheat.server.middleware import RequestIdMiddleware
+from preheat.server.model_registry import ModelRegistry
+from preheat.server.prewarm import Prewarmer
+from preheat.server.protocol import MessagesRequest, PromptRequest, TokenCount, parse_request
+from preheat.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from preheat.engine.async_engine import AsyncEngine
+
+log = logging.getLogger(__name__)
+
+# Not a real HTTP status: the client closed the connection before the answer was ready.
+CLIENT_CLOSED = 499
+
+
+def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
+    """An Anthropic Messages API in front of ``engine``.
+
+    The engine is owned by the caller: the app never starts or stops it.
+    """
+    registry = ModelRegistry(engine.model_id, engine.context_window, settings.aliases,
+                             settings.claude_aliases)
+    service = MessageService(engine, registry, CachePolicy.from_settings(settings),
+                             DiagnosticsStore(settings.diagnostics_capacity),
+                             settings.ping_interval_seconds)
+    auth = Authenticator(settings.api_keys)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        if settings.preheat_file is None:
+            yield
+            return
+        prewarmer = Prewarmer(service, settings, settings.preheat_file.read_text())
+        await prewarmer.warm()  # pinned before the server takes requests
+        refresher = asyncio.create_task(prewarmer.keep_warm())
+        try:
+            yield
+        finally:
+            refresher.cancel()
+
+    app = FastAPI(title="preheat", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.add_middleware(RequestIdMiddleware)
+    _install_error_handlers(app)
+
+    @app.post("/v1/messages")
+    async def create_message(request: Request) -> Response:
+        namespace = auth.namespace(request.headers)
+        body = parse_request(MessagesRequest, await _read_body(request, settings.max_request_bytes))
+        prepared = await service.prepare(body, namespace, request.state.request_id)
+        stream = service.submit(prepared)
+        if body.stream:
+            # runs after the last event or once the client disconnects; a no-op after Finished
+            return StreamingResponse(service.stream_events(prepared, stream),
+                                     media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache"},
+                                     background=BackgroundTask(stream.abort))
+        message = await service.complete(prepared, stream, request.is_disconnected)
+        if message is None:
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(message.model_dump())
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens(request: Request) -> Response:
+        auth.namespace(request.headers)
+        body = parse_request(PromptRequest, await _read_body(request, settings.max_request_bytes))
+        return JSONResponse(TokenCount(input_tokens=await service.count_tokens(body)).model_dump())
+
+    @app.get("/v1/models")
+    async def list_models(request: Request, limit: int = Query(20, ge=1, le=1000),
+                          after_id: str | None = None, before_id: str | None = None) -> Response:
+        auth.namespace(request.headers)
+        return JSONResponse(registry.page(limit, after_id, before_id).model_dump())
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(request: Request, model_id: str) -> Response:
+        auth.namespace(request.headers)
+        return JSONResponse(registry.info(model_id).model_dump())
+
+    @app.get("/health")
+    async def health() -> Response:
+        return JSONResponse({"status": "ok", "model": engine.model_id, **asdict(engine.stats())})
+
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than ``limit`` bytes before reading them all."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    def respond(request: Request, err: APIError) -> JSONResponse:
+        return JSONResponse(err.body(request.state.request_id), status_code=err.status,
+                            headers=err.headers)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, err: APIError) -> JSONResponse:
+        return respond(request, err)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        if err.status_code == 405:
+            return respond(request, MethodNotAllowedError(
+                f"method {request.method} is not allowed on {request.url.path}"))
+        return respond(request, NotFoundError(f"{request.method} {request.url.path} not found"))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return respond(request, InvalidRequestError(f"{where}: {first['msg']}"))

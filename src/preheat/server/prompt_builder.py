@@ -1,0 +1,226 @@
+"""Anthropic request -> chat messages -> prompt tokens, and where each block ends.
+
+The prompt is read in Anthropic's order: tools, then system, then messages.
+Tool definitions are rendered here as text at the top of the system turn (the
+same way for every model, so their token positions are known), tool_use and
+tool_result blocks become text, and the blocks of one turn are joined with
+"\\n". A final assistant turn is a prefill: the prompt ends with its text so the
+reply continues it.
+
+Every block's end is mapped to a token position: the number of prompt tokens
+that lie entirely before the block's last character. Cache breakpoints are
+placed at those positions.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from preheat.server.errors import InvalidRequestError
+from preheat.server.protocol import (CacheControl, InputMessage, PromptRequest, TextBlock,
+                                     ToolChoice, ToolResultBlock, ToolUseBlock)
+
+Section = Literal["tools", "system", "messages"]
+BLOCK_SEPARATOR = "\n"
+TOOLS_HEADER = "You can use the following tools, given as JSON definitions:"
+# Stands in for a turn's content to find where the template puts it.
+_SENTINEL = "\x00preheat-content\x00"
+
+
+class ChatTokenizer(Protocol):
+    def encode_prompt(self, text: str) -> tuple[list[int], list[tuple[int, int]]]: ...
+
+    def render_chat(self, messages: list[dict[str, str]], *, tools=None,
+                    add_generation_prompt: bool = True) -> str: ...
+
+
+@dataclass(frozen=True)
+class PromptBlock:
+    """A request block that may carry a cache breakpoint, and where it ends."""
+
+    section: Section
+    end: int  # prompt tokens up to and including this block
+    cache_control: CacheControl | None
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class BuiltPrompt:
+    text: str
+    token_ids: list[int]
+    blocks: list[PromptBlock]  # in prompt order
+    tools_text: str  # tool definitions as rendered, for cache diagnostics
+    tool_choice_text: str
+    system_text: str
+    turns: list[ChatTurn]  # merged message turns; the last one is the prefill if ``prefill``
+    prefill: bool
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A span of one turn's content; ``section`` is None for text no block owns."""
+
+    text: str
+    section: Section | None = None
+    cache_control: CacheControl | None = None
+
+
+def build_prompt(request: PromptRequest, tokenizer: ChatTokenizer) -> BuiltPrompt:
+    """Render and tokenize a request; malformed conversations are a 400."""
+    _check_messages(request.messages)
+    _check_text_blocks("system", request.system)
+    tool_pieces = _tool_pieces(request.tools, request.tool_choice)
+    system_pieces = [_Piece(b.text, "system", b.cache_control) for b in request.system]
+    turns = _merge_turns(request.messages)
+    prefill = turns[-1][0] == "assistant"
+    chat = ([("system", tool_pieces + system_pieces)] if tool_pieces or system_pieces else [])
+    chat += turns
+    text, ends = _render(tokenizer, chat, prefill)
+    ids, offsets = tokenizer.encode_prompt(text)
+    token_ends = [end for _, end in offsets]
+    blocks = [PromptBlock(piece.section, bisect.bisect_right(token_ends, end), piece.cache_control)
+              for piece, end in ends if piece.section is not None]
+    return BuiltPrompt(
+        text=text, token_ids=ids, blocks=blocks,
+        tools_text=_join(p for p in tool_pieces if p.section == "tools"),
+        tool_choice_text=_tool_choice_text(request.tool_choice) if request.tools else "",
+        system_text=_join(system_pieces),
+        turns=[ChatTurn(role, _join(pieces)) for role, pieces in turns],
+        prefill=prefill,
+    )
+
+
+def _join(pieces) -> str:
+    return BLOCK_SEPARATOR.join(p.text for p in pieces)
+
+
+# ---- validation -----------------------------------------------------------------
+
+
+def _check_messages(messages: list[InputMessage]) -> None:
+    last = len(messages) - 1
+    for i, message in enumerate(messages):
+        is_prefill = i == last and message.role == "assistant"
+        if not message.content and not is_prefill:
+            raise InvalidRequestError(
+                f"messages.{i}: all messages must have non-empty content except for the "
+                "optional final assistant message")
+        _check_text_blocks(f"messages.{i}.content", message.content)
+        if is_prefill and message.content:
+            tail = message.content[-1]
+            if isinstance(tail, TextBlock) and tail.text != tail.text.rstrip():
+                raise InvalidRequestError(
+                    f"messages.{i}: final assistant content cannot end with trailing whitespace")
+
+
+def _check_text_blocks(where: str, blocks) -> None:
+    for j, block in enumerate(blocks):
+        if isinstance(block, TextBlock) and not block.text.strip():
+            raise InvalidRequestError(f"{where}.{j}: text content blocks must contain "
+                                      "non-whitespace text")
+
+
+# ---- rendering requests to text ---------------------------------------------------
+
+
+def _tool_pieces(tools, tool_choice: ToolChoice | None) -> list[_Piece]:
+    if not tools:
+        return []
+    pieces = [_Piece(TOOLS_HEADER)]
+    for tool in tools:
+        definition = {"name": tool.name, "description": tool.description or "",
+                      "input_schema": tool.input_schema}
+        text = json.dumps(definition, ensure_ascii=False)
+        pieces.append(_Piece(text, "tools", tool.cache_control))
+    choice = _tool_choice_text(tool_choice)
+    return pieces + ([_Piece(choice)] if choice else [])
+
+
+def _tool_choice_text(choice: ToolChoice | None) -> str:
+    if choice is None or choice.type == "auto":
+        return ""
+    if choice.type == "any":
+        return "You must use one of these tools."
+    if choice.type == "none":
+        return "Do not use any of these tools."
+    return f"You must use the tool named {choice.name}."
+
+
+def _merge_turns(messages: list[InputMessage]) -> list[tuple[str, list[_Piece]]]:
+    """Consecutive messages of one role are one turn, as Anthropic merges them."""
+    turns: list[tuple[str, list[_Piece]]] = []
+    for message in messages:
+        pieces = [_Piece(_block_text(b), "messages", b.cache_control) for b in message.content]
+        if turns and turns[-1][0] == message.role:
+            turns[-1][1].extend(pieces)
+        else:
+            turns.append((message.role, pieces))
+    return turns
+
+
+def _block_text(block) -> str:
+    if isinstance(block, TextBlock):
+        return block.text
+    if isinstance(block, ToolUseBlock):
+        arguments = json.dumps(block.input, ensure_ascii=False)
+        return f'<tool_use id="{block.id}" name="{block.name}">{arguments}</tool_use>'
+    assert isinstance(block, ToolResultBlock)
+    error = ' is_error="true"' if block.is_error else ""
+    result = BLOCK_SEPARATOR.join(part.text for part in block.content)
+    return f'<tool_result tool_use_id="{block.tool_use_id}"{error}>{result}</tool_result>'
+
+
+# ---- rendering chat to prompt text --------------------------------------------------
+
+
+def _render(tokenizer: ChatTokenizer, chat: list[tuple[str, list[_Piece]]],
+            prefill: bool) -> tuple[str, list[tuple[_Piece, int]]]:
+    """The prompt text and, for every piece, the char offset where it ends."""
+    history = chat[:-1] if prefill else chat
+    messages = [{"role": role, "content": _join(pieces)} for role, pieces in history]
+    text = tokenizer.render_chat(messages, add_generation_prompt=True)
+    starts = _content_starts(tokenizer, messages, text)
+    if prefill:
+        starts.append(len(text))
+        text += _join(chat[-1][1])
+    ends: list[tuple[_Piece, int]] = []
+    cursor = 0
+    for (_, pieces), start in zip(chat, starts):
+        offset = start
+        for piece in pieces:
+            if start >= 0:
+                cursor = offset + len(piece.text)
+                offset = cursor + len(BLOCK_SEPARATOR)
+            # else the template rewrote the content: keep the last known end (caches less)
+            ends.append((piece, cursor))
+    return text, ends
+
+
+def _content_starts(tokenizer: ChatTokenizer, messages: list[dict[str, str]],
+                    text: str) -> list[int]:
+    """Where each turn's content starts in ``text`` (-1 where it can't be found).
+
+    Each turn is located by rendering the conversation up to it with a sentinel
+    as its content, so text the template adds (a default system prompt, role
+    headers) is never mistaken for a block.
+    """
+    starts, cursor = [], 0
+    for i, message in enumerate(messages):
+        probe = tokenizer.render_chat(
+            messages[:i] + [{"role": message["role"], "content": _SENTINEL}],
+            add_generation_prompt=False)
+        at = probe.find(_SENTINEL)
+        content = message["content"]
+        if not (at >= 0 and text.startswith(probe[:at]) and text.startswith(content, at)):
+            at = text.find(content, cursor)
+        starts.append(at)
+        if at >= 0:
+            cursor = at + len(content)
+    return starts

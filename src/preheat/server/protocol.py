@@ -1,0 +1,288 @@
+"""Wire shapes of the Messages API: pydantic request models and response models.
+
+Requests are validated strictly (unknown fields and wrong types are a 400, as
+Anthropic does); fields that newer SDKs send but a small text model can't honour
+are declared so the error can say why instead of just "extra input".
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      field_validator, model_validator)
+from pydantic_core import PydanticCustomError
+
+from preheat.server.errors import InvalidRequestError
+
+# ---- requests -----------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CacheControl(_Strict):
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] = "5m"
+
+
+class TextBlock(_Strict):
+    type: Literal["text"]
+    text: str
+    cache_control: CacheControl | None = None
+    citations: list[dict[str, Any]] | None = None  # round-tripped from responses; ignored
+
+
+class UnsupportedBlock(BaseModel):
+    """Any block type a text model can't read (image, document, thinking, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        raise PydanticCustomError(
+            "unsupported_block",
+            "content blocks of type '{kind}' are not supported: this server's model reads "
+            "text, tool_use and tool_result blocks only",
+            {"kind": kind},
+        )
+
+
+def _block_tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in ("text", "tool_use", "tool_result") else "unsupported"
+
+
+def _as_blocks(value: Any) -> Any:
+    """Anthropic treats string content as one text block; "" or null is no content."""
+    if isinstance(value, str):
+        return [{"type": "text", "text": value}] if value else []
+    return [] if value is None else value
+
+
+def _none_as_empty(value: Any) -> Any:
+    return [] if value is None else value
+
+
+ToolResultContent = Annotated[
+    Annotated[TextBlock, Tag("text")] | Annotated[UnsupportedBlock, Tag("unsupported")],
+    Discriminator(lambda v: "text" if _block_tag(v) == "text" else "unsupported"),
+]
+
+
+class ToolUseBlock(_Strict):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+    cache_control: CacheControl | None = None
+    caller: dict[str, Any] | None = None  # round-tripped from responses; ignored
+
+
+class ToolResultBlock(_Strict):
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: list[ToolResultContent] = []
+    is_error: bool | None = None
+    cache_control: CacheControl | None = None
+
+    content_as_blocks = field_validator("content", mode="before")(_as_blocks)
+
+
+ContentBlock = Annotated[
+    Annotated[TextBlock, Tag("text")]
+    | Annotated[ToolUseBlock, Tag("tool_use")]
+    | Annotated[ToolResultBlock, Tag("tool_result")]
+    | Annotated[UnsupportedBlock, Tag("unsupported")],
+    Discriminator(_block_tag),
+]
+
+
+class InputMessage(_Strict):
+    role: Literal["user", "assistant"]
+    content: list[ContentBlock]
+
+    content_as_blocks = field_validator("content", mode="before")(_as_blocks)
+
+
+class Tool(_Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,128}$")
+    description: str | None = None
+    input_schema: dict[str, Any]
+    cache_control: CacheControl | None = None
+    type: Literal["custom"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_custom(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind not in (None, "custom"):
+            raise PydanticCustomError(
+                "unsupported_tool",
+                "server tools ('{kind}') are not supported: only custom tools with an input_schema",
+                {"kind": kind})
+        return data
+
+
+class ToolChoice(_Strict):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+    @model_validator(mode="after")
+    def _name_for_tool(self) -> ToolChoice:
+        if self.type == "tool" and not self.name:
+            raise PydanticCustomError("missing_name", "name is required when type is 'tool'")
+        return self
+
+
+class Thinking(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["enabled", "disabled", "adaptive"]
+
+    @model_validator(mode="after")
+    def _only_disabled(self) -> Thinking:
+        if self.type != "disabled":
+            raise PydanticCustomError(
+                "unsupported_thinking",
+                "extended thinking is not supported by this model; omit `thinking` or set "
+                "{\"type\": \"disabled\"}")
+        return self
+
+
+class OutputConfig(_Strict):
+    effort: str | None = None  # accepted; the model has one effort level
+    format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _no_format(self) -> OutputConfig:
+        if self.format is not None:
+            raise PydanticCustomError(
+                "unsupported_format", "structured output (output_config.format) is not supported")
+        return self
+
+
+class Metadata(_Strict):
+    user_id: str | None = None
+
+
+class DiagnosticsParam(_Strict):
+    previous_message_id: str | None = None
+
+
+class PromptRequest(_Strict):
+    """The fields that make up a prompt: the body of ``count_tokens``."""
+
+    model: str
+    messages: list[InputMessage] = Field(min_length=1)
+    system: list[TextBlock] = []
+    tools: list[Tool] = []
+    tool_choice: ToolChoice | None = None
+    cache_control: CacheControl | None = None  # automatic caching: one breakpoint, last block
+    thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
+    speed: Literal["standard", "fast"] | None = None  # accepted; there is one speed
+
+    system_as_blocks = field_validator("system", mode="before")(_as_blocks)
+    null_tools = field_validator("tools", mode="before")(_none_as_empty)
+
+
+class MessagesRequest(PromptRequest):
+    """Body of ``POST /v1/messages``; ``max_tokens: 0`` is a pre-warm (write cache, no text)."""
+
+    max_tokens: int = Field(ge=0)
+    stop_sequences: list[str] = []
+    temperature: float = Field(default=1.0, ge=0.0, le=1.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    metadata: Metadata | None = None
+    stream: bool = False
+    diagnostics: DiagnosticsParam | None = None
+    service_tier: str | None = None  # accepted; there is one tier
+    inference_geo: str | None = None  # accepted; inference is wherever this server is
+
+    null_stops = field_validator("stop_sequences", mode="before")(_none_as_empty)
+
+    @field_validator("stop_sequences")
+    @classmethod
+    def _non_empty_stops(cls, value: list[str]) -> list[str]:
+        if any(not s for s in value):
+            raise PydanticCustomError("empty_stop", "stop sequences must be non-empty strings")
+        return value
+
+
+def parse_request(model: type[_Strict], raw: bytes) -> Any:
+    """Validate a JSON body; any problem is a 400 naming the offending field."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as err:
+        raise InvalidRequestError(describe_validation_error(err)) from None
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    first = err.errors(include_url=False)[0]
+    if first["type"] == "json_invalid":
+        return f"malformed JSON body: {first['msg'].removeprefix('Invalid JSON: ')}"
+    loc = [str(part) for part in first["loc"] if part != "unsupported"]
+    where = ".".join(loc) if loc else "body"
+    if first["type"] == "missing":
+        return f"{where}: Field required"
+    return f"{where}: {first['msg']}"
+
+
+# ---- responses ------------------------------------------------------------------
+
+
+class CacheCreation(BaseModel):
+    ephemeral_5m_input_tokens: int = 0
+    ephemeral_1h_input_tokens: int = 0
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cache_creation: CacheCreation
+
+
+class TextContent(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class MessageResponse(BaseModel):
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    model: str
+    content: list[TextContent]
+    stop_reason: str | None
+    stop_sequence: str | None
+    usage: Usage
+    # {"cache_miss_reason": {...}} when asked for and a divergence was found; else null
+    diagnostics: dict[str, Any] | None = None
+
+
+class ModelInfo(BaseModel):
+    id: str
+    type: Literal["model"] = "model"
+    display_name: str
+    created_at: str
+    lifecycle: Literal["active"] = "active"
+    max_input_tokens: int
+    max_tokens: int
+
+
+class ModelList(BaseModel):
+    data: list[ModelInfo]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class TokenCount(BaseModel):
+    input_tokens: int

@@ -1,0 +1,40 @@
+"""How the HTTP server behaves; the engine has its own ``EngineConfig``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+FIVE_MINUTES = 300.0
+ONE_HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # When non-empty, requests must present one of these (x-api-key or Bearer); else 401.
+    api_keys: tuple[str, ...] = ()
+    # Extra model ids served by the loaded model.
+    aliases: tuple[str, ...] = ()
+    # Serve any ``claude-*`` id too, so notebooks with hard-coded Claude models run unchanged.
+    claude_aliases: bool = True
+    # Anthropic's minimum cacheable prefix; shorter breakpoints are plain input.
+    min_cache_tokens: int = 1024
+    # What the API's "5m" and "1h" TTLs mean here (tests shorten them).
+    ttl_5m_seconds: float = FIVE_MINUTES
+    ttl_1h_seconds: float = ONE_HOUR
+    # Anthropic's body limit for the Messages API.
+    max_request_bytes: int = 32 * 1024 * 1024
+    # A ping is sent on an SSE stream after this long without another event.
+    ping_interval_seconds: float = 5.0
+    # Recent requests remembered for cache diagnostics.
+    diagnostics_capacity: int = 2048
+    # System prompt pinned at start and kept warm (``preheat serve --preheat FILE``).
+    preheat_file: Path | None = None
+    preheat_ttl: str = "1h"
+    # Which client key the preheated prompt is pinned for when no api_keys are set.
+    preheat_key: str = ""
+
+    def ttl_seconds(self, ttl: str) -> float:
+        """Seconds for an API TTL label ("5m" or "1h")."""
+        return self.ttl_1h_seconds if ttl == "1h" else self.ttl_5m_seconds

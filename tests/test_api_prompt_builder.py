@@ -1,0 +1,142 @@
+"""Prompt building: Anthropic request -> ChatML prompt tokens, and where every block ends."""
+from __future__ import annotations
+
+import pytest
+
+from preheat.loader.embedded import embedded_model_path
+from preheat.server.errors import InvalidRequestError
+from preheat.server.prompt_builder import TOOLS_HEADER, build_prompt
+from preheat.server.protocol import MessagesRequest
+from preheat.tokenizer.tokenizer import Tokenizer
+
+CC = {"type": "ephemeral"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.from_gguf(embedded_model_path())
+
+
+def request(**fields) -> MessagesRequest:
+    return MessagesRequest.model_validate({"model": "m", "max_tokens": 5, **fields})
+
+
+def text_before(tokenizer, prompt, block) -> str:
+    return tokenizer.decode(prompt.token_ids[:block.end], skip_special_tokens=False)
+
+
+def test_plain_conversation_renders_chatml_with_the_default_system_prompt(tokenizer):
+    prompt = build_prompt(request(messages=[{"role": "user", "content": "Hello"}]), tokenizer)
+    assert prompt.text.startswith("<|im_start|>system\n")
+    assert prompt.text.endswith("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt.token_ids == tokenizer.encode(prompt.text)
+    assert not prompt.prefill
+
+
+def test_every_block_ends_right_after_its_text(tokenizer):
+    prompt = build_prompt(request(
+        tools=[{"name": "get_weather", "description": "Weather now", "input_schema": {"type": "object"},
+                "cache_control": CC}],
+        system=[{"type": "text", "text": "You are terse."},
+                {"type": "text", "text": "Answer in French.", "cache_control": CC}],
+        messages=[{"role": "user", "content": [
+            {"type": "text", "text": "First part."},
+            {"type": "text", "text": "Second part?", "cache_control": CC}]}],
+    ), tokenizer)
+    sections = [b.section for b in prompt.blocks]
+    assert sections == ["tools", "system", "system", "messages", "messages"]
+    before = [text_before(tokenizer, prompt, b) for b in prompt.blocks]
+    assert before[0].endswith('"input_schema": {"type": "object"}}')
+    assert before[1].endswith("You are terse.")
+    assert before[2].endswith("Answer in French.")
+    assert before[3].endswith("<|im_start|>user\nFirst part.")
+    assert before[4].endswith("First part.\nSecond part?")
+    assert [b.end for b in prompt.blocks] == sorted(b.end for b in prompt.blocks)
+    assert [b.cache_control is not None for b in prompt.blocks] == [True, False, True, False, True]
+
+
+def test_tools_come_first_in_the_system_turn(tokenizer):
+    prompt = build_prompt(request(
+        tools=[{"name": "a", "input_schema": {}}, {"name": "b", "input_schema": {}}],
+        tool_choice={"type": "tool", "name": "b"},
+        system="Be kind.", messages=[{"role": "user", "content": "hi"}]), tokenizer)
+    system_turn = prompt.text.split("<|im_end|>")[0]
+    assert system_turn.startswith(f"<|im_start|>system\n{TOOLS_HEADER}\n")
+    assert system_turn.index('"name": "a"') < system_turn.index('"name": "b"')
+    assert system_turn.endswith("You must use the tool named b.\nBe kind.")
+    assert prompt.tool_choice_text == "You must use the tool named b."
+    assert prompt.system_text == "Be kind."
+
+
+def test_template_text_is_never_mistaken_for_a_block(tokenizer):
+    # "You are" also occurs in the template's default system prompt, "user" in the role header.
+    for content in ("You are", "user", "system"):
+        prompt = build_prompt(request(messages=[{"role": "user", "content": [
+            {"type": "text", "text": content, "cache_control": CC}]}]), tokenizer)
+        (block,) = prompt.blocks
+        assert text_before(tokenizer, prompt, block).endswith(f"<|im_start|>user\n{content}")
+
+
+def test_final_assistant_turn_is_a_prefill(tokenizer):
+    prompt = build_prompt(request(messages=[
+        {"role": "user", "content": "Pick a letter"},
+        {"role": "assistant", "content": "The letter is"}]), tokenizer)
+    assert prompt.prefill
+    assert prompt.text.endswith("<|im_start|>assistant\nThe letter is")
+    assert text_before(tokenizer, prompt, prompt.blocks[-1]) == prompt.text
+
+
+def test_consecutive_turns_of_one_role_are_merged(tokenizer):
+    prompt = build_prompt(request(messages=[
+        {"role": "user", "content": "one"}, {"role": "user", "content": "two"}]), tokenizer)
+    assert "<|im_start|>user\none\ntwo<|im_end|>" in prompt.text
+    assert [t.content for t in prompt.turns] == ["one\ntwo"]
+
+
+def test_tool_use_and_results_render_as_text(tokenizer):
+    prompt = build_prompt(request(messages=[
+        {"role": "user", "content": "weather in Oslo?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "weather",
+                                           "input": {"city": "Oslo"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "is_error": True,
+                                      "content": [{"type": "text", "text": "timeout"}]}]}]), tokenizer)
+    assert '<tool_use id="t1" name="weather">{"city": "Oslo"}</tool_use>' in prompt.text
+    assert '<tool_result tool_use_id="t1" is_error="true">timeout</tool_result>' in prompt.text
+
+
+def test_a_turn_boundary_is_a_stable_prefix_of_the_next_turn(tokenizer):
+    """The breakpoint of turn one is a token prefix of turn two, so turn two can read it."""
+    joke = {"type": "text", "text": "Tell me a joke.", "cache_control": CC}
+    history = [{"role": "user", "content": [joke]}]
+    first = build_prompt(request(messages=history), tokenizer)
+    second = build_prompt(request(messages=history + [
+        {"role": "assistant", "content": "Why did the chicken cross the road?"},
+        {"role": "user", "content": "Why?"}]), tokenizer)
+    end = first.blocks[-1].end
+    assert second.token_ids[:end] == first.token_ids[:end]
+    assert second.blocks[0].end == end
+
+
+@pytest.mark.parametrize("messages, expected", [
+    ([{"role": "user", "content": ""}],
+     "messages.0: all messages must have non-empty content except for the optional final assistant message"),
+    ([{"role": "user", "content": [{"type": "text", "text": "  "}]}],
+     "messages.0.content.0: text content blocks must contain non-whitespace text"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure "}],
+     "messages.1: final assistant content cannot end with trailing whitespace"),
+])
+def test_malformed_conversations_are_rejected(tokenizer, messages, expected):
+    with pytest.raises(InvalidRequestError, match="^" + expected.replace(".", r"\.")):
+        build_prompt(request(messages=messages), tokenizer)
+
+
+def test_an_empty_final_assistant_turn_is_allowed(tokenizer):
+    prompt = build_prompt(request(messages=[{"role": "user", "content": "hi"},
+                                            {"role": "assistant", "content": ""}]), tokenizer)
+    assert prompt.text.endswith("<|im_start|>assistant\n")
+
+
+def test_whitespace_only_system_block_is_rejected(tokenizer):
+    with pytest.raises(InvalidRequestError, match="^system.0: text content blocks"):
+        build_prompt(request(system=[{"type": "text", "text": " "}],
+                             messages=[{"role": "user", "content": "hi"}]), tokenizer)

@@ -1,0 +1,126 @@
+"""Request validation: every malformed body is a 400 that names the field and the problem."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from preheat.server.errors import InvalidRequestError
+from preheat.server.protocol import MessagesRequest, PromptRequest, TextBlock, parse_request
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def parse(body: dict, model=MessagesRequest):
+    return parse_request(model, json.dumps(body).encode())
+
+
+def error_of(body, model=MessagesRequest) -> str:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with pytest.raises(InvalidRequestError) as info:
+        parse_request(model, raw)
+    assert info.value.status == 400 and info.value.error_type == "invalid_request_error"
+    return info.value.message
+
+
+def test_minimal_request_gets_anthropic_defaults():
+    req = parse({"model": "m", "max_tokens": 5, "messages": USER})
+    assert req.temperature == 1.0 and req.top_k is None and req.top_p is None
+    assert req.stream is False and req.system == [] and req.tools == []
+    assert req.messages[0].content == [TextBlock(type="text", text="hi")]
+
+
+def test_string_system_and_content_become_text_blocks():
+    req = parse({"model": "m", "max_tokens": 5, "system": "be brief", "messages": USER})
+    assert [b.text for b in req.system] == ["be brief"]
+
+
+def test_nulls_for_optional_lists_are_empty():
+    req = parse({"model": "m", "max_tokens": 5, "messages": USER, "system": None, "tools": None,
+                 "stop_sequences": None})
+    assert req.system == [] and req.tools == [] and req.stop_sequences == []
+
+
+def test_cache_control_defaults_to_five_minutes():
+    req = parse({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]}]})
+    assert req.messages[0].content[0].cache_control.ttl == "5m"
+
+
+def test_fields_the_sdks_send_are_accepted():
+    req = parse({"model": "m", "max_tokens": 0, "messages": USER, "temperature": 0, "top_p": 0.9,
+                 "top_k": 5, "metadata": {"user_id": "u"}, "stream": True,
+                 "stop_sequences": ["\n\n"], "service_tier": "auto", "speed": "standard",
+                 "thinking": {"type": "disabled"}, "output_config": {"effort": "low"},
+                 "tool_choice": {"type": "auto"}, "diagnostics": {"previous_message_id": None}})
+    assert req.max_tokens == 0 and req.top_k == 5 and req.stream
+
+
+def test_tool_use_and_tool_result_blocks():
+    req = parse({"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "w",
+                                           "input": {"city": "Oslo"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                      "content": "rain", "is_error": False}]}]})
+    assert req.messages[2].content[0].content[0].text == "rain"
+
+
+def with_fields(**fields) -> dict:
+    """A valid request with ``fields`` replaced (None removes one)."""
+    out = {"model": "m", "max_tokens": 5, "messages": USER, **fields}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@pytest.mark.parametrize("body, expected", [
+    (b"{", "malformed JSON body"),
+    (b"", "malformed JSON body"),
+    (b"[1, 2]", "body: Input should be an object"),
+    (with_fields(model=None), "model: Field required"),
+    (with_fields(max_tokens=None), "max_tokens: Field required"),
+    (with_fields(max_tokens="5"), "max_tokens: Input should be a valid integer"),
+    (with_fields(max_tokens=-1), "max_tokens: Input should be greater than or equal to 0"),
+    (with_fields(messages=[]), "messages: List should have at least 1 item"),
+    (with_fields(messages=[{"role": "system", "content": "x"}]),
+     "messages.0.role: Input should be 'user' or 'assistant'"),
+    (with_fields(temperature=1.5), "temperature: Input should be less than or equal to 1"),
+    (with_fields(stop_sequences=[""]), "stop_sequences: stop sequences must be non-empty"),
+    (with_fields(container="c"), "container: Extra inputs are not permitted"),
+    (with_fields(cache_control={"type": "persistent"}), "cache_control.type: Input should be 'ephemeral'"),
+    (with_fields(cache_control={"type": "ephemeral", "ttl": "2h"}),
+     "cache_control.ttl: Input should be '5m' or '1h'"),
+    (with_fields(thinking={"type": "enabled", "budget_tokens": 1024}),
+     "thinking: extended thinking is not supported"),
+    (with_fields(output_config={"format": {"type": "json_schema"}}),
+     "output_config: structured output (output_config.format) is not supported"),
+    (with_fields(tool_choice={"type": "tool"}), "tool_choice: name is required when type is 'tool'"),
+    (with_fields(tools=[{"type": "web_search_20250305", "name": "web_search"}]),
+     "tools.0: server tools ('web_search_20250305') are not supported"),
+    (with_fields(tools=[{"name": "bad name!", "input_schema": {}}]),
+     "tools.0.name: String should match pattern"),
+])
+def test_invalid_bodies_name_the_problem(body, expected):
+    assert error_of(body).startswith(expected)
+
+
+@pytest.mark.parametrize("block", [
+    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}},
+    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}},
+])
+def test_images_and_documents_are_a_clear_400(block):
+    message = error_of({"model": "m", "max_tokens": 5,
+                        "messages": [{"role": "user", "content": [block]}]})
+    assert message.startswith(f"messages.0.content.0: content blocks of type '{block['type']}' "
+                              "are not supported")
+
+
+def test_an_image_inside_a_tool_result_is_a_400_too():
+    message = error_of({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {}}]}]}]})
+    assert "messages.0.content.0.tool_result.content.0: content blocks of type 'image'" in message
+
+
+def test_count_tokens_body_has_no_generation_fields():
+    assert parse({"model": "m", "messages": USER}, PromptRequest).model == "m"
+    assert error_of({"model": "m", "messages": USER, "max_tokens": 5}, PromptRequest) == \
+        "max_tokens: Extra inputs are not permitted"
