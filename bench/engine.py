@@ -5,6 +5,13 @@ when `llama-cpp-python` is installed (`pip install -e '.[bench]'`), the same
 figures for llama.cpp measured in this run with the ratios. Figures, not tests.
 
     python bench/engine.py [--threads 2] [--model PATH] [--no-llama-cpp]
+
+On CPUs with AMX (recent Xeons), llama-cpp-python 0.3.36 built with its default
+`-march=native` crashes in its AMX matmul; build it without AMX for a peer that runs:
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+      -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" \
+      pip install --no-cache-dir llama-cpp-python
 """
 from __future__ import annotations
 
@@ -60,7 +67,8 @@ def bench_preheat(args) -> Figures:
     t0 = time.perf_counter()
     engine, model_id = build_engine(EngineConfig(model=args.model, num_threads=args.threads,
                                                  kv_cache_tokens=16384, max_step_tokens=512))
-    print(f"preheat: {model_id} loaded in {time.perf_counter() - t0:.2f} s, {args.threads} threads")
+    print(f"preheat: {model_id} loaded in {time.perf_counter() - t0:.2f} s, {args.threads} threads",
+          flush=True)
     f = Figures()
     drive(engine, [GenerationRequest(random_ids(64, 99), greedy(4))])  # warm-up
     for n, attr in ((512, "prefill_512"), (4096, "prefill_4096")):

@@ -11,7 +11,7 @@ class EngineConfig:
     device: str = "cpu"
     dtype: str = "float32"
     block_size: int = 16
-    kv_cache_tokens: int = 65536  # pool size in tokens (ignored when kv_cache_bytes is set)
+    kv_cache_tokens: int = 32768  # pool size in tokens (ignored when kv_cache_bytes is set)
     kv_cache_bytes: int | None = None
     max_step_tokens: int = 512  # token budget of one engine step (prefill chunk + decodes)
     max_running: int = 64  # sequences decoding at once
