@@ -63,12 +63,13 @@ def greedy(n: int) -> SamplingParams:
     return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
 
 
-def bench_preheat(args) -> Figures:
+def bench_preheat(args, weight_format: str) -> Figures:
     t0 = time.perf_counter()
     engine, model_id = build_engine(EngineConfig(model=args.model, num_threads=args.threads,
-                                                 kv_cache_tokens=16384, max_step_tokens=512))
-    print(f"preheat: {model_id} loaded in {time.perf_counter() - t0:.2f} s, {args.threads} threads",
-          flush=True)
+                                                 kv_cache_tokens=16384, max_step_tokens=512,
+                                                 weight_format=weight_format))
+    print(f"preheat ({weight_format}): {model_id} loaded in {time.perf_counter() - t0:.2f} s, "
+          f"{args.threads} threads", flush=True)
     f = Figures()
     drive(engine, [GenerationRequest(random_ids(64, 99), greedy(4))])  # warm-up
     for n, attr in ((512, "prefill_512"), (4096, "prefill_4096")):
@@ -128,23 +129,33 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default=None, help="GGUF path (default: the embedded SmolLM2)")
     ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--weight-format", choices=["dense", "int4", "both"], default="both")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    ours = bench_preheat(args)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    formats = ["dense", "int4"] if args.weight_format == "both" else [args.weight_format]
+    ours = {}
+    for fmt in formats:
+        ours[fmt] = bench_preheat(args, fmt)
+        # peak so far: the first format's figure is its own, later ones include earlier engines
+        print(f"peak RSS after preheat ({fmt}): "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", flush=True)
     peer = None if args.no_llama_cpp else bench_llama_cpp(args)
+    for fmt, figures in ours.items():
+        report(fmt, figures, peer)
 
+
+def report(fmt: str, ours: Figures, peer: Figures | None) -> None:
     rows = [("prefill 512 tok (tok/s)", "prefill_512"), ("prefill 4096 tok (tok/s)", "prefill_4096"),
-            ("decode, 1 stream (tok/s)", "decode_1"), (f"decode, {STREAMS} streams aggregate (tok/s)", "decode_8"),
+            ("decode, 1 stream (tok/s)", "decode_1"),
+            (f"decode, {STREAMS} streams aggregate (tok/s)", "decode_8"),
             ("TTFT 4096+32 cold (s)", "ttft_cold"), ("TTFT 4096+32 cached (s)", "ttft_cached")]
-    print(f"\n{'figure':<38}{'preheat':>10}{'llama.cpp':>11}{'ratio':>8}")
+    print(f"\n{'figure':<38}{'preheat ' + fmt:>14}{'llama.cpp':>11}{'ratio':>8}")
     for label, attr in rows:
         a = getattr(ours, attr)
         b = getattr(peer, attr) if peer else None
         ratio = f"{a / b:.2f}x" if b else "-"
-        print(f"{label:<38}{a:>10.3f}{(f'{b:.3f}' if b else '-'):>11}{ratio:>8}")
-    print(f"{'preheat peak RSS (MB)':<38}{peak_mb:>10.0f}")
-    print(f"\ncached TTFT / cold TTFT: {ours.ttft_cached / ours.ttft_cold:.1%} (goal <= 5%)")
+        print(f"{label:<38}{a:>14.3f}{(f'{b:.3f}' if b else '-'):>11}{ratio:>8}")
+    print(f"cached TTFT / cold TTFT: {ours.ttft_cached / ours.ttft_cold:.1%} (goal <= 5%)")
     if peer:
         print(f"prefill 512 vs llama.cpp: {ours.prefill_512 / peer.prefill_512:.2f}x (goal >= 1.5x)")
         print(f"{STREAMS}-stream aggregate decode vs llama.cpp 1 stream: "

@@ -59,6 +59,15 @@ def test_greedy_tokens_and_logits_match_transformers(loaded, engine, hf_referenc
         torch.testing.assert_close(last_logits(engine, ids), want_logits.float(), atol=2e-3, rtol=1e-4)
 
 
+def test_int4_format_tracks_the_exact_model(loaded, engine):
+    int4 = build_engine(EngineConfig(kv_cache_tokens=4096, weight_format="int4"), loaded=loaded)[0]
+    for question in QUESTIONS:
+        ids = chat(loaded, question)
+        exact, fast = last_logits(engine, ids), last_logits(int4, ids)
+        assert exact.argmax() == fast.argmax(), question
+        assert torch.nn.functional.cosine_similarity(exact, fast, dim=0) > 0.995
+
+
 def test_cache_hit_gives_cold_tokens_and_logits(loaded, engine):
     system = "You are a careful assistant. " * 40
     convo = lambda q: loaded.tokenizer.encode_prompt(loaded.tokenizer.render_chat(

@@ -83,6 +83,7 @@ ENGINE_HELP = {
     "model": "a .gguf file or Hugging Face folder (default: the embedded SmolLM2)",
     "device": "torch device",
     "dtype": "weight and KV cache dtype",
+    "weight_format": "dense (exact) or int4 (4-bit decoder weights, bf16 matmuls: faster on CPU)",
     "block_size": "tokens per KV cache block",
     "kv_cache_tokens": "KV cache pool size in tokens",
     "kv_cache_bytes": "KV cache pool size in bytes (instead of --kv-cache-tokens)",

@@ -206,5 +206,6 @@ def build_engine(config: EngineConfig, *, clock: Callable[[], float] = time.mono
         torch.set_num_threads(config.num_threads)
     dtype = getattr(torch, config.dtype)
     loaded = loaded or load_model(config.model, dtype=dtype, cache_dir=config.cache_dir)
-    model = LlamaModel(loaded.config, loaded.weights, torch.device(config.device), dtype)
+    model = LlamaModel(loaded.config, loaded.weights, torch.device(config.device), dtype,
+                       config.weight_format)
     return LLMEngine(model, loaded.tokenizer, config, clock=clock), loaded.model_id

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from preheat.layers.attention import AttentionMetadata, paged_attention
+from preheat.layers.linear import Linear, make_linear
 from preheat.layers.rotary import RotaryEmbedding, apply_rotary
 from preheat.models.config import ModelConfig
 
@@ -16,48 +17,60 @@ from preheat.models.config import ModelConfig
 class LlamaLayer:
     """One decoder block; q/k/v and gate/up are fused into single matmuls."""
 
-    def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], prefix: str):
+    def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], prefix: str, int4: bool):
         attn, mlp = f"{prefix}.self_attn", f"{prefix}.mlp"
         self.cfg = cfg
         self.attn_norm = w[f"{prefix}.input_layernorm.weight"]
         self.mlp_norm = w[f"{prefix}.post_attention_layernorm.weight"]
-        self.qkv = torch.cat([w[f"{attn}.{p}_proj.weight"] for p in "qkv"])
-        self.qkv_bias = (torch.cat([w[f"{attn}.{p}_proj.bias"] for p in "qkv"])
-                         if cfg.attention_bias else None)
-        self.o = w[f"{attn}.o_proj.weight"]
-        self.gate_up = torch.cat([w[f"{mlp}.gate_proj.weight"], w[f"{mlp}.up_proj.weight"]])
-        self.down = w[f"{mlp}.down_proj.weight"]
+        qkv_bias = (torch.cat([w[f"{attn}.{p}_proj.bias"] for p in "qkv"])
+                    if cfg.attention_bias else None)
+        self.qkv = make_linear(torch.cat([w[f"{attn}.{p}_proj.weight"] for p in "qkv"]), qkv_bias, int4)
+        self.o = make_linear(w[f"{attn}.o_proj.weight"], None, int4)
+        gate_up = torch.cat([w[f"{mlp}.gate_proj.weight"], w[f"{mlp}.up_proj.weight"]])
+        self.gate_up = make_linear(gate_up, None, int4)
+        self.down = make_linear(w[f"{mlp}.down_proj.weight"], None, int4)
 
     def __call__(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                  kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         cfg = self.cfg
         heads, kv_heads, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         h = F.rms_norm(x, (cfg.hidden_size,), self.attn_norm, cfg.rms_norm_eps)
-        qkv = F.linear(h, self.qkv, self.qkv_bias).view(-1, heads + 2 * kv_heads, hd)
+        qkv = self.qkv(h).view(-1, heads + 2 * kv_heads, hd)
         # q and k heads are adjacent: one rotation covers both.
         qk = apply_rotary(qkv[:, : heads + kv_heads], *rope)
         q, k = qk[:, :heads], qk[:, heads:]
         v = qkv[:, heads + kv_heads:]
         attn = paged_attention(q, k, v, kv_cache, meta)
-        x = x + F.linear(attn.view(-1, heads * hd), self.o)
+        x = x + self.o(attn.view(-1, heads * hd))
         h = F.rms_norm(x, (cfg.hidden_size,), self.mlp_norm, cfg.rms_norm_eps)
-        gate, up = F.linear(h, self.gate_up).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, self.down)
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
 
 
 class LlamaModel:
-    """Weights in Hugging Face naming; ``forward`` returns final hidden states."""
+    """Weights in Hugging Face naming; ``forward`` returns final hidden states.
+
+    ``weight_format`` is "dense" (the model dtype throughout: matches the
+    reference) or "int4" (decoder-layer matmuls with 4-bit weights and bf16
+    compute, LM head in bf16; CPU only).
+    """
 
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor],
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, weight_format: str = "dense"):
+        if weight_format not in ("dense", "int4"):
+            raise ValueError(f"weight format must be 'dense' or 'int4', not {weight_format!r}")
+        int4 = weight_format == "int4"
+        if int4 and device.type != "cpu":
+            raise ValueError("the int4 weight format uses PyTorch's CPU kernel: use it with device cpu")
         w = {name: t.to(device=device, dtype=dtype) for name, t in weights.items()}
         self.cfg = cfg
         self.device = device
         self.dtype = dtype
         self.embed = w["model.embed_tokens.weight"]
-        self.layers = [LlamaLayer(cfg, w, f"model.layers.{i}") for i in range(cfg.num_layers)]
+        self.layers = [LlamaLayer(cfg, w, f"model.layers.{i}", int4) for i in range(cfg.num_layers)]
         self.norm = w["model.norm.weight"]
-        self.lm_head = self.embed if cfg.tie_word_embeddings else w["lm_head.weight"]
+        head = self.embed if cfg.tie_word_embeddings else w["lm_head.weight"]
+        self.lm_head = Linear(head.to(torch.bfloat16) if int4 else head)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
                                     cfg.rope_scaling, device, dtype)
 
@@ -74,4 +87,4 @@ class LlamaModel:
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project only the positions that get sampled: the LM head is the costliest matmul."""
-        return F.linear(hidden, self.lm_head).float()
+        return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()

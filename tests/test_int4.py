@@ -1,0 +1,68 @@
+"""The int4 weight format: faithful to Q4_1-style weights, and batch/cache invariant."""
+import pytest
+import torch
+
+from engine_driver import last_logits, run, run_one
+from preheat.engine.request import GenerationRequest, SamplingParams
+from preheat.layers.linear import GROUP, Int4Linear, Linear, quantize_int4
+from tiny import tiny_engine
+
+
+def q4_1_like(out_dim: int, in_dim: int, seed: int = 0) -> torch.Tensor:
+    """Weights of GGUF Q4_1's form: per group of 32, d * code + m with codes 0..15 all used."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (out_dim, in_dim // GROUP, GROUP), generator=g)
+    codes[..., 0], codes[..., 1] = 0, 15
+    d = torch.rand(out_dim, in_dim // GROUP, 1, generator=g) * 0.01 + 0.001
+    m = -torch.rand(out_dim, in_dim // GROUP, 1, generator=g) * 0.05
+    return (codes * d + m).reshape(out_dim, in_dim)
+
+
+def test_q4_1_weights_keep_their_codes():
+    w = q4_1_like(64, 128)
+    packed, scale_zero = quantize_int4(w)
+    scale, zero = scale_zero.float().transpose(0, 1).unbind(-1)  # [out, groups]
+    # Reconstruct through the kernel on one-hot inputs: column j of W is W @ e_j.
+    eye = torch.eye(128, dtype=torch.bfloat16)
+    got = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, GROUP, scale_zero).float().T
+    expected = w.reshape(64, 4, GROUP)
+    recon = got.reshape(64, 4, GROUP)
+    # Only bf16 rounding (scale, zero, output) separates the two; a wrong code or layout
+    # would scramble values by as much as the weights themselves.
+    assert torch.allclose(recon, expected, atol=0.01 * expected.abs().max())
+    assert scale.shape == zero.shape == (64, 4)
+
+
+def test_int4_linear_close_to_dense():
+    w, b = q4_1_like(96, 160, seed=1), torch.randn(96)
+    x = torch.randn(5, 160)
+    dense, int4 = Linear(w, b)(x), Int4Linear(w, b)(x)
+    assert torch.allclose(int4, dense, rtol=0, atol=0.02 * dense.abs().max())
+
+
+def test_rejects_input_size_not_a_multiple_of_the_group():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quantize_int4(torch.randn(8, 48))
+
+
+def ids(n: int, seed: int) -> list[int]:
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def test_int4_engine_is_batch_and_cache_invariant():
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+    prompts = [ids(40, 7)[:30] + ids(10 + i, i) for i in range(6)]
+    sequential = [run_one(tiny_engine(weight_format="int4"), p, params).output_ids for p in prompts]
+    engine = tiny_engine(weight_format="int4")
+    batched = run(engine, [GenerationRequest(p, params) for p in prompts])
+    assert [b.output_ids for b in batched] == sequential
+    cold = last_logits(tiny_engine(weight_format="int4"), prompts[0])
+    assert len(engine.radix.match("", prompts[0])) > 0  # the shared 30 tokens are cached
+    torch.testing.assert_close(last_logits(engine, prompts[0]), cold, atol=1e-5, rtol=1e-5)
+
+
+def test_int4_follows_the_dense_model():
+    dense, int4 = tiny_engine(), tiny_engine(weight_format="int4")
+    for seed in range(3):
+        a, b = last_logits(dense, ids(50, seed)), last_logits(int4, ids(50, seed))
+        assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
