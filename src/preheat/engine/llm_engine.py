@@ -142,7 +142,7 @@ class LLMEngine:
         self.scheduler.commit(batch)
         tokens = sample(logits, [s.request.params for s in sample_from],
                         [s.generator for s in sample_from])
-        for seq, token in zip(sample_from, tokens):
+        for seq, token in zip(sample_from, tokens, strict=True):
             out.extend(self._append(seq, token))
         for seq, _ in batch.items():
             if seq.request.params.max_tokens == 0 and seq.num_computed == seq.num_tokens:

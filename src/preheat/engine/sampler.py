@@ -36,7 +36,7 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
     """logits: [seqs, vocab] float32 on any device; returns one token id per row."""
     logits = logits.float().cpu()
     out = logits.argmax(dim=-1).tolist()
-    for i, (p, gen) in enumerate(zip(params, generators)):
+    for i, (p, gen) in enumerate(zip(params, generators, strict=True)):
         if p.greedy:
             continue
         probs = _filter(logits[i] / p.temperature, p).softmax(-1)

@@ -25,11 +25,11 @@ class Linear:
         return F.linear(x, self.weight, self.bias)
 
 
-class Int4Linear(Linear):
+class Int4Linear:
     """Weight-only int4 (asymmetric, groups of 32 along the input dim), bf16 compute."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        super().__init__(torch.empty(0), bias)
+        self.bias = bias
         self.packed, self.scale_zero = quantize_int4(weight)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,5 +57,5 @@ def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, scale_zero.transpose(0, 1).contiguous().to(torch.bfloat16)
 
 
-def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, int4: bool) -> Linear:
+def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, int4: bool) -> Linear | Int4Linear:
     return Int4Linear(weight, bias) if int4 else Linear(weight, bias)
