@@ -39,3 +39,9 @@ def last_logits(engine: LLMEngine, prompt: list[int], namespace: str = "") -> to
         if done:
             engine.scheduler.finish(seq)
             return logits[0]
+
+
+def sequence_refs(engine: LLMEngine) -> int:
+    """Block references held by sequences (all references minus the radix tree's own)."""
+    total = sum(engine.pool.refcount(b) for b in range(engine.pool.num_blocks))
+    return total - engine.radix.cached_blocks

@@ -4,7 +4,7 @@ import asyncio
 import pytest
 import torch
 
-from engine_driver import last_logits, run
+from engine_driver import last_logits, run, sequence_refs
 from preheat.config import EngineConfig
 from preheat.engine.async_engine import AsyncEngine
 from preheat.engine.llm_engine import LLMEngine, build_engine
@@ -138,8 +138,6 @@ async def test_async_abort_frees_blocks(loaded):
             if stats.running == 0 and stats.waiting == 0:
                 break
             await asyncio.sleep(0.05)
-        pool = engine.engine.pool
-        refs = sum(pool.refcount(b) for b in range(pool.num_blocks))
-        assert stats.running == 0 and refs == engine.engine.radix.cached_blocks
+        assert stats.running == 0 and sequence_refs(engine.engine) == 0
     finally:
         engine.shutdown()

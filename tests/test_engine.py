@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine_driver import GREEDY, last_logits, run, run_one
+from engine_driver import GREEDY, last_logits, run, run_one, sequence_refs
 from preheat.engine.errors import EngineOverloadedError, PromptTooLongError, RequestTooLargeError
 from preheat.engine.output import StopReason, TextDelta
 from preheat.engine.request import CacheBreakpoint, GenerationRequest, SamplingParams
@@ -21,12 +21,6 @@ class FakeClock:
 
     def __call__(self):
         return self.now
-
-
-def sequence_refs(engine) -> int:
-    """Block references held by sequences (all references minus the radix tree's own)."""
-    total = sum(engine.pool.refcount(b) for b in range(engine.pool.num_blocks))
-    return total - engine.radix.cached_blocks
 
 
 def held_only_by_tree(engine) -> bool:

@@ -164,16 +164,18 @@ class RadixCache:
 
     def tick(self) -> None:
         """Once per engine step: retire pins whose time has come and recount."""
-        if self.clock() >= self._next_expiry:
-            self._drop_expired_pins(self.clock())
+        now = self.clock()
+        if now >= self._next_expiry:
+            self._drop_expired_pins(now)
+
     def _evictable(self, node: _Node, now: float) -> bool:
         return (not node.children and not node.pinned(now)
                 and all(self.pool.refcount(b) == 1 for b in node.blocks))
 
     def evict(self, num_blocks: int) -> int:
         """Free at least ``num_blocks`` blocks if possible, oldest leaves first."""
+        # Expired pins no longer protect (``pinned`` checks expiry); ``tick`` retires them.
         now = self.clock()
-        self._drop_expired_pins(now)
         tie = itertools.count()
         heap = [(n.last_access, next(tie), n) for n in self._nodes() if self._evictable(n, now)]
         heapq.heapify(heap)
