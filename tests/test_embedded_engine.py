@@ -64,8 +64,10 @@ def test_int4_format_tracks_the_exact_model(loaded, engine):
     for question in QUESTIONS:
         ids = chat(loaded, question)
         exact, fast = last_logits(engine, ids), last_logits(int4, ids)
-        assert exact.argmax() == fast.argmax(), question
-        assert torch.nn.functional.cosine_similarity(exact, fast, dim=0) > 0.995
+        # int8 activations (as in llama.cpp, which picks the same tokens here) can swap
+        # near-ties: the pick must be one the exact model rates within 0.25 of its best.
+        assert exact.max() - exact[fast.argmax()] < 0.25, question
+        assert torch.nn.functional.cosine_similarity(exact, fast, dim=0) > 0.999
 
 
 def test_cache_hit_gives_cold_tokens_and_logits(loaded, engine):

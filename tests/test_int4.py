@@ -1,10 +1,12 @@
-"""The int4 weight format: faithful to Q4_1-style weights, and batch/cache invariant."""
+"""The int4 weight format on both kernels: faithful to Q4_1-style weights, batch/cache invariant."""
 import pytest
 import torch
 
+import preheat.layers.linear as linear
 from engine_driver import last_logits, run, run_one
 from preheat.engine.request import GenerationRequest, SamplingParams
-from preheat.layers.linear import GROUP, Int4Linear, Linear, quantize_int4
+from preheat.kernels.quant_matmul import GROUP, load_quant_kernel
+from preheat.layers.linear import Int4Linear, Linear, QuantLinear, quantize_int4
 from tiny import tiny_engine
 
 
@@ -13,43 +15,55 @@ def q4_1_like(out_dim: int, in_dim: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 16, (out_dim, in_dim // GROUP, GROUP), generator=g)
     codes[..., 0], codes[..., 1] = 0, 15
-    d = torch.rand(out_dim, in_dim // GROUP, 1, generator=g) * 0.01 + 0.001
-    m = -torch.rand(out_dim, in_dim // GROUP, 1, generator=g) * 0.05
+    d = (torch.rand(out_dim, in_dim // GROUP, 1, generator=g) * 0.01 + 0.001).half().float()
+    m = (-torch.rand(out_dim, in_dim // GROUP, 1, generator=g) * 0.05).half().float()
     return (codes * d + m).reshape(out_dim, in_dim)
+
+
+@pytest.fixture(params=["vnni", "pytorch"])
+def backend(request, monkeypatch):
+    """Runs a test on preheat's VNNI kernel and on PyTorch's int4 kernel."""
+    if request.param == "vnni" and not load_quant_kernel():
+        pytest.skip("the VNNI kernel needs AVX-512 VNNI and a C++ compiler")
+    if request.param == "pytorch":
+        monkeypatch.setattr(linear, "vnni_ready", lambda weight: False)
+    return request.param
+
+
+def test_make_linear_picks_the_backend(backend):
+    layer = linear.make_linear(q4_1_like(32, 64), None, int4=True)
+    assert isinstance(layer, QuantLinear if backend == "vnni" else Int4Linear)
+    assert isinstance(linear.make_linear(q4_1_like(32, 64), None, int4=False), Linear)
 
 
 def test_q4_1_weights_keep_their_codes():
     w = q4_1_like(64, 128)
     packed, scale_zero = quantize_int4(w)
-    scale, zero = scale_zero.float().transpose(0, 1).unbind(-1)  # [out, groups]
     # Reconstruct through the kernel on one-hot inputs: column j of W is W @ e_j.
     eye = torch.eye(128, dtype=torch.bfloat16)
     got = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, GROUP, scale_zero).float().T
-    expected = w.reshape(64, 4, GROUP)
-    recon = got.reshape(64, 4, GROUP)
     # Only bf16 rounding (scale, zero, output) separates the two; a wrong code or layout
     # would scramble values by as much as the weights themselves.
-    assert torch.allclose(recon, expected, atol=0.01 * expected.abs().max())
-    assert scale.shape == zero.shape == (64, 4)
+    assert torch.allclose(got, w, atol=0.01 * w.abs().max())
 
 
-def test_int4_linear_close_to_dense():
+def test_int4_linear_close_to_dense(backend):
     w, b = q4_1_like(96, 160, seed=1), torch.randn(96)
     x = torch.randn(5, 160)
-    dense, int4 = Linear(w, b)(x), Int4Linear(w, b)(x)
+    dense, int4 = Linear(w, b)(x), linear.make_linear(w, b, int4=True)(x)
     assert torch.allclose(int4, dense, rtol=0, atol=0.02 * dense.abs().max())
 
 
-def test_rejects_input_size_not_a_multiple_of_the_group():
+def test_rejects_input_size_not_a_multiple_of_the_group(backend):
     with pytest.raises(ValueError, match="multiple of 32"):
-        quantize_int4(torch.randn(8, 48))
+        linear.make_linear(torch.randn(16, 48), None, int4=True)
 
 
 def ids(n: int, seed: int) -> list[int]:
     return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def test_int4_engine_is_batch_and_cache_invariant():
+def test_int4_engine_is_batch_and_cache_invariant(backend):
     params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
     prompts = [ids(40, 7)[:30] + ids(10 + i, i) for i in range(6)]
     sequential = [run_one(tiny_engine(weight_format="int4"), p, params).output_ids for p in prompts]
@@ -61,7 +75,7 @@ def test_int4_engine_is_batch_and_cache_invariant():
     torch.testing.assert_close(last_logits(engine, prompts[0]), cold, atol=1e-5, rtol=1e-5)
 
 
-def test_int4_follows_the_dense_model():
+def test_int4_follows_the_dense_model(backend):
     dense, int4 = tiny_engine(), tiny_engine(weight_format="int4")
     for seed in range(3):
         a, b = last_logits(dense, ids(50, seed)), last_logits(int4, ids(50, seed))

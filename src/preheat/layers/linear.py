@@ -1,17 +1,22 @@
 """Linear layers: dense, or 4-bit weights for fast CPU decoding.
 
 Dense layers keep the model's own dtype and match the reference exactly. The
-int4 form stores each weight row in groups of 32 as 4-bit codes with a bf16
-scale and zero per group (the layout of GGUF's Q4_1, so Q4_1 weights convert
-without loss in the codes) and multiplies with PyTorch's int4 CPU kernel in
-bf16: a quarter of the memory traffic, which is what bounds decoding on a CPU.
+int4 forms store each weight row in groups of 32 as 4-bit codes with a scale
+and minimum per group (the layout of GGUF's Q4_1, so Q4_1 weights convert
+without loss in the codes): a quarter of fp16's memory traffic, which is what
+bounds decoding on a CPU. Two kernels run them:
+
+- ``QuantLinear``: preheat's AVX-512 VNNI kernel, int8 activations (as llama.cpp
+  runs Q4_1); a batch of rows costs little more than one. It also runs 8-bit
+  (Q8_0) weights, for the LM head.
+- ``Int4Linear``: PyTorch's int4 CPU kernel in bf16, for CPUs without VNNI.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-GROUP = 32
+from preheat.kernels.quant_matmul import GROUP, TILE, load_quant_kernel, pack, quant_matmul, quantize_groups
 
 
 class Linear:
@@ -22,7 +27,7 @@ class Linear:
         self.bias = bias
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
 
 class Int4Linear:
@@ -38,24 +43,46 @@ class Int4Linear:
         return y if self.bias is None else y + self.bias
 
 
-def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes packed for the CPU kernel, and [in / 32, out, 2] (scale, zero) in bf16.
+class QuantLinear:
+    """4- or 8-bit weights with a float16 scale and min per group of 32; the kernel
+    quantizes activations to int8 per group of 32. Needs ``load_quant_kernel()``."""
 
-    The kernel computes w = (code - 8) * scale + zero; a group's minimum maps to
-    code 0 and its maximum to 15, as GGUF's Q4_1 quantizer does.
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, bits: int = 4):
+        self.bias = bias
+        self.weight = pack(weight, bits)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).float().contiguous()
+        y = quant_matmul(rows, self.weight).view(*x.shape[:-1], -1).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes packed for PyTorch's kernel, and [in / 32, out, 2] (scale, zero) in bf16.
+
+    That kernel computes w = (code - 8) * scale + zero.
     """
-    out_dim, in_dim = weight.shape
-    if in_dim % GROUP:
-        raise ValueError(f"int4 needs the input size to be a multiple of {GROUP}, got {in_dim}")
-    groups = weight.float().reshape(out_dim, in_dim // GROUP, GROUP)
-    low = groups.amin(-1, keepdim=True)
-    scale = (groups.amax(-1, keepdim=True) - low) / 15
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    codes = ((groups - low) / scale).round().clamp(0, 15).reshape(out_dim, in_dim)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
-    scale_zero = torch.stack([scale, low + 8 * scale], dim=-1).reshape(out_dim, in_dim // GROUP, 2)
+    codes, scale, low = quantize_groups(weight, bits=4)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+        codes.reshape(weight.shape).to(torch.int32), 1)
+    scale, low = scale.float(), low.float()
+    scale_zero = torch.stack([scale, low + 8 * scale], dim=-1)  # [out, in / 32, 2]
     return packed, scale_zero.transpose(0, 1).contiguous().to(torch.bfloat16)
 
 
-def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, int4: bool) -> Linear | Int4Linear:
-    return Int4Linear(weight, bias) if int4 else Linear(weight, bias)
+def vnni_ready(weight: torch.Tensor) -> bool:
+    return weight.device.type == "cpu" and weight.shape[0] % TILE == 0 and load_quant_kernel()
+
+
+def make_linear(weight: torch.Tensor, bias: torch.Tensor | None,
+                int4: bool) -> Linear | QuantLinear | Int4Linear:
+    if not int4:
+        return Linear(weight, bias)
+    return QuantLinear(weight, bias) if vnni_ready(weight) else Int4Linear(weight, bias)
+
+
+def make_head(weight: torch.Tensor, quantized: bool) -> Linear | QuantLinear:
+    """The LM head: 8-bit on the VNNI kernel, else bf16, when decoder weights are quantized."""
+    if not quantized:
+        return Linear(weight)
+    return QuantLinear(weight, bits=8) if vnni_ready(weight) else Linear(weight.to(torch.bfloat16))

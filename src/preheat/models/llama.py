@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from preheat.layers.attention import AttentionMetadata, paged_attention
-from preheat.layers.linear import Linear, make_linear
+from preheat.layers.linear import make_head, make_linear
 from preheat.layers.rotary import RotaryEmbedding, apply_rotary
 from preheat.models.config import ModelConfig
 
@@ -70,7 +70,7 @@ class LlamaModel:
         self.layers = [LlamaLayer(cfg, w, f"model.layers.{i}", int4) for i in range(cfg.num_layers)]
         self.norm = w["model.norm.weight"]
         head = self.embed if cfg.tie_word_embeddings else w["lm_head.weight"]
-        self.lm_head = Linear(head.to(torch.bfloat16) if int4 else head)
+        self.lm_head = make_head(head, int4)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
                                     cfg.rope_scaling, device, dtype)
 
@@ -87,4 +87,4 @@ class LlamaModel:
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project only the positions that get sampled: the LM head is the costliest matmul."""
-        return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
+        return self.lm_head(hidden).float()

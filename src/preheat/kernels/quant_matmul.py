@@ -1,0 +1,123 @@
+"""The quantized-weight matmul kernel (``quant_matmul.cpp``): built once per machine, on first use.
+
+PyTorch's int4 CPU kernel converts weights to floats and multiplies in float, so eight
+rows cost three times one row, which caps batched decoding. This kernel multiplies 4-bit
+(Q4_1) or 8-bit (Q8_0) weight codes by int8-quantized activations with AVX-512 VNNI
+instead, the way llama.cpp runs such models, so a batch of decode rows costs little more
+than one.
+
+It needs a CPU with AVX-512 VNNI and a C++ compiler (ninja comes with preheat). Where
+either is missing, ``load_quant_kernel`` says so once and returns False, and callers use
+PyTorch's kernels instead.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("quant_matmul.cpp")
+GROUP = 32  # inputs per scale/min pair, as in GGUF's Q4_1 and Q8_0
+TILE = 16  # output rows per AVX-512 register
+_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"]
+
+
+
+
+@dataclass
+class PackedWeight:
+    """A weight [out, in] in the kernel's layout (see quant_matmul.cpp's header)."""
+
+    codes: torch.Tensor  # [out / 16, in / 32, 64 * bits] uint8
+    scale: torch.Tensor  # [out / 16, in / 32, 16] float16
+    min: torch.Tensor  # [out / 16, in / 32, 16] float16
+
+    @property
+    def bits(self) -> int:
+        return self.codes.shape[-1] // 64
+
+
+def cpu_has_vnni() -> bool:
+    caps = torch.cpu.get_capabilities()
+    return all(caps.get(f, False) for f in ("avx512_f", "avx512_bw", "avx512_vl", "avx512_vnni"))
+
+
+@functools.cache
+def load_quant_kernel() -> bool:
+    """Register ``torch.ops.preheat.quant_matmul``, compiling it on a first run; False if it cannot run."""
+    if not cpu_has_vnni():
+        logger.info("this CPU lacks AVX-512 VNNI: quantized weights use PyTorch's kernels")
+        return False
+    from torch.utils.cpp_extension import load
+
+    if shutil.which("ninja") is None:
+        import ninja  # torch's extension builder runs `ninja` from PATH; the wheel keeps it here
+
+        os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:12]
+    try:
+        # The name carries the source's hash: an edited kernel never loads a stale build.
+        load(name=f"preheat_quant_{digest}", sources=[str(SOURCE)], extra_cflags=_FLAGS,
+             extra_ldflags=["-fopenmp"], is_python_module=False)
+    except Exception as exc:  # no compiler, a failed build: slower, never broken
+        logger.warning("could not build the VNNI matmul kernel (%s): quantized weights use "
+                       "PyTorch's kernels", exc)
+        return False
+    return True
+
+
+def quantize_groups(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes [out, in/32, 32] uint8 and float16 scale, min [out, in/32] with w ~= scale * code + min.
+
+    4 bits is GGUF's Q4_1: a group's minimum maps to code 0, its maximum to 15. 8 bits is
+    Q8_0 (symmetric, largest magnitude at +-127) with codes shifted by 128 so they are
+    unsigned, as VNNI needs. Codes are chosen against the float16-rounded scale and min,
+    so weights that came from a Q4_1 or Q8_0 file keep their codes.
+    """
+    out_dim, in_dim = weight.shape
+    if in_dim % GROUP:
+        raise ValueError(f"quantized weights need the input size to be a multiple of {GROUP}, got {in_dim}")
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, not {bits}")
+    groups = weight.float().reshape(out_dim, in_dim // GROUP, GROUP)
+    if bits == 4:
+        low = groups.amin(-1)
+        scale = (groups.amax(-1) - low) / 15
+    else:
+        scale = groups.abs().amax(-1) / 127
+    scale = scale.half()
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # flat group (or below fp16)
+    low = low.half() if bits == 4 else -128 * scale  # exact: a power of two
+    codes = ((groups - low.float()[..., None]) / scale.float()[..., None]).round()
+    return codes.clamp(0, 2**bits - 1).to(torch.uint8), scale, low
+
+
+def pack(weight: torch.Tensor, bits: int) -> PackedWeight:
+    """Quantize a weight [out, in] and lay it out for the kernel."""
+    out_dim, in_dim = weight.shape
+    if out_dim % TILE:
+        raise ValueError(f"the VNNI kernel needs the output size to be a multiple of {TILE}, got {out_dim}")
+    codes, scale, low = quantize_groups(weight, bits)
+    tiles, groups = out_dim // TILE, in_dim // GROUP
+    # [tile, row l, group, quad j, kk] -> [tile, group, j, l, kk]: row l's input 4j + kk
+    c = codes.reshape(tiles, TILE, groups, 8, 4).permute(0, 2, 3, 1, 4).reshape(tiles, groups, 8, 64)
+    if bits == 4:  # quads 2p and 2p + 1 share chunk p: low and high nibble
+        c = c[:, :, 0::2] | (c[:, :, 1::2] << 4)
+
+    def per_tile(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(tiles, TILE, groups).transpose(1, 2).contiguous()
+
+    return PackedWeight(c.reshape(tiles, groups, -1).contiguous(), per_tile(scale), per_tile(low))
+
+
+def quant_matmul(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
+    """x [rows, in] float32 @ W.T -> [rows, out] float32; requires ``load_quant_kernel()``."""
+    return torch.ops.preheat.quant_matmul(x, w.codes, w.scale, w.min)
