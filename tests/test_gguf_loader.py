@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import gguf
 import numpy as np
@@ -14,7 +15,7 @@ from gguf.quants import dequantize, quantize
 
 from preheat.loader import ModelNotFoundError, UnsupportedModelError, load_model
 from preheat.loader.embedded import embedded_model_path
-from preheat.loader.gguf_loader import gguf_config, gguf_weights, read_gguf
+from preheat.loader.gguf_loader import gguf_config, gguf_matmul_type, gguf_weights, read_gguf
 
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 256, 4, 2, 512, 2
 HEAD_DIM = HIDDEN // HEADS
@@ -330,6 +331,20 @@ def test_load_model_on_tiny_gguf(tiny, tmp_path):
     assert loaded.tokenizer.encode("<|im_start|>the") == [1, TOKENS.index("t"), TOKENS.index("he")]
 
 
+def test_matmul_type_counts_weights_not_tensors():
+    def tensor(name: str, qtype: Q, *shape: int) -> SimpleNamespace:
+        return SimpleNamespace(name=name, tensor_type=qtype, shape=np.array(shape), n_elements=math.prod(shape))
+
+    reader = SimpleNamespace(tensors=[
+        tensor("token_embd.weight", Q.Q8_0, 64, 1000),  # not a decoder matrix
+        tensor("blk.0.attn_norm.weight", Q.F32, 64),  # not a matrix
+        tensor("blk.0.attn_q.weight", Q.Q6_K, 64, 64),
+        tensor("blk.0.attn_k.weight", Q.Q6_K, 64, 64),
+        tensor("blk.0.ffn_up.weight", Q.Q4_K, 64, 256),
+    ])
+    assert gguf_matmul_type(reader) == "Q4_K"
+
+
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(ModelNotFoundError, match="not found"):
         load_model(str(tmp_path / "nope.gguf"), cache_dir=tmp_path)
@@ -353,6 +368,7 @@ def test_embedded_model_matches_transformers_gguf_loader(hf_reference):
     """
     reader = read_gguf(embedded_model_path())
     config = gguf_config(reader)
+    assert gguf_matmul_type(reader) == "Q4_1"
     reference = hf_reference.config
     assert (config.num_heads, config.num_kv_heads, config.head_dim) == (
         reference.num_attention_heads,

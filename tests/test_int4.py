@@ -4,10 +4,11 @@ import torch
 
 import preheat.layers.linear as linear
 from engine_driver import last_logits, run, run_one
+from preheat.engine.llm_engine import resolve_weight_format
 from preheat.engine.request import GenerationRequest, SamplingParams
-from preheat.kernels.quant_matmul import GROUP, load_quant_kernel
+from preheat.kernels.quant_matmul import GROUP, load_quant_kernel, quantize_groups
 from preheat.layers.linear import Int4Linear, Linear, QuantLinear, quantize_int4
-from tiny import tiny_engine
+from tiny import tiny_config, tiny_engine, tiny_weights
 
 
 def q4_1_like(out_dim: int, in_dim: int, seed: int = 0) -> torch.Tensor:
@@ -75,8 +76,40 @@ def test_int4_engine_is_batch_and_cache_invariant(backend):
     torch.testing.assert_close(last_logits(engine, prompts[0]), cold, atol=1e-5, rtol=1e-5)
 
 
+def q4_1_model() -> dict[str, torch.Tensor]:
+    """The tiny model with its decoder matmuls snapped to Q4_1 form, as a Q4_1 GGUF's are."""
+    weights = tiny_weights(tiny_config())
+    for name, w in weights.items():
+        if name.startswith("model.layers.") and w.dim() == 2:
+            codes, scale, low = quantize_groups(w, bits=4)
+            weights[name] = (codes * scale.float()[..., None] + low.float()[..., None]).reshape(w.shape)
+    return weights
+
+
 def test_int4_follows_the_dense_model(backend):
-    dense, int4 = tiny_engine(), tiny_engine(weight_format="int4")
+    weights = q4_1_model()
+    dense, int4 = tiny_engine(weights=weights), tiny_engine(weights=weights, weight_format="int4")
+    assert isinstance(int4.model.layers[0].qkv, QuantLinear if backend == "vnni" else Int4Linear)
     for seed in range(3):
         a, b = last_logits(dense, ids(50, seed)), last_logits(int4, ids(50, seed))
-        assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
+        # Only the activations' rounding (int8 or bf16) separates the two.
+        assert a.argmax() == b.argmax()
+        assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
+
+
+@pytest.mark.parametrize("requested,weight_type,device,chosen", [
+    ("auto", "Q4_1", "cpu", "int4"),
+    ("auto", "Q4_K", "cpu", "int4"),
+    ("auto", "Q8_0", "cpu", "dense"),  # int4 would throw away half of its bits
+    ("auto", None, "cpu", "dense"),  # a Hugging Face folder of float weights
+    ("auto", "Q4_1", "cuda", "dense"),  # int4 is CPU-only
+    ("dense", "Q4_1", "cpu", "dense"),
+    ("int4", "F16", "cpu", "int4"),
+])
+def test_auto_weight_format(requested, weight_type, device, chosen):
+    assert resolve_weight_format(requested, weight_type, device) == chosen
+
+
+def test_unknown_weight_format_is_refused():
+    with pytest.raises(ValueError, match="'auto', 'dense' or 'int4'"):
+        resolve_weight_format("int3", "Q4_1", "cpu")

@@ -60,9 +60,11 @@ class ByteTokenizer:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
-def tiny_engine(clock=None, cfg: ModelConfig | None = None, **config) -> LLMEngine:
+def tiny_engine(clock=None, cfg: ModelConfig | None = None, weights: dict[str, torch.Tensor] | None = None,
+                **config) -> LLMEngine:
     cfg = cfg or tiny_config()
-    model = LlamaModel(cfg, tiny_weights(cfg), torch.device("cpu"), torch.float32)
+    model = LlamaModel(cfg, weights or tiny_weights(cfg), torch.device("cpu"), torch.float32,
+                       config.get("weight_format", "dense"))
     econf = EngineConfig(**{"block_size": 4, "kv_cache_tokens": 4096, "max_step_tokens": 64, **config})
     kwargs = {"clock": clock} if clock else {}
     return LLMEngine(model, ByteTokenizer(), econf, **kwargs)

@@ -10,7 +10,9 @@ class EngineConfig:
     model: str | None = None  # None = embedded SmolLM2; else a .gguf path or an HF folder
     device: str = "cpu"
     dtype: str = "float32"
-    weight_format: str = "dense"  # "int4": 4-bit decoder weights, bf16 matmuls (faster CPU decode)
+    # "dense" (exact), "int4" (4-bit decoder weights: fast CPU decode) or "auto": int4 on a
+    # CPU when the file's decoder weights are 4-bit already, else dense
+    weight_format: str = "auto"
     block_size: int = 16
     kv_cache_tokens: int = 32768  # pool size in tokens (ignored when kv_cache_bytes is set)
     kv_cache_bytes: int | None = None

@@ -197,6 +197,19 @@ class LLMEngine:
                                 seq.output_ids, seq.detokenizer.text)
 
 
+FOUR_BIT_TYPES = frozenset({"Q4_0", "Q4_1", "Q4_K"})
+
+
+def resolve_weight_format(requested: str, weight_type: str | None, device: str) -> str:
+    """``auto`` is int4 on a CPU when the file's decoder weights are 4-bit already (int4
+    keeps them as they are: only activations are rounded, as llama.cpp does), else dense."""
+    if requested not in ("auto", "dense", "int4"):
+        raise ValueError(f"weight format must be 'auto', 'dense' or 'int4', not {requested!r}")
+    if requested != "auto":
+        return requested
+    return "int4" if torch.device(device).type == "cpu" and weight_type in FOUR_BIT_TYPES else "dense"
+
+
 def build_engine(config: EngineConfig, *, clock: Callable[[], float] = time.monotonic,
                  loaded=None) -> tuple[LLMEngine, str]:
     """Load the configured model and wrap it in an engine; returns (engine, model_id)."""
@@ -206,6 +219,8 @@ def build_engine(config: EngineConfig, *, clock: Callable[[], float] = time.mono
         torch.set_num_threads(config.num_threads)
     dtype = getattr(torch, config.dtype)
     loaded = loaded or load_model(config.model, dtype=dtype, cache_dir=config.cache_dir)
-    model = LlamaModel(loaded.config, loaded.weights, torch.device(config.device), dtype,
-                       config.weight_format)
+    weight_format = resolve_weight_format(config.weight_format, loaded.weight_type, config.device)
+    log.info("model %s (%s weights) on %s: weight format %s", loaded.model_id,
+                loaded.weight_type or "float", config.device, weight_format)
+    model = LlamaModel(loaded.config, loaded.weights, torch.device(config.device), dtype, weight_format)
     return LLMEngine(model, loaded.tokenizer, config, clock=clock), loaded.model_id

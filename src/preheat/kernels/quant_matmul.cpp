@@ -1,7 +1,9 @@
 // y = x @ W.T for weights quantized per group of 32 inputs as w = d * code + m, with
 // 4-bit codes 0..15 (GGUF's Q4_1) or 8-bit codes 0..255 (GGUF's Q8_0, shifted: m = -128 d).
-// The activations are quantized to int8 per group of 32 (llama.cpp's Q8_1 scheme), so
-// the inner product runs on AVX-512 VNNI: 64 multiply-adds per instruction.
+// The activations are rounded to int16 per group of 32 (scale = max |x| / 32767), so the
+// inner product is an exact integer one on AVX-512 VNNI (32 multiply-adds per instruction)
+// and the result stays within float rounding of the float product with the same weights.
+// (llama.cpp rounds activations to int8 instead, which flips the model's near-ties.)
 //
 // Vector lanes run over 16 output features, so one weight register serves every
 // activation row of the block and results store without horizontal sums. Each output
@@ -28,26 +30,32 @@ namespace {
 constexpr int64_t kGroup = 32;
 constexpr int64_t kTile = 16;         // output rows per register
 constexpr int64_t kMaxRows = 8;       // activation rows per register block
+constexpr float kActMax = 32767.f;    // activations become int16: near-exact, unlike int8
+constexpr float kTiny = 1e-30f;
 
 struct QuantizedRows {
-  std::vector<int8_t> codes;  // [rows, in]
-  std::vector<float> scale;   // [rows, groups]: x ~= scale * code
-  std::vector<float> sum;     // [rows, groups]: scale * sum of the group's codes
+  std::vector<int16_t> codes;  // [rows, in], each quad stored as inputs 0, 2, 1, 3
+  std::vector<float> scale;    // [rows, groups]: x ~= scale * code
+  std::vector<float> sum;      // [rows, groups]: scale * sum of the group's codes
 };
 
 QuantizedRows quantize_rows(const float* x, int64_t rows, int64_t in) {
   const int64_t n = rows * in / kGroup;
-  QuantizedRows q{std::vector<int8_t>(rows * in), std::vector<float>(n), std::vector<float>(n)};
+  QuantizedRows q{std::vector<int16_t>(rows * in), std::vector<float>(n), std::vector<float>(n)};
+  // Pairs (0, 2) and (1, 3) of each quad meet the weight words that VNNI pairs up.
+  const __m512i quad_order = _mm512_setr_epi32(0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15);
   for (int64_t r = 0; r < n; ++r) {
     const __m512 a = _mm512_loadu_ps(x + r * kGroup);
     const __m512 b = _mm512_loadu_ps(x + r * kGroup + 16);
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
-    const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+    // Groups below 1e-30 round to zero: their inverse scale would overflow.
+    const __m512 inv = _mm512_set1_ps(amax > kTiny ? kActMax / amax : 0.f);
     const __m512i ca = _mm512_cvtps_epi32(_mm512_mul_ps(a, inv));  // round to nearest even
     const __m512i cb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inv));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q.codes.data() + r * kGroup), _mm512_cvtsepi32_epi8(ca));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q.codes.data() + r * kGroup + 16), _mm512_cvtsepi32_epi8(cb));
-    q.scale[r] = amax / 127.f;
+    auto* dst = reinterpret_cast<__m256i*>(q.codes.data() + r * kGroup);
+    _mm256_storeu_si256(dst, _mm512_cvtsepi32_epi16(_mm512_permutexvar_epi32(quad_order, ca)));
+    _mm256_storeu_si256(dst + 1, _mm512_cvtsepi32_epi16(_mm512_permutexvar_epi32(quad_order, cb)));
+    q.scale[r] = amax > kTiny ? amax / kActMax : 0.f;
     q.sum[r] = q.scale[r] * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(ca, cb)));
   }
   return q;
@@ -57,7 +65,7 @@ struct TileArgs {
   const uint8_t* codes;    // this tile's [groups, 8 * bits]
   const uint16_t* scale;   // this tile's [groups, 16] float16 bits
   const uint16_t* min;
-  const int8_t* x;         // first activation row of the block
+  const int16_t* x;        // first activation row of the block
   const float* x_scale;    // [rows, groups]
   const float* x_sum;
   float* y;                // y[0, tile * 16]
@@ -88,15 +96,23 @@ void tile_block(const TileArgs& a) {
     load_codes<Bits>(a.codes + g * Bits * 64, w);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scale + g * kTile)));
     const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.min + g * kTile)));
-    for (int i = 0; i < Rows; ++i) {
-      const int8_t* xg = a.x + i * a.in + g * kGroup;
-      __m512i dot = _mm512_setzero_si512();
-      for (int j = 0; j < 8; ++j) {
-        dot = _mm512_dpbusd_epi32(dot, w[j], _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(xg + 4 * j)));
+    __m512i dot[Rows];
+    for (int i = 0; i < Rows; ++i) dot[i] = _mm512_setzero_si512();
+    const __m512i low_bytes = _mm512_set1_epi32(0x00FF00FF);
+    for (int j = 0; j < 8; ++j) {
+      // Widen lane l's codes at inputs 4j + (0, 2) and 4j + (1, 3) to int16 pairs.
+      const __m512i even = _mm512_and_si512(w[j], low_bytes);
+      const __m512i odd = _mm512_srli_epi16(w[j], 8);
+      for (int i = 0; i < Rows; ++i) {
+        const auto* xq = reinterpret_cast<const int32_t*>(a.x + i * a.in + g * kGroup + 4 * j);
+        dot[i] = _mm512_dpwssd_epi32(dot[i], even, _mm512_set1_epi32(xq[0]));
+        dot[i] = _mm512_dpwssd_epi32(dot[i], odd, _mm512_set1_epi32(xq[1]));
       }
+    }
+    for (int i = 0; i < Rows; ++i) {
       const int64_t r = i * a.groups + g;
       // sum_k (d c_k + m) s x_k = d s (c . x) + m (s sum_k x_k)
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, _mm512_set1_ps(a.x_scale[r])), acc[i]);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i]), _mm512_mul_ps(d, _mm512_set1_ps(a.x_scale[r])), acc[i]);
       acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.x_sum[r]), acc[i]);
     }
   }

@@ -2,9 +2,9 @@
 
 PyTorch's int4 CPU kernel converts weights to floats and multiplies in float, so eight
 rows cost three times one row, which caps batched decoding. This kernel multiplies 4-bit
-(Q4_1) or 8-bit (Q8_0) weight codes by int8-quantized activations with AVX-512 VNNI
-instead, the way llama.cpp runs such models, so a batch of decode rows costs little more
-than one.
+(Q4_1) or 8-bit (Q8_0) weight codes by activations rounded to int16 per group of 32,
+as exact integer dot products on AVX-512 VNNI, so a batch of decode rows costs little
+more than one, and results stay within float rounding of the dequantized model.
 
 It needs a CPU with AVX-512 VNNI and a C++ compiler (ninja comes with preheat). Where
 either is missing, ``load_quant_kernel`` says so once and returns False, and callers use

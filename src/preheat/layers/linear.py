@@ -6,9 +6,9 @@ and minimum per group (the layout of GGUF's Q4_1, so Q4_1 weights convert
 without loss in the codes): a quarter of fp16's memory traffic, which is what
 bounds decoding on a CPU. Two kernels run them:
 
-- ``QuantLinear``: preheat's AVX-512 VNNI kernel, int8 activations (as llama.cpp
-  runs Q4_1); a batch of rows costs little more than one. It also runs 8-bit
-  (Q8_0) weights, for the LM head.
+- ``QuantLinear``: preheat's AVX-512 VNNI kernel (integer dot products with the
+  activations rounded to int16); a batch of rows costs little more than one. It
+  also runs 8-bit (Q8_0) weights, for the LM head.
 - ``Int4Linear``: PyTorch's int4 CPU kernel in bf16, for CPUs without VNNI.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Int4Linear:
 
 class QuantLinear:
     """4- or 8-bit weights with a float16 scale and min per group of 32; the kernel
-    quantizes activations to int8 per group of 32. Needs ``load_quant_kernel()``."""
+    rounds activations to int16 per group of 32. Needs ``load_quant_kernel()``."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, bits: int = 4):
         self.bias = bias

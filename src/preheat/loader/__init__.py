@@ -9,7 +9,7 @@ import torch
 
 from preheat.loader.embedded import embedded_model_path
 from preheat.loader.errors import ModelNotFoundError, UnsupportedModelError
-from preheat.loader.gguf_loader import gguf_config, gguf_weight_count, gguf_weights, read_gguf
+from preheat.loader.gguf_loader import gguf_config, gguf_matmul_type, gguf_weight_count, gguf_weights, read_gguf
 from preheat.loader.hf_loader import expected_weight_names, hf_config, hf_weights
 from preheat.loader.weight_cache import load_or_convert
 from preheat.models.config import ModelConfig
@@ -27,6 +27,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     model_id: str
     source: Path
+    weight_type: str | None = None  # GGML type of a GGUF's decoder matmuls ("Q4_1"); None: HF folder
 
 
 def load_model(
@@ -73,7 +74,8 @@ def _load_gguf(path: Path, dtype: torch.dtype, cache_dir: Path | None) -> Loaded
     missing = set(expected_weight_names(config)) - cached.weights.keys()
     if missing:
         raise UnsupportedModelError(f"{path} lacks tensors: {', '.join(sorted(missing)[:5])}")
-    return LoadedModel(config, cached.weights, Tokenizer.from_gguf(reader), path.stem.lower(), path.resolve())
+    return LoadedModel(config, cached.weights, Tokenizer.from_gguf(reader), path.stem.lower(), path.resolve(),
+                       gguf_matmul_type(reader))
 
 
 def _load_hf_folder(path: Path, dtype: torch.dtype) -> LoadedModel:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,16 @@ def gguf_config(reader: GGUFReader) -> ModelConfig:
 def gguf_weight_count(reader: GGUFReader) -> int:
     """How many tensors `gguf_weights` yields (for progress reporting)."""
     return sum(t.name != _ROPE_FREQS for t in reader.tensors)
+
+
+def gguf_matmul_type(reader: GGUFReader) -> str:
+    """The GGML type holding most of the decoder's matrix weights, e.g. "Q4_1" (or "Q4_K"
+    for a Q4_K_M file, whose few Q6_K matrices hold fewer weights)."""
+    weights: Counter[str] = Counter()
+    for t in reader.tensors:
+        if t.name.startswith("blk.") and len(t.shape) == 2:
+            weights[t.tensor_type.name] += int(t.n_elements)
+    return weights.most_common(1)[0][0] if weights else "F32"
 
 
 def gguf_weights(

@@ -51,8 +51,8 @@ class LlamaModel:
     """Weights in Hugging Face naming; ``forward`` returns final hidden states.
 
     ``weight_format`` is "dense" (the model dtype throughout: matches the
-    reference) or "int4" (decoder-layer matmuls with 4-bit weights and bf16
-    compute, LM head in bf16; CPU only).
+    reference) or "int4" (decoder-layer matmuls with 4-bit weights, the LM head
+    in 8 bits or bf16; CPU only; see ``layers/linear.py``).
     """
 
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor],
