@@ -69,5 +69,16 @@ def test_rejects_bad_shapes_and_types():
     packed = pack(torch.randn(16, 64), 4)
     with pytest.raises(RuntimeError, match="inputs"):
         quant_matmul(torch.randn(2, 96), packed)
-    with pytest.raises(RuntimeError, match="float32"):
-        quant_matmul(torch.randn(2, 64, dtype=torch.float64), packed)
+    with pytest.raises(RuntimeError, match="floating-point"):
+        quant_matmul(torch.ones(2, 64, dtype=torch.long), packed)
+
+
+def test_any_leading_shape_and_float_dtype():
+    packed = pack(torch.randn(32, 64), 4)
+    x = torch.randn(2, 3, 64)
+    flat = quant_matmul(x.reshape(6, 64), packed)
+    assert torch.equal(quant_matmul(x, packed), flat.reshape(2, 3, 32))
+    half = quant_matmul(x.bfloat16(), packed)
+    assert half.dtype == torch.bfloat16 and half.shape == (2, 3, 32)
+    strided = x.transpose(0, 1).contiguous().transpose(0, 1)  # same values, not contiguous
+    assert torch.equal(quant_matmul(strided, packed), quant_matmul(x, packed))

@@ -133,10 +133,13 @@ void run_block(int64_t rows, const TileArgs& a) {
   }
 }
 
-at::Tensor quant_matmul(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale,
-                     const at::Tensor& min) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
-              "x must be a contiguous 2-D float32 tensor");
+// x [..., in] of a floating dtype -> [..., out] of the same dtype; computes in float32.
+// Shape and dtype handling live here, not in Python: it runs for every matmul of a step.
+at::Tensor quant_matmul(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scale,
+                        const at::Tensor& min) {
+  TORCH_CHECK(input.dim() >= 1 && at::isFloatingType(input.scalar_type()),
+              "x must be a floating-point tensor");
+  const at::Tensor x = input.reshape({-1, input.size(-1)}).to(at::kFloat).contiguous();
   TORCH_CHECK(codes.dim() == 3 && codes.scalar_type() == at::kByte && codes.is_contiguous() &&
                   (codes.size(2) == 256 || codes.size(2) == 512),
               "codes must be [tiles, groups, 256 or 512] uint8 (4- or 8-bit)");
@@ -149,8 +152,10 @@ at::Tensor quant_matmul(const at::Tensor& x, const at::Tensor& codes, const at::
                 "scale and min must be [tiles, groups, 16] float16");
   }
   const int64_t out = tiles * kTile;
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
+  shape.back() = out;
   at::Tensor y = at::empty({rows, out}, x.options());
-  if (rows == 0) return y;
+  if (rows == 0) return y.view(shape).to(input.scalar_type());
   const QuantizedRows q = quantize_rows(x.data_ptr<float>(), rows, in);
   const auto* codes_p = codes.data_ptr<uint8_t>();
   const auto* scale_p = static_cast<const uint16_t*>(scale.data_ptr());
@@ -168,7 +173,7 @@ at::Tensor quant_matmul(const at::Tensor& x, const at::Tensor& codes, const at::
       }
     }
   });
-  return y;
+  return y.view(shape).to(input.scalar_type());
 }
 
 }  // namespace

@@ -119,5 +119,5 @@ def pack(weight: torch.Tensor, bits: int) -> PackedWeight:
 
 
 def quant_matmul(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
-    """x [rows, in] float32 @ W.T -> [rows, out] float32; requires ``load_quant_kernel()``."""
+    """x [..., in] @ W.T -> [..., out] in x's dtype (computed in float32); requires ``load_quant_kernel()``."""
     return torch.ops.preheat.quant_matmul(x, w.codes, w.scale, w.min)

@@ -86,6 +86,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
     slots = kv_cache.view(2, -1, *kv_cache.shape[-2:])
     slots[0].index_copy_(0, meta.slot_mapping, k)
     slots[1].index_copy_(0, meta.slot_mapping, v)
+    if meta.decode is not None and not meta.prefills:  # the common step: no output assembly
+        return _decode(q, kv_cache, meta.decode)
     out = torch.empty_like(q)
     if meta.decode is not None:
         b = meta.decode.size

@@ -52,8 +52,7 @@ class QuantLinear:
         self.weight = pack(weight, bits)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1]).float().contiguous()
-        y = quant_matmul(rows, self.weight).view(*x.shape[:-1], -1).to(x.dtype)
+        y = quant_matmul(x, self.weight)
         return y if self.bias is None else y + self.bias
 
 
