@@ -26,6 +26,7 @@ from preheat.config import EngineConfig
 from preheat.engine.llm_engine import LLMEngine, build_engine
 from preheat.engine.output import Finished, TextDelta
 from preheat.engine.request import CacheBreakpoint, GenerationRequest, SamplingParams
+from preheat.kernels.quant_matmul import load_quant_kernel
 from preheat.loader.embedded import embedded_model_path
 
 DECODE_TOKENS = 128
@@ -68,8 +69,10 @@ def bench_preheat(args, weight_format: str) -> Figures:
     engine, model_id = build_engine(EngineConfig(model=args.model, num_threads=args.threads,
                                                  kv_cache_tokens=16384, max_step_tokens=512,
                                                  weight_format=weight_format))
+    kernel = "" if weight_format == "dense" else \
+        f", {'VNNI' if load_quant_kernel() else 'PyTorch int4'} kernel"
     print(f"preheat ({weight_format}): {model_id} loaded in {time.perf_counter() - t0:.2f} s, "
-          f"{args.threads} threads", flush=True)
+          f"{args.threads} threads{kernel}", flush=True)
     f = Figures()
     drive(engine, [GenerationRequest(random_ids(64, 99), greedy(4))])  # warm-up
     for n, attr in ((512, "prefill_512"), (4096, "prefill_4096")):
