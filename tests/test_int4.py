@@ -97,17 +97,18 @@ def test_int4_follows_the_dense_model(backend):
         assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
 
 
-@pytest.mark.parametrize("requested,weight_type,device,chosen", [
-    ("auto", "Q4_1", "cpu", "int4"),
-    ("auto", "Q4_K", "cpu", "int4"),
-    ("auto", "Q8_0", "cpu", "dense"),  # int4 would throw away half of its bits
-    ("auto", None, "cpu", "dense"),  # a Hugging Face folder of float weights
-    ("auto", "Q4_1", "cuda", "dense"),  # int4 is CPU-only
-    ("dense", "Q4_1", "cpu", "dense"),
-    ("int4", "F16", "cpu", "int4"),
+@pytest.mark.parametrize("requested,weight_type,device,vnni,chosen", [
+    ("auto", "Q4_1", "cpu", True, "int4"),
+    ("auto", "Q4_K", "cpu", True, "int4"),
+    ("auto", "Q4_1", "cpu", False, "dense"),  # PyTorch's kernel only when asked
+    ("auto", "Q8_0", "cpu", True, "dense"),  # int4 would throw away half of its bits
+    ("auto", None, "cpu", True, "dense"),  # a Hugging Face folder of float weights
+    ("auto", "Q4_1", "cuda", True, "dense"),  # int4 is CPU-only
+    ("dense", "Q4_1", "cpu", True, "dense"),
+    ("int4", "F16", "cpu", False, "int4"),
 ])
-def test_auto_weight_format(requested, weight_type, device, chosen):
-    assert resolve_weight_format(requested, weight_type, device) == chosen
+def test_auto_weight_format(requested, weight_type, device, vnni, chosen):
+    assert resolve_weight_format(requested, weight_type, device, lambda: vnni) == chosen
 
 
 def test_unknown_weight_format_is_refused():

@@ -26,6 +26,7 @@ from preheat.engine.request import CacheBreakpoint, GenerationRequest
 from preheat.engine.sampler import make_generator, sample
 from preheat.engine.scheduler import Scheduler
 from preheat.engine.sequence import Sequence
+from preheat.kernels.quant_matmul import load_quant_kernel
 from preheat.models.llama import LlamaModel
 
 log = logging.getLogger(__name__)
@@ -200,14 +201,19 @@ class LLMEngine:
 FOUR_BIT_TYPES = frozenset({"Q4_0", "Q4_1", "Q4_K"})
 
 
-def resolve_weight_format(requested: str, weight_type: str | None, device: str) -> str:
+def resolve_weight_format(requested: str, weight_type: str | None, device: str,
+                          vnni_kernel: Callable[[], bool] = load_quant_kernel) -> str:
     """``auto`` is int4 on a CPU when the file's decoder weights are 4-bit already (int4
-    keeps them as they are: only activations are rounded, as llama.cpp does), else dense."""
+    keeps them as they are) and preheat's VNNI kernel runs here (its int16 activations keep
+    the exact model's tokens); else dense. PyTorch's int4 kernel rounds activations to
+    bf16, which lets a cache hit or a batch change greedy tokens: it runs only when asked."""
     if requested not in ("auto", "dense", "int4"):
         raise ValueError(f"weight format must be 'auto', 'dense' or 'int4', not {requested!r}")
     if requested != "auto":
         return requested
-    return "int4" if torch.device(device).type == "cpu" and weight_type in FOUR_BIT_TYPES else "dense"
+    if torch.device(device).type != "cpu" or weight_type not in FOUR_BIT_TYPES:
+        return "dense"
+    return "int4" if vnni_kernel() else "dense"
 
 
 def build_engine(config: EngineConfig, *, clock: Callable[[], float] = time.monotonic,
