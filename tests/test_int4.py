@@ -48,6 +48,15 @@ def test_q4_1_weights_keep_their_codes():
     assert torch.allclose(got, w, atol=0.01 * w.abs().max())
 
 
+def test_any_number_of_outputs(backend):
+    w, b = q4_1_like(100, 64, seed=2), torch.randn(100)  # not a multiple of the kernel's 16 rows
+    layer = linear.make_linear(w, b, int4=True)
+    x = torch.randn(3, 64)
+    y = layer(x)
+    assert y.shape == (3, 100)
+    assert torch.allclose(y, Linear(w, b)(x), rtol=0, atol=0.02 * y.abs().max())
+
+
 def test_int4_linear_close_to_dense(backend):
     w, b = q4_1_like(96, 160, seed=1), torch.randn(96)
     x = torch.randn(5, 160)

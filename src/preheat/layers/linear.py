@@ -35,11 +35,13 @@ class Int4Linear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         self.bias = bias
-        self.packed, self.scale_zero = quantize_int4(weight)
+        self.out_features = weight.shape[0]
+        self.packed, self.scale_zero = quantize_int4(pad_rows(weight))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.to(torch.bfloat16), self.packed, GROUP, self.scale_zero).to(x.dtype)
+        y = trim(y, self.out_features)
         return y if self.bias is None else y + self.bias
 
 
@@ -49,11 +51,22 @@ class QuantLinear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, bits: int = 4):
         self.bias = bias
-        self.weight = pack(weight, bits)
+        self.out_features = weight.shape[0]
+        self.weight = pack(pad_rows(weight), bits)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = quant_matmul(x, self.weight)
+        y = trim(quant_matmul(x, self.weight), self.out_features)
         return y if self.bias is None else y + self.bias
+
+
+def pad_rows(weight: torch.Tensor) -> torch.Tensor:
+    """Zero rows up to a multiple of 16: both int4 kernels work on 16 outputs at a time,
+    and not every model's sizes are multiples (a vocabulary of 32001, say)."""
+    return F.pad(weight, (0, 0, 0, -weight.shape[0] % TILE))
+
+
+def trim(y: torch.Tensor, out_features: int) -> torch.Tensor:
+    return y if y.shape[-1] == out_features else y[..., :out_features]
 
 
 def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +83,7 @@ def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def vnni_ready(weight: torch.Tensor) -> bool:
-    return weight.device.type == "cpu" and weight.shape[0] % TILE == 0 and load_quant_kernel()
+    return weight.device.type == "cpu" and load_quant_kernel()
 
 
 def make_linear(weight: torch.Tensor, bias: torch.Tensor | None,
