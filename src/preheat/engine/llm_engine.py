@@ -227,6 +227,6 @@ def build_engine(config: EngineConfig, *, clock: Callable[[], float] = time.mono
     loaded = loaded or load_model(config.model, dtype=dtype, cache_dir=config.cache_dir)
     weight_format = resolve_weight_format(config.weight_format, loaded.weight_type, config.device)
     log.info("model %s (%s weights) on %s: weight format %s", loaded.model_id,
-                loaded.weight_type or "float", config.device, weight_format)
+             loaded.weight_type or "float", config.device, weight_format)
     model = LlamaModel(loaded.config, loaded.weights, torch.device(config.device), dtype, weight_format)
     return LLMEngine(model, loaded.tokenizer, config, clock=clock), loaded.model_id

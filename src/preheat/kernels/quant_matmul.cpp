@@ -3,7 +3,7 @@
 // The activations are rounded to int16 per group of 32 (scale = max |x| / 32767), so the
 // inner product is an exact integer one on AVX-512 VNNI (32 multiply-adds per instruction)
 // and the result stays within float rounding of the float product with the same weights.
-// (llama.cpp rounds activations to int8 instead, which flips the model's near-ties.)
+// (llama.cpp rounds activations to int8 instead, which can swap near-tied tokens.)
 //
 // Vector lanes run over 16 output features, so one weight register serves every
 // activation row of the block and results store without horizontal sums. Each output
@@ -62,7 +62,7 @@ QuantizedRows quantize_rows(const float* x, int64_t rows, int64_t in) {
 }
 
 struct TileArgs {
-  const uint8_t* codes;    // this tile's [groups, 8 * bits]
+  const uint8_t* codes;    // this tile's [groups, 64 * bits]
   const uint16_t* scale;   // this tile's [groups, 16] float16 bits
   const uint16_t* min;
   const int16_t* x;        // first activation row of the block
