@@ -63,6 +63,7 @@ def load_quant_kernel() -> bool:
 
         os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:12]
+    logger.info("loading the VNNI matmul kernel (a first start on this machine compiles it, ~10 s)")
     try:
         # The name carries the source's hash: an edited kernel never loads a stale build.
         load(name=f"preheat_quant_{digest}", sources=[str(SOURCE)], extra_cflags=_FLAGS,
