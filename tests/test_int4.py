@@ -6,19 +6,10 @@ import preheat.layers.linear as linear
 from engine_driver import last_logits, run, run_one
 from preheat.engine.llm_engine import resolve_weight_format
 from preheat.engine.request import GenerationRequest, SamplingParams
-from preheat.kernels.quant_matmul import GROUP, load_quant_kernel, quantize_groups
+from preheat.kernels.quant_matmul import GROUP, load_quant_kernel
 from preheat.layers.linear import Int4Linear, Linear, QuantLinear, quantize_int4
+from quant_weights import dequantized, q4_1_like
 from tiny import tiny_config, tiny_engine, tiny_weights
-
-
-def q4_1_like(out_dim: int, in_dim: int, seed: int = 0) -> torch.Tensor:
-    """Weights of GGUF Q4_1's form: per group of 32, d * code + m with codes 0..15 all used."""
-    g = torch.Generator().manual_seed(seed)
-    codes = torch.randint(0, 16, (out_dim, in_dim // GROUP, GROUP), generator=g)
-    codes[..., 0], codes[..., 1] = 0, 15
-    d = (torch.rand(out_dim, in_dim // GROUP, 1, generator=g) * 0.01 + 0.001).half().float()
-    m = (-torch.rand(out_dim, in_dim // GROUP, 1, generator=g) * 0.05).half().float()
-    return (codes * d + m).reshape(out_dim, in_dim)
 
 
 @pytest.fixture(params=["vnni", "pytorch"])
@@ -27,7 +18,7 @@ def backend(request, monkeypatch):
     if request.param == "vnni" and not load_quant_kernel():
         pytest.skip("the VNNI kernel needs AVX-512 VNNI and a C++ compiler")
     if request.param == "pytorch":
-        monkeypatch.setattr(linear, "vnni_ready", lambda weight: False)
+        monkeypatch.setattr(linear, "load_quant_kernel", lambda: False)
     return request.param
 
 
@@ -90,8 +81,7 @@ def q4_1_model() -> dict[str, torch.Tensor]:
     weights = tiny_weights(tiny_config())
     for name, w in weights.items():
         if name.startswith("model.layers.") and w.dim() == 2:
-            codes, scale, low = quantize_groups(w, bits=4)
-            weights[name] = (codes * scale.float()[..., None] + low.float()[..., None]).reshape(w.shape)
+            weights[name] = dequantized(w, bits=4).float()
     return weights
 
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from preheat.kernels.quant_matmul import GROUP, load_quant_kernel, pack, quant_matmul, quantize_groups
+from quant_weights import dequantized, q4_1_like
 
 pytestmark = pytest.mark.skipif(not load_quant_kernel(),
                                 reason="the VNNI kernel needs AVX-512 VNNI and a C++ compiler")
@@ -14,11 +15,6 @@ def quantized_activations(x: torch.Tensor) -> torch.Tensor:
     amax = groups.abs().amax(-1, keepdim=True)
     inv = torch.where(amax > 1e-30, 32767 / amax, torch.zeros_like(amax))
     return ((groups * inv).round() * (amax / 32767)).reshape(x.shape).double()
-
-
-def dequantized(w: torch.Tensor, bits: int) -> torch.Tensor:
-    codes, scale, low = quantize_groups(w, bits)
-    return (codes.double() * scale.double()[..., None] + low.double()[..., None]).reshape(w.shape)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -37,12 +33,9 @@ def test_kernel_computes_the_quantized_product(bits, rows, out_dim, in_dim):
 def test_q4_1_and_q8_0_weights_keep_their_values():
     g = torch.Generator().manual_seed(0)
     d = (torch.rand(32, 4, 1, generator=g) * 0.01 + 0.001).half().float()
-    q4 = torch.randint(0, 16, (32, 4, GROUP), generator=g)
-    q4[..., 0], q4[..., 1] = 0, 15
-    m = (-torch.rand(32, 4, 1, generator=g) * 0.05).half().float()
     q8 = torch.randint(-127, 128, (32, 4, GROUP), generator=g)
     q8[..., 0] = 127
-    for bits, w in ((4, (q4 * d + m).reshape(32, 128)), (8, (q8 * d).reshape(32, 128))):
+    for bits, w in ((4, q4_1_like(32, 128)), (8, (q8 * d).reshape(32, 128))):
         torch.testing.assert_close(dequantized(w, bits), w.double(), rtol=0, atol=1e-6)
 
 

@@ -83,8 +83,8 @@ ENGINE_HELP = {
     "model": "a .gguf file or Hugging Face folder (default: the embedded SmolLM2)",
     "device": "torch device",
     "dtype": "weight and KV cache dtype",
-    "weight_format": "dense (exact), int4 (4-bit decoder weights, int8 activations: fast on CPU) "
-                     "or auto (int4 on a CPU for a 4-bit GGUF, else dense)",
+    "weight_format": "dense (exact), int4 (4-bit decoder weights: fast on CPU) or auto (int4 "
+                     "for a 4-bit GGUF on a CPU with AVX-512 VNNI, else dense)",
     "block_size": "tokens per KV cache block",
     "kv_cache_tokens": "KV cache pool size in tokens",
     "kv_cache_bytes": "KV cache pool size in bytes (instead of --kv-cache-tokens)",

@@ -11,7 +11,7 @@ class EngineConfig:
     device: str = "cpu"
     dtype: str = "float32"
     # "dense" (exact), "int4" (4-bit decoder weights: fast CPU decode) or "auto": int4 on a
-    # CPU when the file's decoder weights are 4-bit already, else dense
+    # CPU with preheat's VNNI kernel when the file's decoder weights are 4-bit already, else dense
     weight_format: str = "auto"
     block_size: int = 16
     kv_cache_tokens: int = 32768  # pool size in tokens (ignored when kv_cache_bytes is set)

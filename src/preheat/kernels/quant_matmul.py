@@ -30,8 +30,6 @@ TILE = 16  # output rows per AVX-512 register
 _FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"]
 
 
-
-
 @dataclass
 class PackedWeight:
     """A weight [out, in] in the kernel's layout (see quant_matmul.cpp's header)."""
@@ -39,10 +37,6 @@ class PackedWeight:
     codes: torch.Tensor  # [out / 16, in / 32, 64 * bits] uint8
     scale: torch.Tensor  # [out / 16, in / 32, 16] float16
     min: torch.Tensor  # [out / 16, in / 32, 16] float16
-
-    @property
-    def bits(self) -> int:
-        return self.codes.shape[-1] // 64
 
 
 def cpu_has_vnni() -> bool:

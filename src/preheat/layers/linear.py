@@ -82,19 +82,15 @@ def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, scale_zero.transpose(0, 1).contiguous().to(torch.bfloat16)
 
 
-def vnni_ready(weight: torch.Tensor) -> bool:
-    return weight.device.type == "cpu" and load_quant_kernel()
-
-
 def make_linear(weight: torch.Tensor, bias: torch.Tensor | None,
                 int4: bool) -> Linear | QuantLinear | Int4Linear:
     if not int4:
         return Linear(weight, bias)
-    return QuantLinear(weight, bias) if vnni_ready(weight) else Int4Linear(weight, bias)
+    return QuantLinear(weight, bias) if load_quant_kernel() else Int4Linear(weight, bias)
 
 
 def make_head(weight: torch.Tensor, quantized: bool) -> Linear | QuantLinear:
     """The LM head: 8-bit on the VNNI kernel, else bf16, when decoder weights are quantized."""
     if not quantized:
         return Linear(weight)
-    return QuantLinear(weight, bits=8) if vnni_ready(weight) else Linear(weight.to(torch.bfloat16))
+    return QuantLinear(weight, bits=8) if load_quant_kernel() else Linear(weight.to(torch.bfloat16))

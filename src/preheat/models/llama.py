@@ -61,7 +61,7 @@ class LlamaModel:
             raise ValueError(f"weight format must be 'dense' or 'int4', not {weight_format!r}")
         int4 = weight_format == "int4"
         if int4 and device.type != "cpu":
-            raise ValueError("the int4 weight format uses PyTorch's CPU kernel: use it with device cpu")
+            raise ValueError("the int4 weight format runs on CPU kernels only: use it with device cpu")
         w = {name: t.to(device=device, dtype=dtype) for name, t in weights.items()}
         self.cfg = cfg
         self.device = device
