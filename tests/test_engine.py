@@ -4,6 +4,7 @@ import torch
 
 from engine_driver import GREEDY, last_logits, run, run_one, sequence_refs
 from preheat.engine.errors import EngineOverloadedError, PromptTooLongError, RequestTooLargeError
+from preheat.engine.kv_dtype import resolve_kv_dtype
 from preheat.engine.output import StopReason, TextDelta
 from preheat.engine.request import CacheBreakpoint, GenerationRequest, SamplingParams
 from tiny import tiny_engine
@@ -43,6 +44,39 @@ def test_cache_hit_equals_cold_run(shared):
     assert reused == shared - shared % BS  # physically served from the tree
     torch.testing.assert_close(last_logits(warm, second), want_logits, atol=1e-5, rtol=1e-5)
     assert run_one(warm, second).output_ids == want.output_ids
+
+
+@pytest.mark.parametrize("kv_dtype", ["float16", "bfloat16"])
+def test_16_bit_kv_cache_hit_equals_cold_run(kv_dtype):
+    # A first prefill chunk attends over k/v rounded as the cache stores them: a hit reads the same.
+    base = ids(60, 1)
+    first, second = base[:42] + ids(10, 2), base[:42] + ids(12, 3)
+    want_logits = last_logits(tiny_engine(kv_dtype=kv_dtype), second)
+    want = run_one(tiny_engine(kv_dtype=kv_dtype), second)
+    warm = tiny_engine(kv_dtype=kv_dtype)
+    run_one(warm, first)
+    assert len(warm.radix.match("", second)) * BS == 40
+    torch.testing.assert_close(last_logits(warm, second), want_logits, atol=1e-5, rtol=1e-5)
+    assert run_one(warm, second).output_ids == want.output_ids
+    assert warm.runner.kv_cache.dtype == getattr(torch, kv_dtype)
+
+
+def test_16_bit_kv_concurrent_equals_sequential():
+    prompts = [ids(10 + 9 * i, 20 + i) for i in range(8)]
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    sequential = [run_one(tiny_engine(kv_dtype="float16"), p, params).output_ids for p in prompts]
+    batched = run(tiny_engine(kv_dtype="float16"), [GenerationRequest(p, params) for p in prompts])
+    assert [b.output_ids for b in batched] == sequential
+
+
+def test_kv_dtype_resolution():
+    dense, int4 = tiny_engine(), tiny_engine(weight_format="int4")
+    assert dense.runner.kv_cache.dtype == torch.float32  # auto: dense stays exact
+    assert int4.runner.kv_cache.dtype == torch.float16  # auto: int4 halves the cache
+    assert resolve_kv_dtype("bfloat16", dense.model) == torch.bfloat16
+    assert resolve_kv_dtype("float32", int4.model) == torch.float32
+    with pytest.raises(ValueError, match="kv dtype must be"):
+        resolve_kv_dtype("int8", dense.model)
 
 
 def test_prefix_shared_by_many_at_once():

@@ -82,9 +82,11 @@ def _field_converter(hint) -> Callable:
 ENGINE_HELP = {
     "model": "a .gguf file or Hugging Face folder (default: the embedded SmolLM2)",
     "device": "torch device",
-    "dtype": "weight and KV cache dtype",
+    "dtype": "weight and activation dtype (the KV cache's is --kv-dtype)",
     "weight_format": "dense (exact), int4 (4-bit decoder weights: fast on CPU) or auto (int4 "
                      "for a 4-bit GGUF on a CPU with AVX-512 VNNI, else dense)",
+    "kv_dtype": "KV cache dtype: float32, float16 (half the memory and bandwidth), bfloat16 or "
+                "auto (float16 with int4 weights, else --dtype: dense stays exact)",
     "block_size": "tokens per KV cache block",
     "kv_cache_tokens": "KV cache pool size in tokens",
     "kv_cache_bytes": "KV cache pool size in bytes (instead of --kv-cache-tokens)",
@@ -140,6 +142,9 @@ def add_serve_parser(commands) -> None:
     add_option(parser, "--preheat-key", default=defaults.preheat_key,
                help="on a server without --api-key: the client key to warm the prompt for")
     add_option(parser, "--log-level", default="info", help="debug, info, warning or error")
+    add_option(parser, "--engine-process", switch=True, default=True,
+               help="run the engine in a process of its own, off the HTTP server's GIL "
+                    "(--no-engine-process: on a thread of the server's process)")
     add_engine_options(parser)
     parser.set_defaults(func=serve)
 
@@ -148,6 +153,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from preheat.engine.async_engine import AsyncEngine
+    from preheat.engine.engine_process import EngineProcess, EngineStartError
     from preheat.server.app import create_app
 
     if args.preheat_ttl not in ("5m", "1h"):
@@ -160,15 +166,25 @@ def serve(args: argparse.Namespace) -> int:
         ttl_5m_seconds=args.ttl_5m_seconds, ttl_1h_seconds=args.ttl_1h_seconds,
         max_request_bytes=args.max_request_bytes, preheat_file=args.preheat,
         preheat_ttl=args.preheat_ttl, preheat_key=args.preheat_key)
-    engine = AsyncEngine.from_config(engine_config(args))
+    config = engine_config(args)
+    try:
+        engine = (EngineProcess.start(config, args.log_level) if args.engine_process
+                  else AsyncEngine.from_config(config))
+    except EngineStartError as err:
+        raise SystemExit(f"preheat: the engine could not start: {err}") from None
     try:
         app = create_app(engine, settings)
+        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                               log_level=args.log_level, timeout_graceful_shutdown=5))
+        if isinstance(engine, EngineProcess):
+            # Without its engine the server can only fail: stop it (in-flight streams have
+            # had their error event) and exit non-zero so a supervisor restarts it.
+            engine.on_failure = lambda: setattr(server, "should_exit", True)
         log.info("serving %s on http://%s:%d", engine.model_id, settings.host, settings.port)
-        uvicorn.run(app, host=settings.host, port=settings.port, workers=1,
-                    log_level=args.log_level, timeout_graceful_shutdown=5)
+        server.run()
     finally:
         engine.shutdown()
-    return 0
+    return 1 if isinstance(engine, EngineProcess) and engine.failed else 0
 
 
 # ---- generate ---------------------------------------------------------------------------
@@ -204,7 +220,7 @@ async def _generate(args: argparse.Namespace) -> None:
             "messages": [{"role": "user", "content": args.prompt}]})
         prompt = build_prompt(body, engine.tokenizer)
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
-        async for event in engine.submit(GenerationRequest(prompt.token_ids, params)):
+        async for event in await engine.submit(GenerationRequest(prompt.token_ids, params)):
             if isinstance(event, TextDelta):
                 print(event.text, end="", flush=True)
         print()

@@ -13,6 +13,8 @@ class EngineConfig:
     # "dense" (exact), "int4" (4-bit decoder weights: fast CPU decode) or "auto": int4 on a
     # CPU with preheat's VNNI kernel when the file's decoder weights are 4-bit already, else dense
     weight_format: str = "auto"
+    # KV cache storage: "float32", "float16", "bfloat16" or "auto" (see engine/kv_dtype.py)
+    kv_dtype: str = "auto"
     block_size: int = 16
     kv_cache_tokens: int = 32768  # pool size in tokens (ignored when kv_cache_bytes is set)
     kv_cache_bytes: int | None = None

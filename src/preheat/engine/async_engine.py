@@ -1,8 +1,9 @@
-"""asyncio front of the engine: one background thread drives the model.
+"""The engine on a thread of the caller's process (tests, ``preheat generate``).
 
 The event loop never runs model compute: ``submit`` only validates and
 enqueues, and the engine thread hands events back with
-``call_soon_threadsafe``. Callers iterate a ``RequestStream``.
+``call_soon_threadsafe``. Callers iterate a ``RequestStream``. ``preheat serve``
+uses ``EngineProcess`` instead, which keeps the model off the server's GIL.
 """
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from preheat.config import EngineConfig
 from preheat.engine.errors import EngineError, EngineStoppedError
 from preheat.engine.llm_engine import EngineStats, LLMEngine, build_engine
+from preheat.engine.engine_client import RequestStream
 from preheat.engine.output import EngineEvent, Finished, Started
 from preheat.engine.request import GenerationRequest
 
@@ -23,36 +25,9 @@ log = logging.getLogger(__name__)
 _IDLE_WAIT_S = 0.5
 
 
-class RequestStream:
-    """Events of one request: ``Started``, ``TextDelta``..., ``Finished``."""
-
-    def __init__(self, request_id: str, engine: AsyncEngine):
-        self.request_id = request_id
-        self._engine = engine
-        self._queue: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()
-        self._done = False
-
-    def _push(self, item: EngineEvent | BaseException) -> None:
-        self._queue.put_nowait(item)
-
-    async def __aiter__(self) -> AsyncIterator[EngineEvent]:
-        while not self._done:
-            item = await self._queue.get()
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            if isinstance(item, Finished):
-                self._done = True
-            yield item
-
-    def abort(self) -> None:
-        """Stop generating and free the request's KV blocks before the next step."""
-        if not self._done:
-            self._done = True
-            self._engine._abort(self.request_id)
-
-
 class AsyncEngine:
+    """An ``EngineClient`` whose engine steps on a background thread."""
+
     def __init__(self, engine: LLMEngine, model_id: str):
         self.engine = engine
         self.model_id = model_id
@@ -72,20 +47,20 @@ class AsyncEngine:
         engine, model_id = build_engine(config, clock=clock, loaded=loaded)
         return cls(engine, model_id)
 
-    def submit(self, request: GenerationRequest) -> RequestStream:
+    async def submit(self, request: GenerationRequest) -> RequestStream:
         """Queue a request; raises EngineError subclasses for requests that can't run."""
         if self._stopped:
             raise EngineStoppedError("the engine has stopped")
         seq = self.engine.prepare(request)
-        stream = RequestStream(request.request_id, self)
-        stream._push(Started(seq.usage))
+        stream = RequestStream(request.request_id, self._abort)
+        stream.push(Started(seq.usage))
         with self._lock:
             self._streams[request.request_id] = (asyncio.get_running_loop(), stream)
         self.engine.enqueue(seq)
         self._wake.set()
         return stream
 
-    def stats(self) -> EngineStats:
+    async def stats(self) -> EngineStats:
         return self.engine.stats()
 
     def shutdown(self) -> None:
@@ -106,7 +81,7 @@ class AsyncEngine:
                 del self._streams[request_id]
         if entry is not None:
             loop, stream = entry
-            loop.call_soon_threadsafe(stream._push, item)
+            loop.call_soon_threadsafe(stream.push, item)
 
     def _loop(self) -> None:
         while not self._stopped:

@@ -20,6 +20,9 @@ class PromptTooLongError(EngineError):
             f"(context window is {context_window} tokens)"
         )
 
+    def __reduce__(self):  # crosses the engine process's pipe
+        return type(self), (self.prompt_tokens, self.context_window)
+
 
 class RequestTooLargeError(EngineError):
     """The request could never fit in the KV cache pool, even alone."""

@@ -19,6 +19,7 @@ from preheat.engine.block_pool import BlockPool
 from preheat.engine.detokenizer import IncrementalDetokenizer
 from preheat.engine.errors import (EngineError, EngineOverloadedError, PromptTooLongError,
                                    RequestTooLargeError)
+from preheat.engine.kv_dtype import resolve_kv_dtype
 from preheat.engine.model_runner import ModelRunner, kv_bytes_per_block
 from preheat.engine.output import CacheUsage, EngineEvent, Finished, StopReason, TextDelta
 from preheat.engine.radix_cache import RadixCache
@@ -66,15 +67,16 @@ class LLMEngine:
         cfg = model.cfg
         self.context_window = min(config.context_window or cfg.max_position_embeddings,
                                   cfg.max_position_embeddings)
+        kv_dtype = resolve_kv_dtype(config.kv_dtype, model)
         if config.kv_cache_bytes is not None:
-            num_blocks = config.kv_cache_bytes // kv_bytes_per_block(cfg, config.block_size, model.dtype)
+            num_blocks = config.kv_cache_bytes // kv_bytes_per_block(cfg, config.block_size, kv_dtype)
         else:
             num_blocks = -(-config.kv_cache_tokens // config.block_size)
         self.pool = BlockPool(num_blocks, config.block_size)
         self.radix = RadixCache(self.pool, clock=clock,
                                 max_pinned_blocks=int(num_blocks * config.max_pinned_fraction))
         self.scheduler = Scheduler(self.pool, self.radix, config.max_step_tokens, config.max_running)
-        self.runner = ModelRunner(model, num_blocks, config.block_size)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype)
         self._inbox: deque[tuple[str, object]] = deque()
         self._eos = frozenset(tokenizer.eos_token_ids)
         self.num_aborted = 0

@@ -6,26 +6,34 @@ from __future__ import annotations
 
 import torch
 
+from preheat.engine.kv_dtype import resolve_kv_dtype
 from preheat.engine.scheduler import ScheduledBatch
 from preheat.engine.sequence import Sequence
+from preheat.kernels.paged_attention import load_attention_kernel
 from preheat.layers.attention import AttentionMetadata, DecodeBatch, PrefillSlice
 from preheat.models.config import ModelConfig
 from preheat.models.llama import LlamaModel
 
 
 def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes of one block over all layers, K and V, with the cache stored as ``dtype`` (the KV dtype)."""
     elem = torch.empty((), dtype=dtype).element_size()
     return cfg.num_layers * 2 * block_size * cfg.num_kv_heads * cfg.head_dim * elem
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int):
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
+                 kv_dtype: torch.dtype | None = None):
+        """``kv_dtype``: the cache's dtype; None resolves ``"auto"`` (see ``engine/kv_dtype.py``)."""
         cfg = model.cfg
         self.model = model
         self.device = model.device
         self.block_size = block_size
+        self.kv_dtype = kv_dtype or resolve_kv_dtype("auto", model)
         self.kv_cache = torch.zeros(cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads,
-                                    cfg.head_dim, dtype=model.dtype, device=model.device)
+                                    cfg.head_dim, dtype=self.kv_dtype, device=model.device)
+        if self.device.type == "cpu":
+            load_attention_kernel()  # a first start compiles it: now, not in the first request
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
@@ -40,9 +48,7 @@ class ModelRunner:
         width = max(len(s.block_table) for s in seqs)
         tables = [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
         lengths = self._tensor([s.num_computed + 1 for s in seqs])
-        keys = torch.arange(width * self.block_size, device=self.device)
-        mask = (keys[None, :] < lengths[:, None]).view(len(seqs), 1, 1, -1)
-        return DecodeBatch(self._tensor(sum(tables, [])).view(len(seqs), width), mask)
+        return DecodeBatch(self._tensor(sum(tables, [])).view(len(seqs), width), lengths, self.block_size)
 
     def run(self, batch: ScheduledBatch, sample_from: list[Sequence]) -> torch.Tensor:
         """Forward one step; returns logits [len(sample_from), vocab] for the given sequences.

@@ -13,14 +13,13 @@ PyTorch's kernels instead.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from preheat.kernels.build import build_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -50,23 +49,9 @@ def load_quant_kernel() -> bool:
     if not cpu_has_vnni():
         logger.info("this CPU lacks AVX-512 VNNI: quantized weights use PyTorch's kernels")
         return False
-    from torch.utils.cpp_extension import load
-
-    if shutil.which("ninja") is None:
-        import ninja  # torch's extension builder runs `ninja` from PATH; the wheel keeps it here
-
-        os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:12]
     logger.info("loading the VNNI matmul kernel (a first start on this machine compiles it, ~10 s)")
-    try:
-        # The name carries the source's hash: an edited kernel never loads a stale build.
-        load(name=f"preheat_quant_{digest}", sources=[str(SOURCE)], extra_cflags=_FLAGS,
-             extra_ldflags=["-fopenmp"], is_python_module=False)
-    except Exception as exc:  # no compiler, a failed build: slower, never broken
-        logger.warning("could not build the VNNI matmul kernel (%s): quantized weights use "
-                       "PyTorch's kernels", exc)
-        return False
-    return True
+    return build_kernel("preheat_quant", SOURCE, _FLAGS, what="VNNI matmul kernel",
+                        fallback="quantized weights use PyTorch's kernels")
 
 
 def quantize_groups(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -15,7 +15,8 @@ from preheat.loader.weight_cache import load_or_convert
 from preheat.models.config import ModelConfig
 from preheat.tokenizer.tokenizer import Tokenizer
 
-__all__ = ["LoadedModel", "ModelNotFoundError", "UnsupportedModelError", "embedded_model_path", "load_model"]
+__all__ = ["LoadedModel", "ModelNotFoundError", "UnsupportedModelError", "embedded_model_path", "load_model",
+           "load_tokenizer"]
 
 
 @dataclass
@@ -49,11 +50,25 @@ def load_model(
         ModelNotFoundError: `model` names no existing GGUF file or model folder.
         UnsupportedModelError: the model's architecture, tensor types or tokenizer are not supported.
     """
+    path = _model_path(model)
+    return _load_gguf(path, dtype, cache_dir) if _is_gguf(path) else _load_hf_folder(path, dtype)
+
+
+def load_tokenizer(model: str | Path | None = None) -> Tokenizer:
+    """Only the tokenizer of ``model`` (same argument as ``load_model``): no weights are read."""
+    path = _model_path(model)
+    return Tokenizer.from_gguf(read_gguf(path)) if _is_gguf(path) else Tokenizer.from_hf_folder(path)
+
+
+def _is_gguf(path: Path) -> bool:
+    return path.suffix.lower() == ".gguf" and path.is_file()
+
+
+def _model_path(model: str | Path | None) -> Path:
+    """The model's file or folder; raises ModelNotFoundError."""
     path = embedded_model_path() if model is None else Path(model).expanduser()
-    if path.suffix.lower() == ".gguf" and path.is_file():
-        return _load_gguf(path, dtype, cache_dir)
-    if path.is_dir():
-        return _load_hf_folder(path, dtype)
+    if _is_gguf(path) or path.is_dir():
+        return path
     raise ModelNotFoundError(
         f"model {str(model)!r} not found: expected an existing .gguf file or a Hugging Face model folder "
         "(with config.json, *.safetensors and tokenizer.json); omit it to use the embedded model"

@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from preheat.kernels import paged_attention as attention_kernel
+from preheat.kernels.decode_stack import load_decode_stack_kernel
 from preheat.layers.attention import AttentionMetadata, paged_attention
-from preheat.layers.linear import make_head, make_linear
+from preheat.layers.linear import QuantLinear, make_head, make_linear
 from preheat.layers.rotary import RotaryEmbedding, apply_rotary
 from preheat.models.config import ModelConfig
 
@@ -66,6 +68,7 @@ class LlamaModel:
         self.cfg = cfg
         self.device = device
         self.dtype = dtype
+        self.weight_format = weight_format
         self.embed = w["model.embed_tokens.weight"]
         self.layers = [LlamaLayer(cfg, w, f"model.layers.{i}", int4) for i in range(cfg.num_layers)]
         self.norm = w["model.norm.weight"]
@@ -73,6 +76,7 @@ class LlamaModel:
         self.lm_head = make_head(head, int4)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
                                     cfg.rope_scaling, device, dtype)
+        self.decode_stack = fused_decode_stack(cfg, self.layers)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -80,11 +84,41 @@ class LlamaModel:
         """input_ids, positions: [tokens]; kv_cache: [layers, 2, blocks, block_size, kv_heads, head_dim]."""
         x = F.embedding(input_ids, self.embed)
         rope = self.rope.tables(positions)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, rope, kv_cache[i], meta)
+        if self._fused(kv_cache, meta):
+            d = meta.decode
+            x = self.decode_stack.forward(x, *rope, kv_cache, meta.slot_mapping, d.block_tables,
+                                          d.context_lens, self.cfg.head_dim ** -0.5)
+        else:
+            for i, layer in enumerate(self.layers):
+                x = layer(x, rope, kv_cache[i], meta)
         return F.rms_norm(x, (self.cfg.hidden_size,), self.norm, self.cfg.rms_norm_eps)
+
+    def _fused(self, kv_cache: torch.Tensor, meta: AttentionMetadata) -> bool:
+        """Whether this step runs on the C++ decode stack: pure decode, kernel-ready cache."""
+        return (self.decode_stack is not None and meta.decode is not None and not meta.prefills
+                and attention_kernel.supports(kv_cache[0]))
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project only the positions that get sampled: the LM head is the costliest matmul."""
         return self.lm_head(hidden).float()
+
+
+def fused_decode_stack(cfg: ModelConfig, layers: list[LlamaLayer]):
+    """``LlamaLayer.__call__`` for every layer in one C++ call, for pure decode steps
+    (``kernels/decode_stack.cpp``); None unless every linear runs on the VNNI kernel."""
+    linears = [(layer.qkv, layer.o, layer.gate_up, layer.down) for layer in layers]
+    if not all(isinstance(lin, QuantLinear) for group in linears for lin in group):
+        return None
+    if not load_decode_stack_kernel():
+        return None
+    tensors: list[torch.Tensor] = []
+    sizes: list[int] = []
+    for layer, group in zip(layers, linears, strict=True):
+        tensors += [layer.attn_norm, layer.mlp_norm]
+        for lin in group:
+            bias = lin.bias if lin.bias is not None else torch.empty(0)
+            tensors += [lin.weight.codes, lin.weight.scale, lin.weight.min, bias]
+            sizes.append(lin.out_features)
+    return torch.classes.preheat.DecodeStack(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                                             cfg.rms_norm_eps, tensors, sizes)

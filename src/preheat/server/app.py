@@ -26,7 +26,7 @@ from preheat.server.protocol import MessagesRequest, PromptRequest, TokenCount, 
 from preheat.server.settings import ServerSettings
 
 if TYPE_CHECKING:
-    from preheat.engine.async_engine import AsyncEngine
+    from preheat.engine.engine_client import EngineClient
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499
 
 
-def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
+def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
     """An Anthropic Messages API in front of ``engine``.
 
     The engine is owned by the caller: the app never starts or stops it.
@@ -69,7 +69,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         namespace = auth.namespace(request.headers)
         body = parse_request(MessagesRequest, await _read_body(request, settings.max_request_bytes))
         prepared = await service.prepare(body, namespace, request.state.request_id)
-        stream = service.submit(prepared)
+        stream = await service.submit(prepared)
         if body.stream:
             # runs after the last event or once the client disconnects; a no-op after Finished
             return StreamingResponse(service.stream_events(prepared, stream),
@@ -100,7 +100,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
-        return JSONResponse({"status": "ok", "model": engine.model_id, **asdict(engine.stats())})
+        return JSONResponse({"status": "ok", "model": engine.model_id, **asdict(await engine.stats())})
 
     return app
 

@@ -26,7 +26,7 @@ from preheat.server.protocol import MessageResponse, MessagesRequest, PromptRequ
 from preheat.server.sse import PING, sse_event
 
 if TYPE_CHECKING:
-    from preheat.engine.async_engine import AsyncEngine, RequestStream
+    from preheat.engine.engine_client import EngineClient, RequestStream
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class PreparedMessage:
 class MessageService:
     """Validates, renders and runs message requests against the engine."""
 
-    def __init__(self, engine: AsyncEngine, registry: ModelRegistry, policy: CachePolicy,
+    def __init__(self, engine: EngineClient, registry: ModelRegistry, policy: CachePolicy,
                  diagnostics: DiagnosticsStore, ping_interval: float):
         self.engine = engine
         self.registry = registry
@@ -100,10 +100,10 @@ class MessageService:
         return PreparedMessage(message_id, request_id, namespace, self.registry.model_id, body,
                                prompt, generation)
 
-    def submit(self, prepared: PreparedMessage) -> RequestStream:
+    async def submit(self, prepared: PreparedMessage) -> RequestStream:
         """Hand the request to the engine; refusals (too long, overloaded) become API errors."""
         try:
-            return self.engine.submit(prepared.generation)
+            return await self.engine.submit(prepared.generation)
         except EngineError as err:
             raise from_engine_error(err) from None
 

@@ -43,7 +43,7 @@ class Prewarmer:
                 log.warning("the preheat prompt (%d tokens) is shorter than the minimum cacheable "
                             "length; nothing is pinned", prepared.prompt.blocks[0].end)
                 return
-            async for event in self.service.submit(prepared):
+            async for event in await self.service.submit(prepared):
                 if isinstance(event, Started):
                     log.info("preheat: %d prompt tokens written, %d read",
                              event.usage.cache_write_tokens, event.usage.cache_read_tokens)

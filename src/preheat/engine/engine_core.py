@@ -1,0 +1,158 @@
+"""The engine core in a process of its own: messages in, one step at a time, events out.
+
+``preheat serve`` starts it with ``EngineProcess``. On one process, the asyncio
+server and the engine's Python code between tensor ops took turns on one GIL every
+token (Python hands it over every 5 ms): a streaming user got half the engine's
+speed. Here the core owns its GIL and every engine structure; it talks to the API
+process over one pipe with the small messages below, admitting requests between
+steps so its state is only ever touched by its own loop.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from preheat.config import EngineConfig
+from preheat.engine.errors import EngineError
+from preheat.engine.llm_engine import EngineStats, LLMEngine, build_engine
+from preheat.engine.output import CacheUsage, EngineEvent
+from preheat.engine.request import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+# ---- API process -> core ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddRequest:
+    request: GenerationRequest
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class StatsQuery:
+    call_id: int
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+# ---- core -> API process ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    model_id: str
+    context_window: int
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    message: str
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """The request is queued; its prompt accounting (a pin hit has been refreshed)."""
+
+    request_id: str
+    usage: CacheUsage
+
+
+@dataclass(frozen=True)
+class Refused:
+    request_id: str
+    error: EngineError
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """Everything one step produced, in order; an exception ends that request's stream."""
+
+    events: list[tuple[str, EngineEvent | EngineError]]
+
+
+@dataclass(frozen=True)
+class StatsReply:
+    call_id: int
+    stats: EngineStats
+
+
+def run_engine_core(config: EngineConfig, conn: Connection, log_level: str = "INFO") -> None:
+    """Entry point of the engine process: load the model, then serve ``conn`` until told to stop."""
+    # Ctrl-C reaches the whole process group; the API process decides when the core stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s[core]: %(message)s")
+    try:
+        engine, model_id = build_engine(config)
+    except Exception as exc:  # reported to the API process, which exits with it
+        log.exception("the engine could not start")
+        conn.send(StartFailed(f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(Ready(model_id, engine.context_window))
+    try:
+        EngineCore(engine, conn).serve()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the API process is gone: nothing left to serve
+
+
+class EngineCore:
+    """Alternates between reading messages and running steps."""
+
+    def __init__(self, engine: LLMEngine, conn: Connection):
+        self.engine = engine
+        self.conn = conn
+
+    def serve(self) -> None:
+        while True:
+            # Idle: sleep until a message arrives. Busy: take what is there, then step.
+            timeout = 0 if self.engine.has_work else None
+            while self.conn.poll(timeout):
+                if not self._handle(self.conn.recv()):
+                    return
+                timeout = 0
+            if self.engine.has_work:
+                self._step()
+
+    def _handle(self, message: object) -> bool:
+        """Act on one message; False to stop."""
+        if isinstance(message, AddRequest):
+            self._admit(message.request)
+        elif isinstance(message, AbortRequest):
+            self.engine.abort(message.request_id)
+        elif isinstance(message, StatsQuery):
+            self.conn.send(StatsReply(message.call_id, self.engine.stats()))
+        elif isinstance(message, Shutdown):
+            return False
+        else:
+            log.error("ignoring an unknown message %r", message)
+        return True
+
+    def _admit(self, request: GenerationRequest) -> None:
+        try:
+            seq = self.engine.prepare(request)
+        except EngineError as err:
+            self.conn.send(Refused(request.request_id, err))
+            return
+        self.engine.enqueue(seq)
+        self.conn.send(Admitted(request.request_id, seq.usage))
+
+    def _step(self) -> None:
+        events: list[tuple[str, EngineEvent | EngineError]]
+        try:
+            events = list(self.engine.step())
+        except Exception:  # a bug or device error must not kill the server
+            log.exception("engine step failed; aborting in-flight requests")
+            failed = EngineError("internal error in the engine")
+            events = [(request_id, failed) for request_id, _ in self.engine.abort_all("internal error")]
+        if events:
+            self.conn.send(StepOutput(events))

@@ -1,0 +1,197 @@
+"""The API process's side of the engine core process (see ``engine_core.py``).
+
+Everything here runs on the server's event loop: the pipe from the core is read
+by a loop reader callback, so no extra thread competes for the GIL, and each
+engine step costs the server one message to unpickle and fan out to its streams.
+The tokenizer is loaded here too: prompts are rendered and tokenized in the API
+process while the core computes.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+from preheat.config import EngineConfig
+from preheat.engine.engine_client import RequestStream
+from preheat.engine.engine_core import (AbortRequest, AddRequest, Admitted, Ready, Refused,
+                                        Shutdown, StartFailed, StatsQuery, StatsReply, StepOutput,
+                                        run_engine_core)
+from preheat.engine.errors import EngineError, EngineStoppedError
+from preheat.engine.llm_engine import EngineStats
+from preheat.engine.output import Finished, Started
+from preheat.engine.request import GenerationRequest
+from preheat.loader import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+_JOIN_SECONDS = 10.0
+
+
+class EngineStartError(RuntimeError):
+    """The engine process could not load the model (the message says why)."""
+
+
+class EngineProcess:
+    """An ``EngineClient`` whose engine core runs in a child process."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection,
+                 ready: Ready, config: EngineConfig):
+        self._process = process
+        self._conn = conn
+        self.model_id = ready.model_id
+        self.context_window = ready.context_window
+        self.config = config
+        self.tokenizer = load_tokenizer(config.model)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._streams: dict[str, RequestStream] = {}
+        self._admissions: dict[str, asyncio.Future[RequestStream]] = {}
+        self._calls: dict[int, asyncio.Future[EngineStats]] = {}
+        self._call_ids = itertools.count()
+        self._stopped = False
+        self.failed = False  # the core exited without being asked to
+        # Called on the loop when the core dies: a server without its engine should exit.
+        self.on_failure: Callable[[], None] | None = None
+
+    @classmethod
+    def start(cls, config: EngineConfig, log_level: str = "INFO") -> EngineProcess:
+        """Spawn the core and wait until its model is loaded; raises EngineStartError."""
+        # spawn, not fork: the child must not inherit this process's threads or torch state.
+        ctx = multiprocessing.get_context("spawn")
+        ours, theirs = ctx.Pipe()
+        process = ctx.Process(target=run_engine_core, args=(config, theirs, log_level),
+                              name="preheat-engine", daemon=True)
+        process.start()
+        theirs.close()
+        try:
+            first = ours.recv()
+        except EOFError:
+            process.join(_JOIN_SECONDS)
+            raise EngineStartError(f"the engine process exited (code {process.exitcode})") from None
+        if isinstance(first, StartFailed):
+            process.join(_JOIN_SECONDS)
+            raise EngineStartError(first.message)
+        return cls(process, ours, first, config)
+
+    # ---- EngineClient ---------------------------------------------------------------------
+
+    async def submit(self, request: GenerationRequest) -> RequestStream:
+        """Send the request to the core and wait for its admission (a step at most)."""
+        self._attach()
+        future = self._loop.create_future()
+        self._admissions[request.request_id] = future
+        self._send(AddRequest(request))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._abort(request.request_id)  # the caller left while it was being admitted
+            raise
+        finally:
+            self._admissions.pop(request.request_id, None)
+
+    async def stats(self) -> EngineStats:
+        self._attach()
+        call_id = next(self._call_ids)
+        future = self._loop.create_future()
+        self._calls[call_id] = future
+        self._send(StatsQuery(call_id))
+        try:
+            return await future
+        finally:
+            self._calls.pop(call_id, None)
+
+    def shutdown(self) -> None:
+        """Stop the core (it finishes its current step first) and wait for it."""
+        if not self._stopped:
+            try:
+                self._conn.send(Shutdown())
+            except OSError:
+                pass  # already gone
+            self._close(EngineStoppedError("the engine has stopped"))
+        self._process.join(_JOIN_SECONDS)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+    # ---- pipe -----------------------------------------------------------------------------
+
+    def _attach(self) -> None:
+        """Read the pipe from the running loop (the one the server runs on)."""
+        if self._stopped:
+            raise EngineStoppedError("the engine has stopped")
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._conn.fileno(), self._on_readable)
+
+    def _send(self, message: object) -> None:
+        try:
+            self._conn.send(message)
+        except OSError:
+            self._fail()
+            raise EngineStoppedError("the engine has stopped") from None
+
+    def _abort(self, request_id: str) -> None:
+        self._streams.pop(request_id, None)
+        if not self._stopped:
+            self._send(AbortRequest(request_id))
+
+    def _on_readable(self) -> None:
+        try:
+            while self._conn.poll():
+                self._dispatch(self._conn.recv())
+        except (EOFError, OSError):
+            self._fail()
+
+    def _fail(self) -> None:
+        self._process.join(1.0)
+        log.error("the engine process exited unexpectedly (code %s)", self._process.exitcode)
+        self.failed = True
+        self._close(EngineStoppedError("the engine process has exited"))
+        if self.on_failure is not None:
+            self.on_failure()
+
+    def _dispatch(self, message: object) -> None:
+        if isinstance(message, StepOutput):
+            for request_id, event in message.events:
+                self._deliver(request_id, event)
+        elif isinstance(message, Admitted):
+            stream = RequestStream(message.request_id, self._abort)
+            stream.push(Started(message.usage))
+            self._streams[message.request_id] = stream
+            self._resolve(self._admissions.get(message.request_id), stream)
+        elif isinstance(message, Refused):
+            future = self._admissions.get(message.request_id)
+            if future is not None and not future.done():
+                future.set_exception(message.error)
+        elif isinstance(message, StatsReply):
+            self._resolve(self._calls.get(message.call_id), message.stats)
+        else:
+            log.error("ignoring an unknown message from the engine: %r", message)
+
+    def _deliver(self, request_id: str, event: object) -> None:
+        stream = self._streams.get(request_id)
+        if stream is None:
+            return  # aborted here while the core was stepping
+        if isinstance(event, (Finished, EngineError)):
+            del self._streams[request_id]
+        stream.push(event)
+
+    @staticmethod
+    def _resolve(future: asyncio.Future | None, value: object) -> None:
+        if future is not None and not future.done():
+            future.set_result(value)
+
+    def _close(self, error: EngineError) -> None:
+        """No more messages: every waiter and stream gets ``error``."""
+        self._stopped = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._conn.fileno())
+        for future in [*self._admissions.values(), *self._calls.values()]:
+            if not future.done():
+                future.set_exception(error)
+        for stream in self._streams.values():
+            stream.push(error)
+        self._streams.clear()

@@ -1,0 +1,392 @@
+// Decode attention read straight from the paged KV cache: one query token per sequence.
+//
+// The cache is [blocks, block_size, kv_heads, head_dim] for K and for V, float32, float16
+// or bfloat16; a sequence's token t lives in block block_tables[b][t / block_size] at row
+// t % block_size. Gathering those blocks into a dense tensor first (the PyTorch path)
+// copies the whole context once per layer and step; here each K and V row is read once,
+// where it lies, converted to float32 in registers, and everything is computed in float32.
+//
+// Work items are (sequence, partition of kPartition tokens, KV head), spread over the
+// threads even for a single sequence. An item reads its KV head's rows in token order, once
+// for the scores and once for the values, and each loaded row serves the query heads that
+// share it (GQA; up to kMaxChunk at a time, whose accumulators stay in registers). An
+// item computes, per query head, a partial softmax: m = max score, l = sum exp(score - m),
+// acc = sum exp(score - m) v. The partials of a sequence are then merged in partition
+// order. Partitions have a fixed size, and nothing in an item depends on the batch or
+// the thread count, so a sequence's output is bitwise the same alone, in any batch, and
+// on any number of threads (the engine's batch and cache invariance rests on this).
+//
+// Scores are kept in base 2 (q is pre-multiplied by scale * log2(e)), so the softmax's
+// exponentials are exp2, computed with a polynomial (within 1 ulp of float32's exact 2^x).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <utility>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kPartition = 256;  // tokens per work item: a constant, for invariance
+constexpr int64_t kLanes = 16;       // floats per AVX-512 register
+constexpr int64_t kMaxHeadDim = 256;
+constexpr int kMaxChunk = 4;  // query heads per pass over a KV head's rows, at most
+constexpr float kLog2e = 1.4426950408889634f;
+
+// 16 cache elements as float32.
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load16(const c10::BFloat16* p) {  // bfloat16 is float32's upper half
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+// 2^x within 1 ulp (0.85 measured over [-126, 0]). 2^x = 2^n 2^f with f in [-0.5, 0.5]; 2^f
+// is the degree-7 Taylor series of e^(f ln 2), whose truncation error (< 1e-8) is below float32's.
+inline __m512 exp2_ps(__m512 x) {
+  // Far below 2^-149 the result is 0 anyway; the clamp keeps -inf from making inf - inf.
+  // NaN passes through: max_ps returns its second operand when either is NaN.
+  x = _mm512_max_ps(_mm512_set1_ps(-200.f), x);
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.525273380405984e-05f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381608e-04f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+template <typename T>
+struct Problem {
+  const float* q;           // [batch, heads, head_dim], times scale * log2(e)
+  const T* k;               // [blocks, block_size, kv_heads, head_dim]
+  const T* v;
+  const int64_t* tables;    // [batch, max_blocks]
+  int64_t max_blocks, block_size, heads, kv_heads, head_dim;
+};
+
+// Calls visit(i, head) for tokens t0 + i < t1 of sequence b, head = KV head h's head_dim
+// elements of the token's row in `cache`. Walks block by block (no division per token)
+// and prefetches the same row of the next block: blocks lie anywhere in the cache, and a
+// head's rows are strided, so the hardware prefetchers alone leave the loads waiting.
+template <typename T, typename Visit>
+inline void for_each_row(const Problem<T>& pb, const T* cache, int64_t b, int64_t t0, int64_t t1, int64_t h,
+                         Visit visit) {
+  const int64_t row = pb.kv_heads * pb.head_dim, bs = pb.block_size;
+  const int64_t* table = pb.tables + b * pb.max_blocks;
+  const int64_t last_block = (t1 - 1) / bs;
+  const int64_t lines = (pb.head_dim * static_cast<int64_t>(sizeof(T)) + 63) / 64;
+  for (int64_t t = t0; t < t1;) {
+    const int64_t blk = t / bs, off = t % bs;
+    const int64_t n = std::min(bs - off, t1 - t);
+    const T* base = cache + (table[blk] * bs + off) * row + h * pb.head_dim;
+    const char* next = blk < last_block
+        ? reinterpret_cast<const char*>(cache + (table[blk + 1] * bs + off) * row + h * pb.head_dim) : nullptr;
+    for (int64_t i = 0; i < n; ++i) {
+      if (next != nullptr) {
+        for (int64_t l = 0; l < lines; ++l) _mm_prefetch(next + i * row * sizeof(T) + 64 * l, _MM_HINT_T0);
+      }
+      visit(t - t0 + i, base + i * row);
+    }
+    t += n;
+  }
+}
+
+// r[j] = the sum of v[j]'s 16 lanes, for j = 0..15: a transposing tree of 15 adds, where
+// one horizontal sum per vector would cost four shuffles each.
+inline __m512 reduce16(const __m512* v) {
+  __m512 halves[8], quarters[4];
+  for (int i = 0; i < 8; ++i) {  // 128-bit lanes (0, 1) hold v[2i]'s 8 partial sums, (2, 3) v[2i + 1]'s
+    halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                              _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  }
+  for (int i = 0; i < 4; ++i) {  // 128-bit lane k holds v[4i + k]'s 4 partial sums
+    quarters[i] = _mm512_add_ps(_mm512_shuffle_f32x4(halves[2 * i], halves[2 * i + 1], 0x88),
+                                _mm512_shuffle_f32x4(halves[2 * i], halves[2 * i + 1], 0xDD));
+  }
+  const __m512 lo = _mm512_add_ps(_mm512_unpacklo_ps(quarters[0], quarters[1]),
+                                  _mm512_unpackhi_ps(quarters[0], quarters[1]));
+  const __m512 hi = _mm512_add_ps(_mm512_unpacklo_ps(quarters[2], quarters[3]),
+                                  _mm512_unpackhi_ps(quarters[2], quarters[3]));
+  // Element 4k + m now holds the sum of v[4m + k]; put it at position 4m + k.
+  const __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(lo, hi, _MM_SHUFFLE(1, 0, 1, 0)),
+                                    _mm512_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, sums);
+}
+
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= kLanes ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
+
+// Base-2 scores of GC query heads (hq0 ...) that share KV head h, over tokens [t0, t1) of
+// sequence b: scores[g * kPartition + i] for token t0 + i.
+template <typename T, int NV, int GC>
+void head_scores(const Problem<T>& pb, int64_t b, int64_t t0, int64_t t1, int64_t h, int64_t hq0,
+                 float* scores) {
+  const int64_t nv = NV ? NV : pb.head_dim / kLanes, n = t1 - t0;
+  const float* q = pb.q + (b * pb.heads + hq0) * pb.head_dim;
+  __m512 partial[GC][kLanes];  // 16 tokens' products, summed 16 at a time by reduce16
+  for (auto& head : partial) std::fill_n(head, kLanes, _mm512_setzero_ps());
+  for_each_row(pb, pb.k, b, t0, t1, h, [&](int64_t i, const T* head) {
+    __m512 kr[NV ? NV : kMaxHeadDim / kLanes];
+    for (int64_t j = 0; j < nv; ++j) kr[j] = load16(head + j * kLanes);
+    for (int g = 0; g < GC; ++g) {
+      const float* qg = q + g * pb.head_dim;
+      __m512 s = _mm512_mul_ps(_mm512_loadu_ps(qg), kr[0]);
+      for (int64_t j = 1; j < nv; ++j) s = _mm512_fmadd_ps(_mm512_loadu_ps(qg + j * kLanes), kr[j], s);
+      partial[g][i % kLanes] = s;
+    }
+    if (i % kLanes == kLanes - 1 || i == n - 1) {
+      const int64_t i0 = i - i % kLanes;
+      for (int g = 0; g < GC; ++g) {
+        _mm512_mask_storeu_ps(scores + g * kPartition + i0, first_lanes(i - i0 + 1), reduce16(partial[g]));
+      }
+    }
+  });
+}
+
+// In place: p = 2^(s - m) for n scores; returns (m, l = sum p).
+inline std::pair<float, float> softmax_partition(float* s, int64_t n) {
+  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 m = first_lanes(n - i);
+    vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, s + i));
+  }
+  const float mx = _mm512_reduce_max_ps(vmax);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 m = first_lanes(n - i);
+    const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + i), _mm512_set1_ps(mx)));
+    _mm512_mask_storeu_ps(s + i, m, p);
+    vsum = _mm512_mask_add_ps(vsum, m, vsum, p);
+  }
+  return {mx, _mm512_reduce_add_ps(vsum)};
+}
+
+// acc[g] = sum_i p[g][i] v_i over the partition for GC query heads sharing KV head h,
+// kept in registers (when NV is fixed) across the whole partition.
+template <typename T, int NV, int GC>
+void head_values(const Problem<T>& pb, int64_t b, int64_t t0, int64_t t1, int64_t h, const float* probs,
+                 float* part) {
+  const int64_t nv = NV ? NV : pb.head_dim / kLanes;
+  __m512 acc[GC][NV ? NV : kMaxHeadDim / kLanes];
+  for (auto& head : acc) std::fill_n(head, nv, _mm512_setzero_ps());
+  for_each_row(pb, pb.v, b, t0, t1, h, [&](int64_t i, const T* head) {
+    __m512 vr[NV ? NV : kMaxHeadDim / kLanes];
+    for (int64_t j = 0; j < nv; ++j) vr[j] = load16(head + j * kLanes);
+    for (int g = 0; g < GC; ++g) {
+      const __m512 p = _mm512_set1_ps(probs[g * kPartition + i]);
+      for (int64_t j = 0; j < nv; ++j) acc[g][j] = _mm512_fmadd_ps(p, vr[j], acc[g][j]);
+    }
+  });
+  for (int g = 0; g < GC; ++g) {
+    for (int64_t j = 0; j < nv; ++j) _mm512_storeu_ps(part + g * (pb.head_dim + 2) + 2 + j * kLanes, acc[g][j]);
+  }
+}
+
+// The partials (m, l, acc) of GC query heads hq0 ... that share KV head h into
+// part[g * (head_dim + 2)]; `scores` is scratch of GC * kPartition floats.
+template <typename T, int NV, int GC>
+void attend_heads(const Problem<T>& pb, int64_t b, int64_t t0, int64_t t1, int64_t h, int64_t hq0,
+                  float* scores, float* part) {
+  head_scores<T, NV, GC>(pb, b, t0, t1, h, hq0, scores);
+  for (int g = 0; g < GC; ++g) {
+    const auto [mx, total] = softmax_partition(scores + g * kPartition, t1 - t0);
+    part[g * (pb.head_dim + 2)] = mx;
+    part[g * (pb.head_dim + 2) + 1] = total;
+  }
+  head_values<T, NV, GC>(pb, b, t0, t1, h, scores, part);
+}
+
+// attend_heads for gc <= GC query heads (GC is a register budget; the rest run as smaller chunks).
+template <typename T, int NV, int GC>
+void attend_chunk(const Problem<T>& pb, int64_t b, int64_t t0, int64_t t1, int64_t h, int64_t hq0,
+                  int64_t gc, float* scores, float* part) {
+  if constexpr (GC > 1) {
+    if (gc < GC) return attend_chunk<T, NV, GC - 1>(pb, b, t0, t1, h, hq0, gc, scores, part);
+  }
+  attend_heads<T, NV, GC>(pb, b, t0, t1, h, hq0, scores, part);
+}
+
+// One work item: KV head h of sequence b over tokens [t0, t1). Writes the partials (m, l,
+// acc[head_dim]) of h's query heads to part ([groups, head_dim + 2]). h's rows are read once
+// per chunk of up to MaxGC of its query heads: once for SmolLM2's groups of 3 at head_dim 64,
+// twice for Llama 3 8B's groups of 4 at head_dim 128 (the second time from L2).
+// NV is head_dim / 16 when fixed at compile time (registers), or 0 for any multiple of 16.
+template <typename T, int NV, int MaxGC>
+void attend_partition(const Problem<T>& pb, int64_t b, int64_t t0, int64_t t1, int64_t h, float* scores,
+                      float* part) {
+  const int64_t groups = pb.heads / pb.kv_heads;
+  for (int64_t g0 = 0; g0 < groups; g0 += MaxGC) {
+    attend_chunk<T, NV, MaxGC>(pb, b, t0, t1, h, h * groups + g0, std::min<int64_t>(MaxGC, groups - g0),
+                               scores, part + g0 * (pb.head_dim + 2));
+  }
+}
+
+// out[hq] = sum_p 2^(m_p - M) acc_p / sum_p 2^(m_p - M) l_p over a sequence's partitions, in order.
+void merge(const float* parts, int64_t num_parts, int64_t heads, int64_t dim, float* out) {
+  const int64_t stride = heads * (dim + 2);
+  for (int64_t hq = 0; hq < heads; ++hq) {
+    const float* first = parts + hq * (dim + 2);
+    float mx = first[0];
+    for (int64_t p = 1; p < num_parts; ++p) mx = std::max(mx, first[p * stride]);
+    float total = 0.f;
+    float* o = out + hq * dim;
+    std::fill_n(o, dim, 0.f);
+    for (int64_t p = 0; p < num_parts; ++p) {
+      const float* part = first + p * stride;
+      const float w = std::exp2(part[0] - mx);
+      total += w * part[1];
+      for (int64_t d = 0; d < dim; ++d) o[d] += w * part[2 + d];
+    }
+    const float inv = 1.f / total;
+    for (int64_t d = 0; d < dim; ++d) o[d] *= inv;
+  }
+}
+
+template <typename T>
+using AttendFn = void (*)(const Problem<T>&, int64_t, int64_t, int64_t, int64_t, float*, float*);
+
+// Head dims 64 and 128 get registers: MaxGC * NV accumulators and NV row registers fit in 32.
+template <typename T>
+AttendFn<T> pick_attend(int64_t dim) {
+  static_assert(kMaxChunk >= 4, "the scratch must hold attend_partition<T, 4, 4>'s scores");
+  if (dim == 64) return attend_partition<T, 4, 4>;
+  if (dim == 128) return attend_partition<T, 8, 2>;
+  return attend_partition<T, 0, 1>;
+}
+
+template <typename T>
+void run(const Problem<T>& pb, const std::vector<int64_t>& lens, float* out) {
+  const int64_t batch = static_cast<int64_t>(lens.size()), dim = pb.head_dim;
+  // Partitions in sequence order: sequence b owns partitions first[b] .. first[b + 1] - 1.
+  std::vector<int64_t> first(batch + 1, 0), part_seq, part_start;
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t < lens[b]; t += kPartition) {
+      part_seq.push_back(b);
+      part_start.push_back(t);
+    }
+    first[b + 1] = static_cast<int64_t>(part_seq.size());
+  }
+  const int64_t part_size = pb.heads * (dim + 2), group_size = part_size / pb.kv_heads;
+  // Every float of a partial is written before it is read: no zeroing.
+  std::unique_ptr<float[]> parts(new float[part_seq.size() * part_size]);
+  const auto attend = pick_attend<T>(dim);
+  // Items (partition, KV head): the heads of one partition sit next to each other, so a
+  // thread's contiguous range of items mostly reads whole rows.
+  const int64_t items = static_cast<int64_t>(part_seq.size()) * pb.kv_heads;
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(kMaxChunk * kPartition);
+    for (int64_t it = begin; it < end; ++it) {
+      const int64_t p = it / pb.kv_heads, h = it % pb.kv_heads, b = part_seq[p], t0 = part_start[p];
+      attend(pb, b, t0, std::min(t0 + kPartition, lens[b]), h, scores.data(),
+             parts.get() + p * part_size + h * group_size);
+    }
+  });
+  // Serial: about 1% of the work, and a second parallel region costs a wake-up of every thread.
+  for (int64_t b = 0; b < batch; ++b) {
+    merge(parts.get() + first[b] * part_size, first[b + 1] - first[b], pb.heads, dim, out + b * pb.heads * dim);
+  }
+}
+
+std::vector<int64_t> checked_lengths(const at::Tensor& context_lens, int64_t batch, int64_t capacity) {
+  TORCH_CHECK(context_lens.dim() == 1 && context_lens.size(0) == batch,
+              "context_lens must be [batch] (", batch, "), got ", context_lens.sizes());
+  TORCH_CHECK(context_lens.scalar_type() == at::kLong || context_lens.scalar_type() == at::kInt,
+              "context_lens must be int64 or int32");
+  const at::Tensor lens = context_lens.to(at::kLong).contiguous();
+  std::vector<int64_t> out(lens.data_ptr<int64_t>(), lens.data_ptr<int64_t>() + batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(out[b] >= 1 && out[b] <= capacity, "context_lens[", b, "] = ", out[b],
+                " is outside 1..", capacity, " (the block table's capacity)");
+  }
+  return out;
+}
+
+void check_tables(const at::Tensor& tables, const std::vector<int64_t>& lens, int64_t block_size,
+                  int64_t num_blocks) {
+  const int64_t* p = tables.data_ptr<int64_t>();
+  for (size_t b = 0; b < lens.size(); ++b) {
+    for (int64_t i = 0; i < (lens[b] + block_size - 1) / block_size; ++i) {
+      const int64_t block = p[b * tables.size(1) + i];
+      TORCH_CHECK(block >= 0 && block < num_blocks, "block_tables[", b, "][", i, "] = ", block,
+                  " is not a block of the cache (", num_blocks, ")");
+    }
+  }
+}
+
+// q [batch, heads, head_dim] float32; k_cache, v_cache [blocks, block_size, kv_heads, head_dim]
+// float32, float16 or bfloat16; block_tables [batch, max_blocks] and context_lens [batch]
+// int64 or int32. Returns softmax(scale q k^T) v over each sequence's context: [batch, heads, head_dim].
+at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
+  for (const at::Tensor* t : {&query, &k_cache, &v_cache, &block_tables, &context_lens}) {
+    TORCH_CHECK(t->device().is_cpu(), "paged_decode_attention runs on CPU tensors only");
+  }
+  TORCH_CHECK(query.dim() == 3 && query.scalar_type() == at::kFloat, "q must be [batch, heads, head_dim] float32");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes() &&
+                  k_cache.scalar_type() == v_cache.scalar_type(),
+              "k_cache and v_cache must both be [blocks, block_size, kv_heads, head_dim] of one dtype");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "the caches must be contiguous");
+  const auto dtype = k_cache.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+              "the cache must be float32, float16 or bfloat16, not ", dtype);
+  const int64_t batch = query.size(0), heads = query.size(1), dim = query.size(2);
+  const int64_t num_blocks = k_cache.size(0), block_size = k_cache.size(1), kv_heads = k_cache.size(2);
+  TORCH_CHECK(k_cache.size(3) == dim, "the cache's head_dim is ", k_cache.size(3), ", q's ", dim);
+  TORCH_CHECK(dim % kLanes == 0 && dim > 0 && dim <= kMaxHeadDim,
+              "head_dim must be a multiple of 16 up to 256, got ", dim);
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "q's ", heads, " heads must be a multiple of the cache's ",
+              kv_heads, " KV heads");
+  TORCH_CHECK(block_size > 0, "the cache's block size must be positive");
+  TORCH_CHECK(block_tables.dim() == 2 && block_tables.size(0) == batch,
+              "block_tables must be [batch (", batch, "), max_blocks], got ", block_tables.sizes());
+  TORCH_CHECK(block_tables.scalar_type() == at::kLong || block_tables.scalar_type() == at::kInt,
+              "block_tables must be int64 or int32");
+  const at::Tensor tables = block_tables.to(at::kLong).contiguous();
+  const std::vector<int64_t> lens = checked_lengths(context_lens, batch, tables.size(1) * block_size);
+  check_tables(tables, lens, block_size, num_blocks);
+
+  // Base-2 scores: 2^(log2(e) x) = e^x, so the softmax needs only exp2.
+  const at::Tensor q_in = query.contiguous();
+  std::vector<float> q(q_in.data_ptr<float>(), q_in.data_ptr<float>() + q_in.numel());
+  const float q_scale = static_cast<float>(scale * kLog2e);
+  for (float& x : q) x *= q_scale;
+  at::Tensor out = at::empty({batch, heads, dim}, query.options());
+  if (batch == 0) return out;
+  auto go = [&](auto tag) {
+    using T = decltype(tag);
+    const Problem<T> pb{q.data(), static_cast<const T*>(k_cache.data_ptr()),
+                        static_cast<const T*>(v_cache.data_ptr()), tables.data_ptr<int64_t>(),
+                        tables.size(1), block_size, heads, kv_heads, dim};
+    run(pb, lens, out.data_ptr<float>());
+  };
+  if (dtype == at::kFloat) go(float{});
+  else if (dtype == at::kHalf) go(c10::Half{});
+  else go(c10::BFloat16{});
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(preheat, m) {
+  m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
+        "Tensor context_lens, float scale) -> Tensor",
+        &paged_decode_attention);
+}

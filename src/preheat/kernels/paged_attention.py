@@ -1,0 +1,61 @@
+"""Decode attention over the paged KV cache (``paged_attention.cpp``): built once per machine, on first use.
+
+PyTorch's path gathers every block of every decoding sequence into a dense tensor and
+then runs SDPA: at long contexts that copy costs as much as the attention itself. This
+kernel reads each K and V row where it lies in the cache (float32, float16 or bfloat16),
+in parallel even for one sequence, with results that do not depend on the batch or the
+thread count.
+
+It needs a CPU with AVX-512F and a C++ compiler (ninja comes with preheat). Where either
+is missing, ``load_attention_kernel`` says so once and returns False, and attention takes
+the PyTorch path.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+
+from preheat.kernels.build import build_kernel
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("paged_attention.cpp")
+CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mf16c", "-mfma"]
+
+
+def cpu_has_avx512f() -> bool:
+    return bool(torch.cpu.get_capabilities().get("avx512_f", False))
+
+
+@functools.cache
+def load_attention_kernel() -> bool:
+    """Register ``torch.ops.preheat.paged_decode_attention``, compiling it on a first run; False if it cannot run."""
+    if not cpu_has_avx512f():
+        logger.info("this CPU lacks AVX-512F: decode attention gathers the KV cache for PyTorch's SDPA")
+        return False
+    logger.info("loading the paged attention kernel (a first start on this machine compiles it)")
+    return build_kernel("preheat_attention", SOURCE, _FLAGS, what="paged attention kernel",
+                        fallback="decode attention gathers the KV cache for PyTorch's SDPA")
+
+
+def supports(kv_cache: torch.Tensor) -> bool:
+    """Whether the kernel can attend over this cache ([2, blocks, block_size, kv_heads, head_dim])."""
+    head_dim = kv_cache.shape[-1]
+    return (kv_cache.device.type == "cpu" and kv_cache.dtype in CACHE_DTYPES
+            and head_dim % 16 == 0 and 0 < head_dim <= 256 and load_attention_kernel())
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, context_lens: torch.Tensor,
+                           scale: float) -> torch.Tensor:
+    """softmax(scale q k^T) v per sequence over its cached context; requires ``load_attention_kernel()``.
+
+    q: [batch, heads, head_dim] float32; k_cache, v_cache: [blocks, block_size, kv_heads,
+    head_dim]; block_tables: [batch, max_blocks]; context_lens: [batch] (int64 or int32).
+    Returns [batch, heads, head_dim] float32.
+    """
+    return torch.ops.preheat.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)

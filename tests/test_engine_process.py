@@ -1,0 +1,113 @@
+"""The engine core in its own process, driven through ``EngineProcess`` on the embedded model."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from engine_driver import run
+from preheat.config import EngineConfig
+from preheat.engine.engine_process import EngineProcess, EngineStartError
+from preheat.engine.errors import EngineStoppedError, PromptTooLongError, RequestTooLargeError
+from preheat.engine.llm_engine import build_engine
+from preheat.engine.output import Finished, Started, TextDelta
+from preheat.engine.request import CacheBreakpoint, GenerationRequest, SamplingParams
+
+# One event loop for the module: the shared core reads its pipe from the loop that first used it.
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+CONFIG = EngineConfig(kv_cache_tokens=4096, max_step_tokens=128)
+GREEDY = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def core():
+    engine = EngineProcess.start(CONFIG)
+    yield engine
+    engine.shutdown()
+
+
+def prompt(tokenizer, question: str) -> list[int]:
+    return tokenizer.encode_prompt(tokenizer.render_chat([{"role": "user", "content": question}]))[0]
+
+
+async def collect(stream) -> tuple[list, Finished]:
+    events = [event async for event in stream]
+    assert isinstance(events[-1], Finished)
+    return events, events[-1]
+
+
+async def test_concurrent_requests_match_the_in_process_engine(core, embedded_model):
+    questions = ["What is the capital of France?", "Name three colours.", "Count to five."]
+    ids = [prompt(core.tokenizer, q) for q in questions]
+    streams = [await core.submit(GenerationRequest(i, GREEDY)) for i in ids]
+    results = await asyncio.gather(*(collect(s) for s in streams))
+    local = build_engine(CONFIG, loaded=embedded_model)[0]
+    expected = run(local, [GenerationRequest(i, GREEDY) for i in ids])
+    for (events, final), want in zip(results, expected, strict=True):
+        assert isinstance(events[0], Started) and events[0].usage.prompt_tokens == final.usage.prompt_tokens
+        assert final.output_ids == want.output_ids and final.text == want.text
+        assert "".join(e.text for e in events if isinstance(e, TextDelta)) == final.text
+
+
+async def test_cache_accounting_crosses_the_pipe(core):
+    ids = prompt(core.tokenizer, "Summarise: " + "a cat sat on the mat. " * 40)
+    bp = (CacheBreakpoint(len(ids) - 4, 300.0),)
+    first = await core.submit(GenerationRequest(ids, GREEDY, namespace="n", breakpoints=bp))
+    _, cold = await collect(first)
+    second = await core.submit(GenerationRequest(ids, GREEDY, namespace="n", breakpoints=bp))
+    _, hit = await collect(second)
+    assert cold.usage.cache_write_tokens == len(ids) - 4 == hit.usage.cache_read_tokens
+    assert hit.output_ids == cold.output_ids
+    assert (await core.stats()).pinned_blocks > 0
+
+
+async def test_refusals_keep_their_type_and_message(core):
+    with pytest.raises(PromptTooLongError) as err:
+        await core.submit(GenerationRequest([1] * 9000, GREEDY))
+    assert err.value.prompt_tokens == 9000 and "context window" in str(err.value)
+    with pytest.raises(RequestTooLargeError):
+        await core.submit(GenerationRequest([1] * 10, SamplingParams(max_tokens=5000)))
+
+
+async def test_abort_frees_the_sequence(core):
+    stream = await core.submit(GenerationRequest(prompt(core.tokenizer, "Tell me a long story."),
+                                                 SamplingParams(max_tokens=2000, temperature=0)))
+    async for event in stream:
+        if isinstance(event, TextDelta):
+            break
+    aborted_before = (await core.stats()).aborted
+    stream.abort()
+    for _ in range(200):
+        stats = await core.stats()
+        if stats.running == 0 and stats.aborted == aborted_before + 1:
+            break
+        await asyncio.sleep(0.05)
+    assert stats.running == 0 and stats.waiting == 0 and stats.aborted == aborted_before + 1
+
+
+async def test_a_dead_core_ends_streams_with_an_error():
+    engine = EngineProcess.start(CONFIG)
+    failures = []
+    engine.on_failure = lambda: failures.append(True)
+    try:
+        stream = await engine.submit(GenerationRequest(prompt(engine.tokenizer, "Tell me a story."),
+                                                       SamplingParams(max_tokens=4000, temperature=0)))
+        os.kill(engine._process.pid, signal.SIGKILL)
+        with pytest.raises(EngineStoppedError):
+            async for _ in stream:
+                pass
+        assert engine.failed and failures == [True]
+        with pytest.raises(EngineStoppedError):
+            await engine.submit(GenerationRequest([1, 2, 3], GREEDY))
+    finally:
+        engine.shutdown()
+
+
+async def test_a_model_that_cannot_load_is_reported(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file")
+    with pytest.raises(EngineStartError):
+        EngineProcess.start(EngineConfig(model=str(bad)))
