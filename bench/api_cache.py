@@ -14,18 +14,14 @@ Starts ``preheat serve`` with default settings on a free port, unless given
 from __future__ import annotations
 
 import argparse
-import contextlib
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import anthropic
-import httpx
+from server_process import free_port, running_server
 
 DOCUMENT = Path("/usr/share/common-licenses/GPL-3")
 MODEL = "claude-bench"  # any claude-* id is served by the loaded model
@@ -106,28 +102,11 @@ def _marked(message: dict) -> dict:
     return {"role": message["role"], "content": blocks}
 
 
-@contextlib.contextmanager
-def local_server(extra_args: list[str]) -> Iterator[str]:
+def local_server(extra_args: list[str]):
     """``preheat serve`` on a free loopback port, stopped on exit."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "preheat.cli", "serve", "--port", str(port),
-               "--log-level", "warning", *extra_args]
-    process = subprocess.Popen(command)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"preheat serve exited with {process.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
-        yield base_url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    port = free_port()
+    return running_server([sys.executable, "-m", "preheat.cli", "serve", "--port", str(port),
+                           "--log-level", "warning", *extra_args], port)
 
 
 def run(base_url: str, api_key: str, args: argparse.Namespace) -> None:

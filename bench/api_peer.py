@@ -38,9 +38,7 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+from server_process import free_port, running_server
 
 from preheat.loader.embedded import embedded_model_path
 
@@ -242,38 +241,13 @@ async def shared_prompt(client: httpx.AsyncClient, side: Side, tokens: int, user
     side.requests[f"shared {tokens}"] = [raw(r) for r in results]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def server(name: str, command: list[str], port: int) -> Iterator[str]:
     """Start ``command`` (listening on ``port``), wait for ``/health``, stop it on exit."""
-    log = tempfile.NamedTemporaryFile(prefix=f"api_peer_{name}_", suffix=".log", delete=False)
-    print(f"{name}: {' '.join(command)}\n  (its log: {log.name})", flush=True)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 900
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = Path(log.name).read_text(errors="replace")[-3000:]
-                raise SystemExit(f"{name} did not come up (exit {process.poll()}):\n{tail}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
+    log = Path(tempfile.mkstemp(prefix=f"api_peer_{name}_", suffix=".log")[1])
+    print(f"{name}: {' '.join(command)}\n  (its log: {log})", flush=True)
+    with running_server(command, port, log) as base_url:
         yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 async def run_workloads(base_url: str, side: Side, args: argparse.Namespace) -> None:

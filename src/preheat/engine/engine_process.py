@@ -139,11 +139,14 @@ class EngineProcess:
             self._send(AbortRequest(request_id))
 
     def _on_readable(self) -> None:
+        # One message per call: the loop calls again while the pipe stays readable, and
+        # Connection.poll() would build a selector per call, every token.
         try:
-            while self._conn.poll():
-                self._dispatch(self._conn.recv())
+            message = self._conn.recv()
         except (EOFError, OSError):
             self._fail()
+            return
+        self._dispatch(message)
 
     def _fail(self) -> None:
         self._process.join(1.0)

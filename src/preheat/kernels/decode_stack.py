@@ -12,8 +12,6 @@ import functools
 import logging
 from pathlib import Path
 
-import torch
-
 from preheat.kernels.build import build_kernel
 from preheat.kernels.paged_attention import load_attention_kernel
 from preheat.kernels.quant_matmul import load_quant_kernel
