@@ -5,7 +5,7 @@ import torch
 from engine_driver import GREEDY, last_logits, run, run_one, sequence_refs
 from preheat.engine.errors import EngineOverloadedError, PromptTooLongError, RequestTooLargeError
 from preheat.engine.kv_dtype import resolve_kv_dtype
-from preheat.engine.output import StopReason, TextDelta
+from preheat.engine.output import Finished, StopReason, TextDelta
 from preheat.engine.request import CacheBreakpoint, GenerationRequest, SamplingParams
 from tiny import tiny_engine
 
@@ -262,3 +262,22 @@ def test_text_deltas_concatenate_to_final_text():
             else:
                 final = ev
     assert "".join(deltas) == final.text
+
+
+def test_pins_never_keep_a_request_that_fits_the_pool_waiting():
+    engine = tiny_engine(kv_cache_tokens=96, max_pinned_fraction=0.75)  # 24 blocks, 18 pinnable
+    for seed in (1, 2):
+        doc = ids(36, seed)
+        run(engine, [GenerationRequest(doc + [1], GREEDY, breakpoints=(CacheBreakpoint(36, 300.0),))])
+    assert engine.radix.pinned_blocks == 18
+    # 40 prompt tokens + 16 output need 14 blocks; the pins leave 6: one pin must go.
+    seq = engine.prepare(GenerationRequest(ids(40, 3), GREEDY))
+    engine.enqueue(seq)
+    finished = []
+    for _ in range(200):  # bounded: a request stuck behind pins would never finish
+        finished += [ev for _, ev in engine.step() if isinstance(ev, Finished)]
+        if not engine.has_work:
+            break
+    assert [f.output_tokens for f in finished] == [16]
+    assert engine.radix.pinned_blocks == 9  # the older pin was ended, the newer one kept
+    assert engine.radix.lookup_pin("", ids(36, 2), 36) == 36

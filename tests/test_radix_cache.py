@@ -173,3 +173,18 @@ def test_block_pool_refcounts():
         pool.decref(a[:1])
     with pytest.raises(RuntimeError):
         pool.allocate(5)
+
+
+def test_release_pins_ends_the_least_recently_refreshed_first(cache, pool, clock):
+    old, new = list(range(8)), list(range(100, 108))
+    put(cache, pool, old)
+    put(cache, pool, new)
+    assert cache.pin("", old, ttl=300)
+    clock.now += 10
+    assert cache.pin("", new, ttl=300)
+    assert cache.evict(16) == 0
+    assert cache.release_pins(2) == 2
+    assert cache.lookup_pin("", old, 8) == 0 and cache.match("", old) == []
+    assert cache.lookup_pin("", new, 8) == 8 and cache.pinned_blocks == 2
+    assert cache.release_pins(16) == 2 and cache.pinned_blocks == 0
+    assert cache.release_pins(1) == 0  # nothing left to end

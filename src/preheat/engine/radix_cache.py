@@ -242,6 +242,28 @@ class RadixCache:
                     return length
         return 0
 
+    def release_pins(self, num_blocks: int) -> int:
+        """End live pins, least recently refreshed first, until evicting has freed
+        ``num_blocks`` blocks or no pin is left; returns the blocks freed.
+
+        For a request that fits the pool but finds it held by pins: it must not wait
+        for them to expire (minutes, or an hour). The entries it ends are dropped.
+        """
+        now = self.clock()
+        with self._pin_lock:
+            order = sorted((e for e in self._pins.values() if e.alive(now)),
+                           key=lambda e: e.expiry - e.ttl)
+        freed = 0
+        for entry in order:
+            if freed >= num_blocks:
+                break
+            with self._pin_lock:
+                entry.expiry = now  # no longer alive: ``pinned`` and ``lookup_pin`` skip it
+            freed += self.evict(num_blocks - freed)
+        if order:
+            self._drop_expired_pins(now)
+        return freed
+
     def _drop_expired_pins(self, now: float) -> None:
         with self._pin_lock:
             dead = [k for k, e in self._pins.items() if not e.alive(now)]

@@ -9,12 +9,15 @@ preempted: its blocks are freed and it is recomputed later.
 """
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 
 from preheat.engine.block_pool import BlockPool
 from preheat.engine.radix_cache import RadixCache
 from preheat.engine.sequence import Sequence, SeqStatus
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -133,9 +136,15 @@ class Scheduler:
                 continue
             victim = next((s for s in reversed(self.running)
                            if s is not seq and id(s) not in chosen), None)
-            if victim is None:
+            if victim is not None:
+                self._preempt(victim)
+                continue
+            # Only pinned prefixes are left in the way: a request never waits for a pin's
+            # expiry (it would wait minutes with the engine stepping idly all along).
+            released = self.radix.release_pins(need - self.pool.num_free)
+            if released == 0:
                 return False
-            self._preempt(victim)
+            log.warning("ended pinned prefixes to free %d KV blocks for a request", released)
         if need > 0:
             seq.block_table.extend(self.pool.allocate(need))
         return True
