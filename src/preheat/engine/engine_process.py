@@ -149,6 +149,8 @@ class EngineProcess:
         self._dispatch(message)
 
     def _fail(self) -> None:
+        if self.failed:  # a failed send and the pipe's EOF both report it
+            return
         self._process.join(1.0)
         log.error("the engine process exited unexpectedly (code %s)", self._process.exitcode)
         self.failed = True
