@@ -44,7 +44,6 @@ class EngineProcess:
         self._conn = conn
         self.model_id = ready.model_id
         self.context_window = ready.context_window
-        self.config = config
         self.tokenizer = load_tokenizer(config.model)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._streams: dict[str, RequestStream] = {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from preheat.engine.kv_dtype import resolve_kv_dtype
 from preheat.engine.scheduler import ScheduledBatch
 from preheat.engine.sequence import Sequence
 from preheat.kernels.paged_attention import load_attention_kernel
@@ -22,14 +21,13 @@ def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) ->
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
-                 kv_dtype: torch.dtype | None = None):
-        """``kv_dtype``: the cache's dtype; None resolves ``"auto"`` (see ``engine/kv_dtype.py``)."""
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, kv_dtype: torch.dtype):
+        """``kv_dtype``: the cache's dtype, as ``engine/kv_dtype.py`` resolves it."""
         cfg = model.cfg
         self.model = model
         self.device = model.device
         self.block_size = block_size
-        self.kv_dtype = kv_dtype or resolve_kv_dtype("auto", model)
+        self.kv_dtype = kv_dtype
         self.kv_cache = torch.zeros(cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads,
                                     cfg.head_dim, dtype=self.kv_dtype, device=model.device)
         if self.device.type == "cpu":
