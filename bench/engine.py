@@ -67,7 +67,7 @@ def greedy(n: int) -> SamplingParams:
 def bench_preheat(args, weight_format: str) -> Figures:
     t0 = time.perf_counter()
     engine, model_id = build_engine(EngineConfig(model=args.model, num_threads=args.threads,
-                                                 kv_cache_tokens=16384, max_step_tokens=512,
+                                                 kv_cache_tokens=16384, kv_disk_bytes=0, max_step_tokens=512,
                                                  weight_format=weight_format))
     kernel = "" if weight_format == "dense" else \
         f", {'VNNI' if load_quant_kernel() else 'PyTorch int4'} kernel"

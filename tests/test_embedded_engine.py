@@ -33,7 +33,7 @@ def loaded(embedded_model):
 @pytest.fixture(scope="module")
 def engine(loaded) -> LLMEngine:
     """The exact (dense) engine; the default for this Q4_1 file is int4."""
-    return build_engine(EngineConfig(kv_cache_tokens=8192, max_step_tokens=256, weight_format="dense"),
+    return build_engine(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=8192, max_step_tokens=256, weight_format="dense"),
                         loaded=loaded)[0]
 
 
@@ -66,7 +66,7 @@ def test_greedy_tokens_and_logits_match_transformers(loaded, engine, hf_referenc
 
 @pytest.mark.skipif(not load_quant_kernel(), reason="needs preheat's VNNI kernel (AVX-512 VNNI, a compiler)")
 def test_default_int4_gives_the_reference_tokens(loaded, engine, hf_reference):
-    default = build_engine(EngineConfig(kv_cache_tokens=4096), loaded=loaded)[0]
+    default = build_engine(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=4096), loaded=loaded)[0]
     assert isinstance(default.model.layers[0].qkv, QuantLinear)  # auto chose int4 for Q4_1
     for question in QUESTIONS:
         ids = chat(loaded, question)
@@ -79,7 +79,7 @@ def test_default_int4_gives_the_reference_tokens(loaded, engine, hf_reference):
 
 def test_pytorch_int4_kernel_tracks_the_exact_model(loaded, engine, monkeypatch):
     monkeypatch.setattr(linear, "load_quant_kernel", lambda: False)  # as on CPUs without VNNI
-    int4 = build_engine(EngineConfig(kv_cache_tokens=4096, weight_format="int4"), loaded=loaded)[0]
+    int4 = build_engine(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=4096, weight_format="int4"), loaded=loaded)[0]
     assert isinstance(int4.model.layers[0].qkv, Int4Linear)
     for question in QUESTIONS:
         ids = chat(loaded, question)
@@ -94,10 +94,10 @@ def test_cache_hit_gives_cold_tokens_and_logits(loaded, engine):
     convo = lambda q: loaded.tokenizer.encode_prompt(loaded.tokenizer.render_chat(
         [{"role": "system", "content": system}, {"role": "user", "content": q}]))[0]
     first, second = convo(QUESTIONS[0]), convo(QUESTIONS[1])
-    cold = build_engine(EngineConfig(kv_cache_tokens=4096), loaded=loaded)[0]
+    cold = build_engine(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=4096), loaded=loaded)[0]
     want = run(cold, [GenerationRequest(second, GREEDY_32)])[0].output_ids
     want_logits = last_logits(cold, second)
-    warm = build_engine(EngineConfig(kv_cache_tokens=4096), loaded=loaded)[0]
+    warm = build_engine(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=4096), loaded=loaded)[0]
     run(warm, [GenerationRequest(first, GREEDY_32)])
     assert len(warm.radix.match("", second)) * 16 >= 224  # the long shared system prompt
     assert run(warm, [GenerationRequest(second, GREEDY_32)])[0].output_ids == want
@@ -106,9 +106,9 @@ def test_cache_hit_gives_cold_tokens_and_logits(loaded, engine):
 
 def test_eight_concurrent_equal_eight_sequential(loaded):
     prompts = [chat(loaded, f"{q} Answer briefly, version {i}.") for i, q in enumerate(QUESTIONS * 2)]
-    one_by_one = build_engine(EngineConfig(kv_cache_tokens=8192), loaded=loaded)[0]
+    one_by_one = build_engine(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=8192), loaded=loaded)[0]
     sequential = [run(one_by_one, [GenerationRequest(p, GREEDY_32)])[0].output_ids for p in prompts]
-    together = build_engine(EngineConfig(kv_cache_tokens=8192), loaded=loaded)[0]
+    together = build_engine(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=8192), loaded=loaded)[0]
     batched = run(together, [GenerationRequest(p, GREEDY_32) for p in prompts])
     assert [b.output_ids for b in batched] == sequential
 
@@ -123,7 +123,7 @@ def test_pinned_prefix_usage_on_real_model(loaded, engine):
 
 
 async def test_chinese_streams_without_replacement_characters(loaded):
-    engine = AsyncEngine.from_config(EngineConfig(kv_cache_tokens=4096), loaded=loaded)
+    engine = AsyncEngine.from_config(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=4096), loaded=loaded)
     try:
         # An assistant turn already started in Chinese: this small model carries on in Chinese.
         text = loaded.tokenizer.render_chat([{"role": "user", "content": "请用中文回答：长城在哪里？🏯"}])
@@ -146,7 +146,7 @@ async def test_chinese_streams_without_replacement_characters(loaded):
 
 
 async def test_async_abort_frees_blocks(loaded):
-    engine = AsyncEngine.from_config(EngineConfig(kv_cache_tokens=4096, max_step_tokens=64), loaded=loaded)
+    engine = AsyncEngine.from_config(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=4096, max_step_tokens=64), loaded=loaded)
     try:
         stream = await engine.submit(GenerationRequest(chat(loaded, "Tell me a long story."),
                                                  SamplingParams(max_tokens=500, temperature=0)))

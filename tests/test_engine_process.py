@@ -18,7 +18,7 @@ from preheat.engine.request import CacheBreakpoint, GenerationRequest, SamplingP
 # One event loop for the module: the shared core reads its pipe from the loop that first used it.
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
-CONFIG = EngineConfig(kv_cache_tokens=4096, max_step_tokens=128)
+CONFIG = EngineConfig(kv_disk_bytes=0, kv_cache_tokens=4096, max_step_tokens=128)
 GREEDY = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
 
 
@@ -110,4 +110,4 @@ async def test_a_model_that_cannot_load_is_reported(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf file")
     with pytest.raises(EngineStartError):
-        EngineProcess.start(EngineConfig(model=str(bad)))
+        EngineProcess.start(EngineConfig(model=str(bad), kv_disk_bytes=0))

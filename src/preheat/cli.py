@@ -88,12 +88,18 @@ ENGINE_HELP = {
     "kv_dtype": "KV cache dtype: float32, float16 (half the memory and bandwidth), bfloat16 or "
                 "auto (float16 with int4 weights, else --dtype: dense stays exact)",
     "block_size": "tokens per KV cache block",
-    "kv_cache_tokens": "KV cache pool size in tokens",
+    "kv_cache_tokens": "KV cache pool size in tokens (default: a share of free memory)",
     "kv_cache_bytes": "KV cache pool size in bytes (instead of --kv-cache-tokens)",
+    "kv_cache_memory_share": "share of the memory free at start that the KV pool takes when no "
+                             "size is given (default: 0.25 of RAM, 0.8 of a GPU's)",
+    "kv_disk_dir": "where pinned prefixes' KV is kept on disk (default: <cache dir>/kv)",
+    "kv_disk_bytes": "disk quota of pinned prefixes' KV in bytes (default: 25%% of the disk's "
+                     "free space; 0 keeps them in RAM only)",
     "max_step_tokens": "token budget of one engine step (prefill chunk + decodes)",
     "max_running": "sequences decoding at once",
     "max_waiting": "queued requests before new ones get 529 overloaded",
-    "max_pinned_fraction": "share of the KV pool that cache breakpoints may pin",
+    "max_pinned_fraction": "share of the KV pool that pinned prefixes may hold in RAM (the "
+                           "least recently used beyond it live on in the disk tier)",
     "context_window": "context window in tokens (default: the model's)",
     "cache_dir": "where converted weights are cached (default: the user cache dir)",
     "num_threads": "torch CPU threads (default: torch's choice)",

@@ -16,8 +16,15 @@ class EngineConfig:
     # KV cache storage: "float32", "float16", "bfloat16" or "auto" (see engine/kv_dtype.py)
     kv_dtype: str = "auto"
     block_size: int = 16
-    kv_cache_tokens: int = 32768  # pool size in tokens (ignored when kv_cache_bytes is set)
+    # KV pool size: kv_cache_bytes, else kv_cache_tokens, else a share of the memory free at
+    # start (kv_cache_memory_share; None = 25% of RAM, 80% of a GPU's): see engine/kv_budget.py
+    kv_cache_tokens: int | None = None
     kv_cache_bytes: int | None = None
+    kv_cache_memory_share: float | None = None
+    # Disk tier of pinned prefixes: its folder (None = <cache_dir>/kv) and quota in bytes
+    # (None = 25% of the disk's free space; 0 turns the tier off)
+    kv_disk_dir: Path | None = None
+    kv_disk_bytes: int | None = None
     max_step_tokens: int = 512  # token budget of one engine step (prefill chunk + decodes)
     max_running: int = 64  # sequences decoding at once
     max_waiting: int = 256  # queued requests before new ones are refused as overloaded

@@ -67,6 +67,7 @@ class AsyncEngine:
         self._stopped = True
         self._wake.set()
         self._thread.join(timeout=10)
+        self.engine.close()
 
     def _abort(self, request_id: str) -> None:
         with self._lock:

@@ -22,6 +22,9 @@ from preheat.engine.request import GenerationRequest
 
 log = logging.getLogger(__name__)
 
+# How long a stopping core waits for pinned prefixes still being written to disk.
+SHUTDOWN_FLUSH_SECONDS = 8.0
+
 # ---- API process -> core ---------------------------------------------------------------
 
 
@@ -132,6 +135,7 @@ class EngineCore:
         elif isinstance(message, StatsQuery):
             self.conn.send(StatsReply(message.call_id, self.engine.stats()))
         elif isinstance(message, Shutdown):
+            self.engine.close(SHUTDOWN_FLUSH_SECONDS)
             return False
         else:
             log.error("ignoring an unknown message %r", message)

@@ -28,7 +28,7 @@ from preheat.loader import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-_JOIN_SECONDS = 10.0
+_JOIN_SECONDS = 15.0
 
 
 class EngineStartError(RuntimeError):

@@ -19,7 +19,10 @@ from preheat.engine.block_pool import BlockPool
 from preheat.engine.detokenizer import IncrementalDetokenizer
 from preheat.engine.errors import (EngineError, EngineOverloadedError, PromptTooLongError,
                                    RequestTooLargeError)
+from preheat.engine.disk_tier import DiskTier, cache_fingerprint
+from preheat.engine.kv_budget import disk_quota, pool_size
 from preheat.engine.kv_dtype import resolve_kv_dtype
+from preheat.engine.kv_offload import KVOffload
 from preheat.engine.model_runner import ModelRunner, kv_bytes_per_block
 from preheat.engine.output import CacheUsage, EngineEvent, Finished, StopReason, TextDelta
 from preheat.engine.radix_cache import RadixCache
@@ -56,11 +59,19 @@ class EngineStats:
     pinned_blocks: int
     preemptions: int
     aborted: int  # requests stopped by their caller (e.g. a client that hung up)
+    block_size: int
+    pool_bytes: int
+    pinned_entries: int  # live pinned prefixes, in RAM or on disk
+    disk_entries: int  # pinned prefixes with a copy on disk
+    disk_bytes: int
+    disk_quota_bytes: int  # 0: no disk tier
+    disk_reads: int  # hits whose blocks were read back from disk
 
 
 class LLMEngine:
     def __init__(self, model: LlamaModel, tokenizer, config: EngineConfig,
-                 *, clock: Callable[[], float] = time.monotonic):
+                 *, clock: Callable[[], float] = time.monotonic, model_digest: str | None = None):
+        """``model_digest`` names the model's content; without one there is no disk tier."""
         self.config = config
         self.tokenizer = tokenizer
         self.model = model
@@ -68,15 +79,21 @@ class LLMEngine:
         self.context_window = min(config.context_window or cfg.max_position_embeddings,
                                   cfg.max_position_embeddings)
         kv_dtype = resolve_kv_dtype(config.kv_dtype, model)
-        if config.kv_cache_bytes is not None:
-            num_blocks = config.kv_cache_bytes // kv_bytes_per_block(cfg, config.block_size, kv_dtype)
-        else:
-            num_blocks = -(-config.kv_cache_tokens // config.block_size)
+        block_bytes = kv_bytes_per_block(cfg, config.block_size, kv_dtype)
+        size = pool_size(tokens=config.kv_cache_tokens, nbytes=config.kv_cache_bytes,
+                         memory_share=config.kv_cache_memory_share, block_size=config.block_size,
+                         bytes_per_block=block_bytes, device=model.device)
+        num_blocks = size.num_blocks
         self.pool = BlockPool(num_blocks, config.block_size)
+        self.pool_bytes = num_blocks * block_bytes
         self.radix = RadixCache(self.pool, clock=clock,
                                 max_pinned_blocks=int(num_blocks * config.max_pinned_fraction))
         self.scheduler = Scheduler(self.pool, self.radix, config.max_step_tokens, config.max_running)
         self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype)
+        log.info("KV cache: %d tokens in %.2f GiB of %s (%s); pinned prefixes may hold %.0f%% of it",
+                 num_blocks * config.block_size, self.pool_bytes / 2**30, str(kv_dtype).removeprefix("torch."),
+                 size.reason, 100 * config.max_pinned_fraction)
+        self.offload = self._disk_tier(model_digest, kv_dtype, clock) if model_digest else None
         self._inbox: deque[tuple[str, object]] = deque()
         self._eos = frozenset(tokenizer.eos_token_ids)
         self.num_aborted = 0
@@ -99,14 +116,15 @@ class LLMEngine:
             raise EngineOverloadedError("too many requests are waiting; retry later")
         bps = tuple(b for b in request.breakpoints if 0 < b.position <= n)
         last = max((b.position for b in bps), default=0)
-        hit = self.radix.lookup_pin(request.namespace, request.prompt_ids, last) if bps else 0
+        hit, entry = self.radix.lookup_pin_entry(request.namespace, request.prompt_ids, last) if bps else (0, None)
         new_blocks = self.pool.blocks_for(last) - hit // self.pool.block_size
-        if last > hit and not self.radix.can_pin(new_blocks):
+        if last > hit and not self._can_pin(new_blocks):
             log.warning("pinned prefixes would exceed %d blocks; not caching this request's "
                         "breakpoints past its hit", self.radix.max_pinned_blocks)
             bps = tuple(b for b in bps if b.position <= hit)
         request.breakpoints = bps
         return Sequence(
+            pinned_hit=entry,
             request=request,
             usage=cache_usage(n, bps, hit),
             detokenizer=IncrementalDetokenizer(self.tokenizer.decode, request.prompt_ids, params.stop),
@@ -125,10 +143,21 @@ class LLMEngine:
         return bool(self._inbox) or self.scheduler.has_work
 
     def stats(self) -> EngineStats:
-        s = self.scheduler
+        s, tier = self.scheduler, self.offload.tier if self.offload else None
+        now = self.radix.clock()
         return EngineStats(len(s.running), len(s.waiting) + len(self._inbox), self.pool.num_free,
                            self.pool.num_blocks, self.radix.cached_blocks,
-                           self.radix.pinned_blocks, s.num_preemptions, self.num_aborted)
+                           self.radix.pinned_blocks, s.num_preemptions, self.num_aborted,
+                           self.pool.block_size, self.pool_bytes,
+                           sum(e.alive(now) for e in self.radix.pins()),
+                           tier.num_entries if tier else 0, tier.used_bytes if tier else 0,
+                           tier.quota_bytes if tier else 0,
+                           self.offload.num_reads if self.offload else 0)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Before the process ends: let queued disk writes finish (within ``timeout`` s)."""
+        if self.offload is not None:
+            self.offload.close(timeout)
 
     # ---- engine thread ------------------------------------------------------
 
@@ -136,8 +165,12 @@ class LLMEngine:
         """Run one batch; returns (request_id, event) pairs in order."""
         out: Emitted = self._drain_inbox()
         self.radix.tick()
+        if self.offload is not None:
+            self.offload.poll()
         batch = self.scheduler.schedule()
         if not batch:
+            if self.offload is not None and self.offload.loading:
+                self.offload.wait(0.05)  # only reads from disk are pending: sleep, don't spin
             return out
         sample_from = [s for s, n in batch.items()
                        if s.num_computed + n == s.num_tokens and s.request.params.max_tokens > 0]
@@ -168,10 +201,36 @@ class LLMEngine:
             kind, item = self._inbox.popleft()
             if kind == "add":
                 self.scheduler.add(item)
+                if self.offload is not None:
+                    self.offload.on_admit(item)
             elif (seq := self.scheduler.find(item)) is not None:
                 self.num_aborted += 1
                 out.append(self._finish(seq, StopReason.ABORTED))
         return out
+
+    def _can_pin(self, new_blocks: int) -> bool:
+        return self.offload.can_pin(new_blocks) if self.offload else self.radix.can_pin(new_blocks)
+
+    def _disk_tier(self, model_digest: str, kv_dtype: torch.dtype, clock: Callable[[], float]) -> KVOffload | None:
+        from preheat.loader.weight_cache import resolve_cache_dir
+
+        config, cfg = self.config, self.model.cfg
+        root = config.kv_disk_dir or resolve_cache_dir(config.cache_dir) / "kv"
+        quota = disk_quota(root, config.kv_disk_bytes)
+        if quota <= 0:
+            log.info("disk tier: off")
+            return None
+        fingerprint = cache_fingerprint(model=model_digest, weight_format=self.model.weight_format,
+                                        dtype=self.model.dtype, kv_dtype=kv_dtype,
+                                        block_size=config.block_size, device=self.model.device.type)
+        kv = self.runner.kv_cache
+        block_shape = (config.block_size, cfg.num_kv_heads, cfg.head_dim * kv.element_size())
+        tier = DiskTier(root, fingerprint, quota, cfg.num_layers, block_shape)
+        offload = KVOffload(self.radix, self.pool, kv, tier, clock=clock)
+        restored = offload.restore()
+        log.info("disk tier: %s, quota %.1f GiB; %d pinned prefixes restored (%.2f GiB)",
+                 tier.root, quota / 2**30, restored, tier.used_bytes / 2**30)
+        return offload
 
     def _append(self, seq: Sequence, token: int) -> Emitted:
         seq.token_ids.append(token)
@@ -222,6 +281,7 @@ def build_engine(config: EngineConfig, *, clock: Callable[[], float] = time.mono
                  loaded=None) -> tuple[LLMEngine, str]:
     """Load the configured model and wrap it in an engine; returns (engine, model_id)."""
     from preheat.loader import load_model
+    from preheat.loader.weight_cache import model_digest
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -231,4 +291,5 @@ def build_engine(config: EngineConfig, *, clock: Callable[[], float] = time.mono
     log.info("model %s (%s weights) on %s: weight format %s", loaded.model_id,
              loaded.weight_type or "float", config.device, weight_format)
     model = LlamaModel(loaded.config, loaded.weights, torch.device(config.device), dtype, weight_format)
-    return LLMEngine(model, loaded.tokenizer, config, clock=clock), loaded.model_id
+    digest = None if config.kv_disk_bytes == 0 else model_digest(loaded.source, config.cache_dir)
+    return LLMEngine(model, loaded.tokenizer, config, clock=clock, model_digest=digest), loaded.model_id

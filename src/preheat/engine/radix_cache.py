@@ -12,6 +12,10 @@ an ordinary evictable entry behind. A pin may end mid-block: the tree protects
 its full blocks and the few tokens past the last boundary are recomputed.
 Everything is per namespace: prefixes are never shared across namespaces.
 
+A pin entry may live in RAM (its blocks protected in the tree), on disk (a copy
+in the disk tier, see ``kv_offload.py``) or both; a ``PinListener`` hears of pins
+placed, hit and dropped so it can keep the disk copy current.
+
 Threads: the tree belongs to the engine thread. Other threads may call only
 ``lookup_pin`` and ``can_pin`` and read the ``cached_blocks`` / ``pinned_blocks``
 counters, which the engine thread keeps current.
@@ -24,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from preheat.engine.block_pool import BlockPool
 
@@ -36,9 +41,27 @@ class PinEntry:
     tokens: Tokens  # the pinned prefix, any length
     ttl: float
     expiry: float
+    in_ram: bool = True  # its full blocks are protected in the tree
+    on_disk: bool = False  # the disk tier holds a complete copy
+    writing: bool = False  # a copy is being written
 
     def alive(self, now: float) -> bool:
         return self.expiry > now
+
+    @property
+    def last_used(self) -> float:
+        return self.expiry - self.ttl
+
+
+class PinListener(Protocol):
+    def pinned(self, entry: PinEntry, blocks: list[int]) -> None:
+        """``entry`` was placed or refreshed in RAM; ``blocks`` hold its full blocks."""
+
+    def hit(self, entry: PinEntry) -> None:
+        """A lookup refreshed ``entry``'s expiry (any thread)."""
+
+    def dropped(self, entries: list[PinEntry]) -> None:
+        """These entries expired or were ended: they must not be served again."""
 
 
 @dataclass(eq=False)
@@ -56,8 +79,9 @@ class _Node:
 
 class RadixCache:
     def __init__(self, pool: BlockPool, *, clock: Callable[[], float] = time.monotonic,
-                 max_pinned_blocks: int | None = None):
+                 max_pinned_blocks: int | None = None, listener: PinListener | None = None):
         self.pool = pool
+        self.listener = listener
         self.bs = pool.block_size
         self.clock = clock
         self.max_pinned_blocks = pool.num_blocks if max_pinned_blocks is None else max_pinned_blocks
@@ -134,6 +158,10 @@ class RadixCache:
             blocks.extend(node.blocks)
         return blocks[: matched // self.bs]
 
+    def cached_len(self, ns: str, tokens: list[int] | Tokens) -> int:
+        """Tokens of ``tokens`` the tree holds (block-aligned), without touching LRU order."""
+        return self._walk(ns, tokens, split=False)[1]
+
     def insert(self, ns: str, tokens: list[int], blocks: list[int]) -> None:
         """Add the full blocks of ``tokens`` (len == len(blocks) * block_size).
 
@@ -208,29 +236,76 @@ class RadixCache:
         """
         now = self.clock()
         key = (ns, tuple(tokens))
-        aligned = len(tokens) - len(tokens) % self.bs
-        path, matched = self._walk(ns, key[1][:aligned], split=True)
-        if matched < aligned:
-            return False
         with self._pin_lock:
             entry = self._pins.get(key)
             if entry is not None and entry.alive(now):
                 entry.expiry = max(entry.expiry, now + ttl)
                 entry.ttl = max(entry.ttl, ttl)
-                return True
-            entry = PinEntry(ns, key[1], ttl, now + ttl)
+            else:
+                entry = PinEntry(ns, key[1], ttl, now + ttl)
+        blocks = self._protect(entry)
+        if blocks is None:
+            return False
+        with self._pin_lock:
             self._pins[key] = entry
             self._pin_lengths.setdefault(ns, set()).add(len(tokens))
+        self._recount(now)
+        if self.listener is not None:
+            self.listener.pinned(entry, blocks)
+        return True
+
+    def repin(self, entry: PinEntry) -> bool:
+        """Protect a disk-only entry's blocks in RAM again (they are back in the tree)."""
+        if self._protect(entry) is None:
+            return False
+        self._recount(self.clock())
+        return True
+
+    def _protect(self, entry: PinEntry) -> list[int] | None:
+        """Mark the nodes of ``entry``'s full blocks; their blocks, or None if not all cached."""
+        aligned = len(entry.tokens) - len(entry.tokens) % self.bs
+        path, matched = self._walk(entry.namespace, entry.tokens[:aligned], split=True)
+        if matched < aligned:
+            return None
         for node in path:
             node.pins.add(entry)
-        self._recount(now)
-        return True
+        entry.in_ram = True
+        return [b for node in path for b in node.blocks]
+
+    def unpin_ram(self, entry: PinEntry) -> None:
+        """Stop protecting ``entry``'s blocks (its disk copy serves it from now on)."""
+        for node in self._nodes():
+            node.pins.discard(entry)
+        entry.in_ram = False
+        self._recount(self.clock())
+
+    def restore(self, entry: PinEntry) -> None:
+        """Register an entry that only the disk tier holds (found there at start)."""
+        entry.in_ram = False
+        with self._pin_lock:
+            self._pins[(entry.namespace, entry.tokens)] = entry
+            self._pin_lengths.setdefault(entry.namespace, set()).add(len(entry.tokens))
+            self._next_expiry = min(self._next_expiry, entry.expiry)
+
+    def forget(self, entry: PinEntry) -> None:
+        """Drop ``entry`` now (its disk copy is gone and RAM does not hold it)."""
+        with self._pin_lock:
+            entry.expiry = min(entry.expiry, self.clock())
+        self._drop_expired_pins(self.clock())
+
+    def pins(self) -> list[PinEntry]:
+        with self._pin_lock:
+            return list(self._pins.values())
 
     def lookup_pin(self, ns: str, tokens: list[int], max_len: int) -> int:
         """Length of the longest live pinned prefix of ``tokens`` no longer than ``max_len``.
 
         A hit refreshes that entry's expiry. Thread-safe.
         """
+        return self.lookup_pin_entry(ns, tokens, max_len)[0]
+
+    def lookup_pin_entry(self, ns: str, tokens: list[int], max_len: int) -> tuple[int, PinEntry | None]:
+        """``lookup_pin``, with the entry hit (None on a miss)."""
         now = self.clock()
         with self._pin_lock:
             for length in sorted(self._pin_lengths.get(ns, ()), reverse=True):
@@ -239,26 +314,34 @@ class RadixCache:
                 entry = self._pins.get((ns, tuple(tokens[:length])))
                 if entry is not None and entry.alive(now):
                     entry.expiry = now + entry.ttl
-                    return length
-        return 0
+                    break
+            else:
+                return 0, None
+        if self.listener is not None:
+            self.listener.hit(entry)
+        return length, entry
 
     def release_pins(self, num_blocks: int) -> int:
-        """End live pins, least recently refreshed first, until evicting has freed
-        ``num_blocks`` blocks or no pin is left; returns the blocks freed.
+        """Take pinned prefixes out of RAM until evicting has freed ``num_blocks`` blocks or
+        none is left in RAM; returns the blocks freed.
 
         For a request that fits the pool but finds it held by pins: it must not wait
-        for them to expire (minutes, or an hour). The entries it ends are dropped.
+        for them to expire (minutes, or an hour). Entries with a disk copy go first and
+        live on there; the others, least recently used first, are dropped.
         """
         now = self.clock()
         with self._pin_lock:
-            order = sorted((e for e in self._pins.values() if e.alive(now)),
-                           key=lambda e: e.expiry - e.ttl)
+            order = sorted((e for e in self._pins.values() if e.alive(now) and e.in_ram),
+                           key=lambda e: (not e.on_disk, e.last_used))
         freed = 0
         for entry in order:
             if freed >= num_blocks:
                 break
-            with self._pin_lock:
-                entry.expiry = now  # no longer alive: ``pinned`` and ``lookup_pin`` skip it
+            if entry.on_disk:
+                self.unpin_ram(entry)
+            else:
+                with self._pin_lock:
+                    entry.expiry = now  # no longer alive: ``pinned`` and ``lookup_pin`` skip it
             freed += self.evict(num_blocks - freed)
         if order:
             self._drop_expired_pins(now)
@@ -267,14 +350,15 @@ class RadixCache:
     def _drop_expired_pins(self, now: float) -> None:
         with self._pin_lock:
             dead = [k for k, e in self._pins.items() if not e.alive(now)]
-            for key in dead:
-                del self._pins[key]
+            dropped = [self._pins.pop(key) for key in dead]
             self._pin_lengths = {}
             for ns, toks in self._pins:
                 self._pin_lengths.setdefault(ns, set()).add(len(toks))
         for node in self._nodes():
             node.pins = {p for p in node.pins if p.alive(now)}
         self._recount(now)
+        if dropped and self.listener is not None:
+            self.listener.dropped(dropped)
 
     def _recount(self, now: float) -> None:
         self.pinned_blocks = sum(len(n.blocks) for n in self._nodes() if n.pinned(now))

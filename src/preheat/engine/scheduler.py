@@ -5,7 +5,9 @@ first, so running streams never wait behind a long prompt for more than one
 step; the rest of the budget goes to prompt chunks (chunked prefill), oldest
 first, then to admitting waiting requests. When the pool runs dry, unpinned
 cache entries are evicted, and then the most recently admitted sequence is
-preempted: its blocks are freed and it is recomputed later.
+preempted: its blocks are freed and it is recomputed later. Only when pinned
+prefixes alone are in the way do they leave RAM (to their disk copy if they have
+one): no request waits for a pin to expire.
 """
 from __future__ import annotations
 
@@ -85,14 +87,17 @@ class Scheduler:
                 continue
             self._add(batch, seq, n, chosen)
             budget -= n
-        while budget > 0 and self.waiting and len(self.running) < self.max_running:
-            seq = self.waiting[0]
+        # A request whose cached prefix is being read back from disk keeps its place in the
+        # queue while the others go ahead.
+        for seq in [s for s in self.waiting if s.pending_load is None]:
+            if budget == 0 or len(self.running) >= self.max_running:
+                break
             self._admit(seq)
             n = min(seq.remaining_prefill, budget)
             if not self._reserve(seq, n, chosen):
                 self._release(seq)
                 break
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             seq.status = SeqStatus.RUNNING
             self.running.append(seq)
             self._add(batch, seq, n, chosen)

@@ -30,6 +30,8 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_inserted_blocks: int = 0  # leading blocks already handed to the radix tree
     pending_pins: list = field(default_factory=list)  # breakpoints not yet pinned, by position
+    pinned_hit: object | None = None  # the PinEntry its cache read came from
+    pending_load: str | None = None  # disk key of that entry while its blocks are read back
     status: SeqStatus = SeqStatus.WAITING
 
     def __post_init__(self) -> None:

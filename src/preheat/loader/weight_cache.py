@@ -100,6 +100,20 @@ def file_sha256(path: Path, cache_dir: Path) -> str:
     return digest
 
 
+def model_digest(source: Path, cache_dir: Path | None = None) -> str:
+    """sha256 naming a model's content: its GGUF file, or a folder's config and weight files."""
+    root = resolve_cache_dir(cache_dir)
+    source = Path(source)
+    if source.is_file():
+        return file_sha256(source, root)
+    files = sorted(p for p in source.iterdir()
+                   if p.suffix in (".safetensors", ".json") and p.is_file())
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"{path.name}\0{file_sha256(path, root)}\n".encode())
+    return h.hexdigest()
+
+
 def _run_with_progress(convert: Converter, total: int | None, label: str) -> dict[str, torch.Tensor]:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     weights: dict[str, torch.Tensor] = {}

@@ -1,0 +1,223 @@
+"""Pinned prefixes between the RAM pool and the disk tier.
+
+Write-through: every pinned prefix is copied to disk as soon as it is pinned, on
+the tier's writer thread (the engine step only queues the job and holds the
+blocks until the copy is done). So RAM can let an entry go at any moment, and
+every entry survives a restart. When pinned blocks outgrow their share of the
+pool, the least recently used entries that are safely on disk leave RAM: their
+blocks become ordinary cache, evicted when the pool needs them.
+
+A hit on an entry that RAM no longer holds reads its file on the tier's reader
+thread while the request waits in the queue (other requests run); the engine
+thread then copies the blocks into the pool, puts them back in the radix tree
+and pins them again. Usage is decided before any of this (the entry is alive,
+wherever it is), so every tier reports the same.
+
+Runs on the engine thread, except ``hit`` (a listener call that only queues a job).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from preheat.engine.block_pool import BlockPool
+from preheat.engine.disk_tier import (DiskTier, Evicted, Loaded, LoadFailed, WriteFailed, Written,
+                                      prefix_key)
+from preheat.engine.radix_cache import PinEntry, RadixCache
+from preheat.engine.sequence import Sequence, SeqStatus
+
+log = logging.getLogger(__name__)
+
+
+class KVOffload:
+    def __init__(self, radix: RadixCache, pool: BlockPool, kv_cache: torch.Tensor, tier: DiskTier,
+                 *, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time):
+        self.radix = radix
+        self.pool = pool
+        self.tier = tier
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._kv = kv_cache.view(torch.uint8)  # [layers, 2, blocks, block_size, heads, head_dim * elem]
+        self._entries: dict[str, PinEntry] = {}  # disk key -> entry, for entries on or going to disk
+        self._held: dict[str, deque[list[int]]] = {}  # blocks held until their write is done
+        self._waiting: dict[str, list[Sequence]] = {}  # sequences waiting for a read
+        self._loaded: dict[str, np.ndarray] = {}  # reads done, not yet in the pool
+        self.num_reads = 0  # prefixes read back from disk into the pool
+        radix.listener = self
+
+    # ---- start and stop -------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Register the unexpired entries an earlier run left on disk; returns how many."""
+        offset = self.clock() - self.wall_clock()
+        stored = self.tier.scan()
+        for sp in stored:
+            entry = PinEntry(sp.namespace, sp.tokens, sp.ttl, sp.expiry + offset, on_disk=True)
+            self.radix.restore(entry)
+            self._entries[prefix_key(sp.namespace, sp.tokens)] = entry
+        return len(stored)
+
+    def close(self, timeout: float) -> None:
+        if not self.tier.flush(timeout):
+            log.warning("shutting down before every pinned prefix reached the disk")
+
+    # ---- radix listener -------------------------------------------------------------
+
+    def pinned(self, entry: PinEntry, blocks: list[int]) -> None:
+        key = prefix_key(entry.namespace, entry.tokens)
+        self._entries[key] = entry
+        if entry.on_disk:
+            self.tier.refresh(key, self._wall(entry.expiry))
+        elif not entry.writing:
+            entry.writing = True
+            self.pool.incref(blocks)
+            self._held.setdefault(key, deque()).append(blocks)
+            self.tier.write(entry.namespace, entry.tokens, entry.ttl, self._wall(entry.expiry),
+                            lambda: self._gather(blocks))
+
+    def hit(self, entry: PinEntry) -> None:
+        if entry.on_disk:
+            self.tier.refresh(prefix_key(entry.namespace, entry.tokens), self._wall(entry.expiry))
+
+    def dropped(self, entries: list[PinEntry]) -> None:
+        for entry in entries:
+            key = prefix_key(entry.namespace, entry.tokens)
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+                self.tier.delete(key)  # queued after any write of it, so it removes that too
+
+    # ---- engine thread --------------------------------------------------------------
+
+    def can_pin(self, new_blocks: int) -> bool:
+        """A new pinned prefix of ``new_blocks`` blocks fits: older entries can leave RAM for disk."""
+        return (new_blocks <= self.radix.max_pinned_blocks
+                and self.tier.entry_bytes(new_blocks) <= self.tier.quota_bytes)
+
+    def on_admit(self, seq: Sequence) -> None:
+        """``seq`` hit ``seq.pinned_hit``: if RAM lost that entry's blocks, read them back first."""
+        entry = seq.pinned_hit
+        if entry is None or entry.in_ram or not entry.alive(self.clock()):
+            return
+        if self.radix.cached_len(entry.namespace, entry.tokens) >= self._aligned(entry):
+            self.radix.repin(entry)  # its blocks were still cached
+            return
+        key = prefix_key(entry.namespace, entry.tokens)
+        if not entry.on_disk or self._entries.get(key) is not entry:
+            return
+        seq.pending_load = key
+        if key not in self._waiting and key not in self._loaded:
+            self.tier.load(key)
+        self._waiting.setdefault(key, []).append(seq)
+
+    @property
+    def loading(self) -> bool:
+        return bool(self._waiting)
+
+    def wait(self, timeout: float) -> None:
+        self.tier.wait(timeout)
+
+    def poll(self) -> None:
+        """Once per step: take the tier's news, put loaded prefixes back, spill over budget."""
+        for done in self.tier.completions():
+            if isinstance(done, Written | WriteFailed):
+                self._written(done)
+            elif isinstance(done, Evicted):
+                self._lost(done.key)
+            elif isinstance(done, Loaded):
+                self._loaded[done.key] = done.kv
+            elif isinstance(done, LoadFailed):
+                log.warning("a cached prefix could not be read back (%s); recomputing it", done.reason)
+                self._lost(done.key)
+                self._release_waiters(done.key)
+        for key in list(self._loaded):
+            if self._install(key):
+                del self._loaded[key]
+                self._release_waiters(key)
+        self._spill()
+
+    # ---- helpers --------------------------------------------------------------------
+
+    def _written(self, done: Written | WriteFailed) -> None:
+        self.pool.decref(self._held[done.key].popleft())
+        if not self._held[done.key]:
+            del self._held[done.key]
+        entry = self._entries.get(done.key)
+        if entry is None:
+            return
+        entry.writing = False
+        if isinstance(done, Written):
+            entry.on_disk = True
+        else:
+            log.warning("a pinned prefix stays in RAM only: %s", done.reason)
+
+    def _lost(self, key: str) -> None:
+        """The disk copy of ``key`` is gone: an entry RAM does not hold goes with it."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry.on_disk = False
+        if not entry.in_ram and not entry.writing:
+            self.radix.forget(entry)
+
+    def _release_waiters(self, key: str) -> None:
+        for seq in self._waiting.pop(key, []):
+            seq.pending_load = None
+
+    def _install(self, key: str) -> bool:
+        """Copy a loaded prefix into free blocks, back into the tree, pinned; False to retry later."""
+        entry = self._entries.get(key)
+        if entry is None or not entry.alive(self.clock()) or all(
+                s.status is SeqStatus.FINISHED for s in self._waiting.get(key, [])):
+            return True  # nobody needs it any more
+        kv = self._loaded[key]
+        tokens = entry.tokens[: self._aligned(entry)]
+        have = self.radix.cached_len(entry.namespace, tokens) // self.pool.block_size
+        need = kv.shape[2] - have
+        if need > self.pool.num_free:
+            self.radix.evict(need - self.pool.num_free)
+        if need > self.pool.num_free:
+            return False
+        if need > 0:
+            blocks = self.pool.allocate(need)
+            index = torch.tensor(blocks, device=self._kv.device)
+            self._kv[:, :, index] = torch.from_numpy(kv[:, :, have:]).to(self._kv.device)
+            self.radix.insert(entry.namespace, list(tokens), [-1] * have + blocks)
+            self.pool.decref(blocks)  # the tree holds them now
+            self.num_reads += 1
+        self.radix.repin(entry)
+        return True
+
+    def _spill(self) -> None:
+        """Take the least recently used entries with a disk copy out of RAM until pins fit their share."""
+        if self.radix.pinned_blocks <= self.radix.max_pinned_blocks:
+            return
+        now = self.clock()
+        movable = sorted((e for e in self.radix.pins() if e.in_ram and e.on_disk and e.alive(now)),
+                         key=lambda e: e.last_used)
+        for entry in movable:
+            if self.radix.pinned_blocks <= self.radix.max_pinned_blocks:
+                break
+            self.radix.unpin_ram(entry)
+
+    def _gather(self, blocks: list[int]) -> np.ndarray:
+        """The KV bytes of ``blocks`` (writer thread: the blocks are full, so nobody writes them)."""
+        if self._kv.device.type != "cpu":
+            return self._kv.index_select(2, torch.tensor(blocks, device=self._kv.device)).cpu().numpy()
+        # numpy, not torch: a torch op here would start a second thread team beside the engine's
+        kv = self._kv.numpy()
+        out = np.empty((*kv.shape[:2], len(blocks), *kv.shape[3:]), dtype=np.uint8)
+        for i, block in enumerate(blocks):
+            out[:, :, i] = kv[:, :, block]
+        return out
+
+    def _aligned(self, entry: PinEntry) -> int:
+        return len(entry.tokens) - len(entry.tokens) % self.pool.block_size
+
+    def _wall(self, expiry: float) -> float:
+        return expiry - self.clock() + self.wall_clock()

@@ -1,0 +1,194 @@
+"""Pinned prefixes across RAM and the disk tier, through a tiny engine: spill, read back,
+restart, expiry, damage, tenants, quota. Every hit must give the cold run's tokens."""
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine_driver import GREEDY, run
+from preheat.engine.output import Finished
+from preheat.engine.request import CacheBreakpoint, GenerationRequest
+from tiny import tiny_engine
+
+BS = 4
+DOC = 36  # tokens per pinned prefix: 9 blocks
+
+
+def ids(n: int, seed: int) -> list[int]:
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def engine_at(disk: Path, digest: str = "model-a", **config):
+    # 32 blocks of RAM, of which pins may hold 18: two documents
+    settings = {"kv_cache_tokens": 128, "max_pinned_fraction": 0.57, "kv_disk_dir": disk,
+                "kv_disk_bytes": 1 << 30, **config}
+    return tiny_engine(model_digest=digest, **settings)
+
+
+def ask(engine, doc: list[int], tail: int, namespace: str = ""):
+    """A request on ``doc`` + a question, with a breakpoint after the doc."""
+    req = GenerationRequest(doc + ids(5, tail), GREEDY, namespace=namespace,
+                            breakpoints=(CacheBreakpoint(len(doc), 300.0),))
+    return run(engine, [req])[0]
+
+
+def settle(engine) -> None:
+    """Let queued disk writes finish and the engine act on them (spill over budget)."""
+    assert engine.offload.tier.flush(30)
+    engine.offload.poll()
+
+
+def cold_tokens(doc: list[int], tail: int) -> list[int]:
+    return run(tiny_engine(), [GenerationRequest(doc + ids(5, tail), GREEDY)])[0].output_ids
+
+
+def test_more_pinned_prefixes_than_ram_holds_all_hit_with_cold_tokens(tmp_path):
+    engine = engine_at(tmp_path)
+    docs = [ids(DOC, seed) for seed in range(6)]
+    for doc in docs:
+        assert ask(engine, doc, 1).usage.cache_write_tokens == DOC
+        settle(engine)
+    in_ram = [e for e in engine.radix.pins() if e.in_ram]
+    assert engine.radix.pinned_blocks <= engine.radix.max_pinned_blocks and len(in_ram) == 2
+    assert engine.offload.tier.num_entries == 6
+    for seed, doc in enumerate(docs):
+        out = ask(engine, doc, 2)
+        assert (out.usage.cache_read_tokens, out.usage.cache_write_tokens) == (DOC, 0)
+        assert out.output_ids == cold_tokens(doc, 2), f"document {seed}"
+        settle(engine)
+    assert engine.stats().disk_entries == 6 and engine.stats().pinned_entries == 6
+    assert engine.offload.num_reads >= 4  # RAM had evicted them: read back, not recomputed
+
+
+def test_pinned_prefixes_survive_a_restart(tmp_path):
+    docs = [ids(DOC, seed) for seed in range(4)]
+    first = engine_at(tmp_path)
+    for doc in docs:
+        ask(first, doc, 1)
+    first.close()
+    restarted = engine_at(tmp_path)
+    assert restarted.stats().disk_entries == 4 and restarted.radix.pinned_blocks == 0
+    for doc in docs:
+        out = restarted.radix.lookup_pin("", doc + [1], DOC)
+        assert out == DOC
+        hit = ask(restarted, doc, 3)
+        assert hit.usage.cache_read_tokens == DOC and hit.output_ids == cold_tokens(doc, 3)
+    assert restarted.offload.num_reads == 4
+    other_model = engine_at(tmp_path, digest="model-b")
+    assert other_model.stats().disk_entries == 0
+    assert ask(other_model, docs[0], 3).usage.cache_read_tokens == 0
+
+
+def test_spilled_entries_expire_with_their_ttl(tmp_path):
+    clock = FakeClock()
+    engine = engine_at(tmp_path, clock=clock)
+    docs = [ids(DOC, seed) for seed in range(4)]
+    for doc in docs:
+        ask(engine, doc, 1)
+        settle(engine)
+    clock.now += 301
+    engine.step()  # the engine notices expiry on its next step
+    assert engine.offload.tier.flush(30)
+    assert engine.stats().disk_entries == 0 and not list(tmp_path.rglob("*.kv"))
+    assert ask(engine, docs[0], 2).usage.cache_read_tokens == 0
+
+
+def test_a_damaged_file_is_recomputed_not_served(tmp_path, caplog):
+    docs = [ids(DOC, seed) for seed in range(4)]
+    first = engine_at(tmp_path)
+    for doc in docs:
+        ask(first, doc, 1)
+    first.close()
+    for path in tmp_path.rglob("*.kv"):
+        data = bytearray(path.read_bytes())
+        data[-10] ^= 0xFF  # inside the KV bytes: only the checksum can tell
+        path.write_bytes(bytes(data))
+    restarted = engine_at(tmp_path)
+    out = ask(restarted, docs[0], 3)
+    assert out.output_ids == cold_tokens(docs[0], 3)
+    assert "checksum mismatch" in caplog.text
+
+
+def test_two_tenants_with_the_same_prompt_each_have_their_own_entry(tmp_path):
+    doc = ids(DOC, 7)
+    engine = engine_at(tmp_path)
+    assert ask(engine, doc, 1, namespace="alice").usage.cache_write_tokens == DOC
+    assert ask(engine, doc, 1, namespace="bob").usage.cache_write_tokens == DOC  # not alice's hit
+    settle(engine)
+    assert engine.offload.tier.num_entries == 2
+    engine.close()
+    restarted = engine_at(tmp_path)
+    for tenant in ("alice", "bob"):
+        assert ask(restarted, doc, 2, namespace=tenant).usage.cache_read_tokens == DOC
+    assert ask(restarted, doc, 2, namespace="carol").usage.cache_read_tokens == 0
+
+
+def test_a_full_disk_quota_drops_the_oldest_then_refuses_honestly(tmp_path):
+    one = engine_at(tmp_path / "probe").offload.tier.entry_bytes(DOC // BS)
+    engine = engine_at(tmp_path / "kv", kv_disk_bytes=int(one * 2.5))
+    docs = [ids(DOC, seed) for seed in range(4)]
+    for doc in docs:
+        ask(engine, doc, 1)
+        settle(engine)
+    # RAM pins two entries, the disk holds two. The newest two live on; of the two oldest,
+    # one or both are gone altogether (one may still be pinned in RAM, depending on whether
+    # its disk copy went before or after it left RAM).
+    assert engine.offload.tier.num_entries == 2
+    hits = [engine.radix.lookup_pin("", doc + [1], DOC) for doc in docs]
+    assert hits[2:] == [DOC, DOC] and 0 in hits[:2]
+    missing = docs[hits.index(0)]
+    assert ask(engine, missing, 2).usage.cache_read_tokens == 0  # an honest miss
+    tight = engine_at(tmp_path / "tight", kv_disk_bytes=one // 2)
+    # a prefix larger than the whole quota: its write is refused up front, and usage says so
+    assert ask(tight, docs[0], 1).usage.cache_write_tokens == 0
+
+
+@pytest.mark.parametrize("kv_dtype", ["float16", "bfloat16"])
+def test_16_bit_kv_round_trips_through_disk(tmp_path, kv_dtype):
+    docs = [ids(DOC, seed) for seed in range(3)]
+    first = engine_at(tmp_path, kv_dtype=kv_dtype)
+    for doc in docs:
+        ask(first, doc, 1)
+    first.close()
+    restarted = engine_at(tmp_path, kv_dtype=kv_dtype)
+    want = run(tiny_engine(kv_dtype=kv_dtype), [GenerationRequest(docs[1] + ids(5, 4), GREEDY)])[0]
+    assert ask(restarted, docs[1], 4).output_ids == want.output_ids
+
+
+def test_a_read_from_disk_holds_up_no_one_and_the_engine_sleeps_meanwhile(tmp_path):
+    doc = ids(DOC, 1)
+    first = engine_at(tmp_path)
+    ask(first, doc, 1)
+    first.close()
+    engine = engine_at(tmp_path)
+    tier = engine.offload.tier
+    gate, waits = threading.Event(), []
+    slow_load, real_wait = tier._load, tier.wait
+    tier._load = lambda key: (gate.wait(60), slow_load(key))
+    tier.wait = lambda timeout: (waits.append(timeout), real_wait(timeout))
+
+    hit = GenerationRequest(doc + ids(5, 2), GREEDY, breakpoints=(CacheBreakpoint(DOC, 300.0),))
+    other = GenerationRequest(ids(20, 3), GREEDY)
+    for req in (hit, other):
+        engine.enqueue(engine.prepare(req))
+    finished = {}
+    while other.request_id not in finished:  # the other request runs to the end first
+        finished.update((rid, ev) for rid, ev in engine.step() if isinstance(ev, Finished))
+    assert hit.request_id not in finished and not waits
+    engine.step()  # only the read is left: the engine sleeps on the tier instead of spinning
+    assert waits
+    gate.set()
+    while engine.has_work:
+        finished.update((rid, ev) for rid, ev in engine.step() if isinstance(ev, Finished))
+    out = finished[hit.request_id]
+    assert out.usage.cache_read_tokens == DOC and out.output_ids == cold_tokens(doc, 2)
+    assert engine.offload.num_reads == 1
