@@ -127,7 +127,7 @@ def main() -> None:
             written.append(usage["cache_creation_input_tokens"])
             print(f"\r  cold {i + 1}/{args.prefixes}: {t:.2f} s, {written[-1]} tokens written", end="", flush=True)
         print()
-        settled = wait_for_disk(url, args.prefixes)
+        settled = wait_for_disk(url, sum(w > 0 for w in written))
         first = hit_round(url, tenants, written)
         after = health(url)
 

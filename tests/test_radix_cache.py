@@ -188,3 +188,20 @@ def test_release_pins_ends_the_least_recently_refreshed_first(cache, pool, clock
     assert cache.lookup_pin("", new, 8) == 8 and cache.pinned_blocks == 2
     assert cache.release_pins(16) == 2 and cache.pinned_blocks == 0
     assert cache.release_pins(1) == 0  # nothing left to end
+
+
+def test_release_pins_moves_entries_with_a_disk_copy_out_of_ram_first_and_keeps_them(cache, pool, clock):
+    plain, on_disk, writing = list(range(8)), list(range(100, 108)), list(range(200, 208))
+    for tokens in (plain, on_disk, writing):
+        put(cache, pool, tokens)
+        assert cache.pin("", tokens, ttl=300)
+        clock.now += 1
+    entries = {e.tokens: e for e in cache.pins()}
+    entries[tuple(on_disk)].on_disk = True
+    entries[tuple(writing)].writing = True
+    assert cache.release_pins(2) == 2  # the disk copy's blocks, though it is the newest but one
+    assert not entries[tuple(on_disk)].in_ram and cache.lookup_pin("", on_disk, 8) == 8
+    assert cache.release_pins(2) == 2  # then the one being written: unpinned, still alive
+    assert cache.lookup_pin("", writing, 8) == 8 and cache.lookup_pin("", plain, 8) == 8
+    assert cache.release_pins(2) == 2  # only then is an entry without a copy ended
+    assert cache.lookup_pin("", plain, 8) == 0 and cache.pinned_blocks == 0

@@ -25,6 +25,7 @@ from preheat.engine.llm_engine import EngineStats
 from preheat.engine.output import Finished, Started
 from preheat.engine.request import GenerationRequest
 from preheat.loader import load_tokenizer
+from preheat.tokenizer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,12 @@ class EngineProcess:
     """An ``EngineClient`` whose engine core runs in a child process."""
 
     def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection,
-                 ready: Ready, config: EngineConfig):
+                 ready: Ready, tokenizer: Tokenizer):
         self._process = process
         self._conn = conn
         self.model_id = ready.model_id
         self.context_window = ready.context_window
-        self.tokenizer = load_tokenizer(config.model)
+        self.tokenizer = tokenizer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._streams: dict[str, RequestStream] = {}
         self._admissions: dict[str, asyncio.Future[RequestStream]] = {}
@@ -65,6 +66,10 @@ class EngineProcess:
                               name="preheat-engine", daemon=True)
         process.start()
         theirs.close()
+        try:  # while the core loads the model
+            tokenizer: Tokenizer | None = load_tokenizer(config.model)
+        except Exception:  # the core reports what is wrong with the model
+            tokenizer = None
         try:
             first = ours.recv()
         except EOFError:
@@ -73,7 +78,11 @@ class EngineProcess:
         if isinstance(first, StartFailed):
             process.join(_JOIN_SECONDS)
             raise EngineStartError(first.message)
-        return cls(process, ours, first, config)
+        if tokenizer is None:
+            ours.send(Shutdown())
+            process.join(_JOIN_SECONDS)
+            raise EngineStartError("the model's tokenizer could not be loaded")
+        return cls(process, ours, first, tokenizer)
 
     # ---- EngineClient ---------------------------------------------------------------------
 

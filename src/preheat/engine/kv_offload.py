@@ -44,6 +44,9 @@ class KVOffload:
         self.clock = clock
         self.wall_clock = wall_clock
         self._kv = kv_cache.view(torch.uint8)  # [layers, 2, blocks, block_size, heads, head_dim * elem]
+        # copies into the pool move the widest words the row allows (8 bytes: 5x faster than bytes)
+        self._word = next(d for d in (torch.int64, torch.int32, torch.int16, torch.uint8)
+                          if self._kv.shape[-1] % d.itemsize == 0)
         self._entries: dict[str, PinEntry] = {}  # disk key -> entry, for entries on or going to disk
         self._held: dict[str, deque[list[int]]] = {}  # blocks held until their write is done
         self._waiting: dict[str, list[Sequence]] = {}  # sequences waiting for a read
@@ -66,6 +69,7 @@ class KVOffload:
     def close(self, timeout: float) -> None:
         if not self.tier.flush(timeout):
             log.warning("shutting down before every pinned prefix reached the disk")
+        self.tier.close()
 
     # ---- radix listener -------------------------------------------------------------
 
@@ -115,10 +119,6 @@ class KVOffload:
             self.tier.load(key)
         self._waiting.setdefault(key, []).append(seq)
 
-    @property
-    def loading(self) -> bool:
-        return bool(self._waiting)
-
     def wait(self, timeout: float) -> None:
         self.tier.wait(timeout)
 
@@ -144,17 +144,23 @@ class KVOffload:
     # ---- helpers --------------------------------------------------------------------
 
     def _written(self, done: Written | WriteFailed) -> None:
-        self.pool.decref(self._held[done.key].popleft())
-        if not self._held[done.key]:
-            del self._held[done.key]
+        held = self._held.get(done.key)
+        if held:
+            self.pool.decref(held.popleft())
+            if not held:
+                del self._held[done.key]
         entry = self._entries.get(done.key)
         if entry is None:
             return
         entry.writing = False
         if isinstance(done, Written):
             entry.on_disk = True
+            # hits while it was written moved its expiry past the one in the file
+            self.tier.refresh(done.key, self._wall(entry.expiry))
         else:
-            log.warning("a pinned prefix stays in RAM only: %s", done.reason)
+            log.warning("a pinned prefix could not be written to disk: %s", done.reason)
+            if not entry.in_ram:  # it had left RAM, counting on that copy
+                self.radix.forget(entry)
 
     def _lost(self, key: str) -> None:
         """The disk copy of ``key`` is gone: an entry RAM does not hold goes with it."""
@@ -185,8 +191,7 @@ class KVOffload:
             return False
         if need > 0:
             blocks = self.pool.allocate(need)
-            index = torch.tensor(blocks, device=self._kv.device)
-            self._kv[:, :, index] = torch.from_numpy(kv[:, :, have:]).to(self._kv.device)
+            self.copy_in(blocks, kv[:, :, have:])
             self.radix.insert(entry.namespace, list(tokens), [-1] * have + blocks)
             self.pool.decref(blocks)  # the tree holds them now
             self.num_reads += 1
@@ -204,6 +209,12 @@ class KVOffload:
             if self.radix.pinned_blocks <= self.radix.max_pinned_blocks:
                 break
             self.radix.unpin_ram(entry)
+
+    def copy_in(self, blocks: list[int], kv: np.ndarray) -> None:
+        """Write KV bytes read from disk (``[layers, 2, len(blocks), ...]``) into ``blocks``."""
+        index = torch.tensor(blocks, device=self._kv.device)
+        src = torch.from_numpy(kv).to(self._kv.device)
+        self._kv.view(self._word).index_copy_(2, index, src.view(self._word))
 
     def _gather(self, blocks: list[int]) -> np.ndarray:
         """The KV bytes of ``blocks`` (writer thread: the blocks are full, so nobody writes them)."""

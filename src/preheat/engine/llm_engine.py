@@ -169,8 +169,10 @@ class LLMEngine:
             self.offload.poll()
         batch = self.scheduler.schedule()
         if not batch:
-            if self.offload is not None and self.offload.loading:
-                self.offload.wait(0.05)  # only reads from disk are pending: sleep, don't spin
+            if self.offload is not None and self.scheduler.has_work:
+                # what is waiting waits on the disk tier (a read, or blocks held by a write):
+                # sleep until it has news rather than spin
+                self.offload.wait(0.05)
             return out
         sample_from = [s for s, n in batch.items()
                        if s.num_computed + n == s.num_tokens and s.request.params.max_tokens > 0]

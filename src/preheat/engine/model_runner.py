@@ -4,6 +4,9 @@ Owns the preallocated paged KV cache: [layers, 2, blocks, block_size, kv_heads, 
 """
 from __future__ import annotations
 
+import math
+import mmap
+
 import torch
 
 from preheat.engine.scheduler import ScheduledBatch
@@ -20,6 +23,15 @@ def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) ->
     return cfg.num_layers * 2 * block_size * cfg.num_kv_heads * cfg.head_dim * elem
 
 
+def _zeroed_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    # An anonymous mapping is zero-filled by the OS one page at a time, on first touch: a pool
+    # of many GiB costs nothing at start (torch.zeros writes every page, about 1 s a GiB here).
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).view(shape)
+
+
 class ModelRunner:
     def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, kv_dtype: torch.dtype):
         """``kv_dtype``: the cache's dtype, as ``engine/kv_dtype.py`` resolves it."""
@@ -28,8 +40,8 @@ class ModelRunner:
         self.device = model.device
         self.block_size = block_size
         self.kv_dtype = kv_dtype
-        self.kv_cache = torch.zeros(cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads,
-                                    cfg.head_dim, dtype=self.kv_dtype, device=model.device)
+        shape = (cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.kv_cache = _zeroed_cache(shape, kv_dtype, model.device)
         if self.device.type == "cpu":
             load_attention_kernel()  # a first start compiles it: now, not in the first request
 

@@ -327,17 +327,18 @@ class RadixCache:
 
         For a request that fits the pool but finds it held by pins: it must not wait
         for them to expire (minutes, or an hour). Entries with a disk copy go first and
-        live on there; the others, least recently used first, are dropped.
+        live on there; then those being written, which live on too (their blocks free up
+        once written); the others, least recently used first, are dropped.
         """
         now = self.clock()
         with self._pin_lock:
             order = sorted((e for e in self._pins.values() if e.alive(now) and e.in_ram),
-                           key=lambda e: (not e.on_disk, e.last_used))
+                           key=lambda e: (not e.on_disk, not e.writing, e.last_used))
         freed = 0
         for entry in order:
             if freed >= num_blocks:
                 break
-            if entry.on_disk:
+            if entry.on_disk or entry.writing:
                 self.unpin_ram(entry)
             else:
                 with self._pin_lock:
