@@ -281,10 +281,11 @@ def measure(name: str, command: list[str], port: int, args: argparse.Namespace) 
     return side
 
 
-def preheat_command(port: int, threads: int | None) -> list[str]:
+def preheat_command(port: int, threads: int | None, extra: list[str]) -> list[str]:
     exe = ROOT / ".venv" / "bin" / "preheat"
     base = [str(exe)] if exe.exists() else [sys.executable, "-m", "preheat.cli"]
-    extra = ["--num-threads", str(threads)] if threads is not None else []
+    if threads is not None:
+        extra = ["--num-threads", str(threads), *extra]
     return [*base, "serve", "--port", str(port), "--log-level", "warning", *extra]
 
 
@@ -326,6 +327,8 @@ def main() -> None:
     parser.add_argument("--llama-server", help="llama-server binary (default: from PATH)")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--preheat-arg", action="append", default=[],
+                        help="extra `preheat serve` argument (repeatable), e.g. --preheat-arg=--kv-dtype=float32")
     args = parser.parse_args()
     threads = args.threads or 2
     args.max_tokens, args.doc_tokens, args.shared_tokens, args.shared_users = 100, 7600, 2000, 8
@@ -341,7 +344,7 @@ def main() -> None:
     sides: dict[str, Side] = {}
     if args.only != "llama":
         port = free_port()
-        sides["preheat"] = measure("preheat", preheat_command(port, args.threads), port, args)
+        sides["preheat"] = measure("preheat", preheat_command(port, args.threads, args.preheat_arg), port, args)
     if args.only != "preheat":
         binary = args.llama_server or shutil.which("llama-server")
         if binary is None:

@@ -5,8 +5,10 @@ then:
 
 1. writes ``--prefixes`` distinct ``--tokens``-token system prompts, one tenant
    (API key) each, with a 1h breakpoint: the cold TTFT of each;
-2. asks each again, oldest first: every one must be a hit (usage reads the whole
-   prompt); its TTFT, and whether RAM or disk served it (``/health``'s ``disk_reads``);
+2. asks each again, newest first: every one must be a hit (usage reads the whole
+   prompt); its TTFT, and whether RAM or disk served it (``/health``'s ``disk_reads``).
+   Newest first, the most recently written are still in RAM; oldest first, each read from
+   disk would push out of RAM the next one asked for;
 3. restarts the server on the same folder: seconds until ``/health`` answers, then
    every prefix again, each of which must still be a hit.
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,19 +30,13 @@ import uuid
 from pathlib import Path
 
 import httpx
+from api_peer import cpu_model
 from server_process import free_port, running_server
 
 DOCUMENT = Path("/usr/share/common-licenses/GPL-3")
 MODEL = "claude-bench"
 QUESTION = [{"role": "user", "content": "Summarise the text in one sentence."}]
 DISK_TTFT_GOAL = 0.05
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def document(tokens: int) -> str:
@@ -113,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     disk = Path(tempfile.mkdtemp(prefix="preheat-kv-bench-"))
     tenants = [(f"tenant-{i:03d}-{uuid.uuid4().hex[:6]}", document(args.tokens)) for i in range(args.prefixes)]
-    print(f"{args.prefixes} tenants x {args.tokens}-token system prompts; {cpu_name()}; disk tier {disk}")
+    print(f"{args.prefixes} tenants x {args.tokens}-token system prompts; {cpu_model()}; disk tier {disk}")
 
     port = free_port()
     with running_server(serve_command(port, disk, args.serve_arg), port) as url:
@@ -128,7 +123,7 @@ def main() -> None:
             print(f"\r  cold {i + 1}/{args.prefixes}: {t:.2f} s, {written[-1]} tokens written", end="", flush=True)
         print()
         settled = wait_for_disk(url, sum(w > 0 for w in written))
-        first = hit_round(url, tenants, written)
+        first = hit_round(url, tenants[::-1], written[::-1])
         after = health(url)
 
     restart_start = time.perf_counter()
@@ -139,7 +134,7 @@ def main() -> None:
 
     cold_p50 = statistics.median(colds)
     result = {
-        "cpu": cpu_name(), "prefixes": args.prefixes, "tokens": args.tokens,
+        "cpu": cpu_model(), "prefixes": args.prefixes, "tokens": args.tokens,
         "written_tokens_p50": statistics.median(written), "refused_writes": sum(w == 0 for w in written),
         "cold_ttft_p50_s": cold_p50,
         "pinned_tokens_in_ram": settled["pinned_blocks"] * settled["block_size"],

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from cache_capacity import cpu_name
+from api_peer import cpu_model
 
 from preheat.config import EngineConfig
 from preheat.engine.disk_tier import Loaded, Written, prefix_key
@@ -51,7 +51,7 @@ def main() -> None:
     disk = Path(tempfile.mkdtemp(prefix="preheat-disk-bench-"))
     engine, model_id = build_engine(EngineConfig(kv_cache_tokens=65536, kv_disk_dir=disk,
                                                  num_threads=args.threads))
-    print(f"{model_id}, {torch.get_num_threads()} threads, {cpu_name()}; disk tier {disk}")
+    print(f"{model_id}, {torch.get_num_threads()} threads, {cpu_model()}; disk tier {disk}")
     offload, tier = engine.offload, engine.offload.tier
 
     # a pinned prefix to copy around

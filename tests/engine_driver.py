@@ -45,3 +45,18 @@ def sequence_refs(engine: LLMEngine) -> int:
     """Block references held by sequences (all references minus the radix tree's own)."""
     total = sum(engine.pool.refcount(b) for b in range(engine.pool.num_blocks))
     return total - engine.radix.cached_blocks
+
+
+def ids(n: int, seed: int) -> list[int]:
+    """``n`` random byte-tokenizer ids, the same for the same seed."""
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now

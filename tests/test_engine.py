@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine_driver import GREEDY, last_logits, run, run_one, sequence_refs
+from engine_driver import GREEDY, FakeClock, ids, last_logits, run, run_one, sequence_refs
 from preheat.engine.errors import EngineOverloadedError, PromptTooLongError, RequestTooLargeError
 from preheat.engine.kv_dtype import resolve_kv_dtype
 from preheat.engine.output import Finished, StopReason, TextDelta
@@ -10,18 +10,6 @@ from preheat.engine.request import CacheBreakpoint, GenerationRequest, SamplingP
 from tiny import tiny_engine
 
 BS = 4  # tiny_engine's block size
-
-
-def ids(n: int, seed: int) -> list[int]:
-    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 def held_only_by_tree(engine) -> bool:

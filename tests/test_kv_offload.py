@@ -4,27 +4,14 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
-from engine_driver import GREEDY, run
+from engine_driver import GREEDY, FakeClock, ids, run
 from preheat.engine.output import Finished
 from preheat.engine.request import CacheBreakpoint, GenerationRequest
 from tiny import tiny_engine
 
 BS = 4
 DOC = 36  # tokens per pinned prefix: 9 blocks
-
-
-def ids(n: int, seed: int) -> list[int]:
-    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 def engine_at(disk: Path, digest: str = "model-a", **config):
@@ -192,3 +179,30 @@ def test_a_read_from_disk_holds_up_no_one_and_the_engine_sleeps_meanwhile(tmp_pa
     out = finished[hit.request_id]
     assert out.usage.cache_read_tokens == DOC and out.output_ids == cold_tokens(doc, 2)
     assert engine.offload.num_reads == 1
+
+
+def test_reading_back_a_prefix_whose_start_is_cached_under_memory_pressure(tmp_path):
+    doc = ids(DOC, 1)
+    engine = engine_at(tmp_path)
+    ask(engine, doc, 1)
+    settle(engine)
+    [entry] = engine.radix.pins()
+    engine.radix.unpin_ram(entry)
+    engine.radix.evict(engine.pool.num_blocks)  # the prefix is on disk only
+    # its first 5 blocks are back as ordinary cache (another request shared them), they are
+    # all the pool could evict, and only 3 blocks are free: the read needs 4 more
+    head = engine.pool.allocate(5)
+    engine.radix.insert("", doc[:20], head)
+    engine.pool.decref(head)
+    busy = engine.pool.allocate(engine.pool.num_free - 3)
+    hit = GenerationRequest(doc + ids(5, 2), GREEDY, breakpoints=(CacheBreakpoint(DOC, 300.0),))
+    engine.enqueue(engine.prepare(hit))
+    for _ in range(5):  # making room evicts the cached start: the read must wait, whole
+        assert engine.step() == []
+    engine.pool.decref(busy)
+    finished = {}
+    while engine.has_work:
+        finished.update((rid, ev) for rid, ev in engine.step() if isinstance(ev, Finished))
+    out = finished[hit.request_id]
+    assert out.usage.cache_read_tokens == DOC and out.output_ids == cold_tokens(doc, 2)
+    assert engine.offload.num_reads == 1 and min(engine.radix.match("", doc)) >= 0

@@ -183,16 +183,19 @@ class KVOffload:
             return True  # nobody needs it any more
         kv = self._loaded[key]
         tokens = entry.tokens[: self._aligned(entry)]
-        have = self.radix.cached_len(entry.namespace, tokens) // self.pool.block_size
-        need = kv.shape[2] - have
+        need = kv.shape[2] - self.radix.cached_len(entry.namespace, tokens) // self.pool.block_size
         if need > self.pool.num_free:
             self.radix.evict(need - self.pool.num_free)
+        # count again: evicting may have taken the blocks of this prefix that were cached
+        have = self.radix.cached_len(entry.namespace, tokens) // self.pool.block_size
+        need = kv.shape[2] - have
         if need > self.pool.num_free:
             return False
         if need > 0:
             blocks = self.pool.allocate(need)
             self.copy_in(blocks, kv[:, :, have:])
-            self.radix.insert(entry.namespace, list(tokens), [-1] * have + blocks)
+            cached = self.radix.match(entry.namespace, list(tokens))
+            self.radix.insert(entry.namespace, list(tokens), cached + blocks)
             self.pool.decref(blocks)  # the tree holds them now
             self.num_reads += 1
         self.radix.repin(entry)
