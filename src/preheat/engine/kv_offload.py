@@ -25,13 +25,39 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from preheat.config import EngineConfig
 from preheat.engine.block_pool import BlockPool
 from preheat.engine.disk_tier import (DiskTier, Evicted, Loaded, LoadFailed, WriteFailed, Written,
-                                      prefix_key)
+                                      cache_fingerprint, prefix_key)
+from preheat.engine.kv_budget import disk_quota
 from preheat.engine.radix_cache import PinEntry, RadixCache
 from preheat.engine.sequence import Sequence, SeqStatus
+from preheat.loader.weight_cache import resolve_cache_dir
+from preheat.models.llama import LlamaModel
 
 log = logging.getLogger(__name__)
+
+
+def open_disk_tier(config: EngineConfig, model: LlamaModel, kv_cache: torch.Tensor, radix: RadixCache,
+                   pool: BlockPool, model_digest: str, clock: Callable[[], float]) -> KVOffload | None:
+    """The disk tier ``config`` asks for, with the entries an earlier run left restored;
+    None when its quota is 0."""
+    root = config.kv_disk_dir or resolve_cache_dir(config.cache_dir) / "kv"
+    quota = disk_quota(root, config.kv_disk_bytes)
+    if quota <= 0:
+        log.info("disk tier: off")
+        return None
+    fingerprint = cache_fingerprint(model=model_digest, weight_format=model.weight_format,
+                                    dtype=model.dtype, kv_dtype=kv_cache.dtype,
+                                    block_size=config.block_size, device=model.device.type)
+    cfg = model.cfg
+    block_shape = (config.block_size, cfg.num_kv_heads, cfg.head_dim * kv_cache.element_size())
+    tier = DiskTier(root, fingerprint, quota, cfg.num_layers, block_shape)
+    offload = KVOffload(radix, pool, kv_cache, tier, clock=clock)
+    restored = offload.restore()
+    log.info("disk tier: %s, quota %.1f GiB; %d pinned prefixes restored (%.2f GiB)",
+             tier.root, quota / 2**30, restored, tier.used_bytes / 2**30)
+    return offload
 
 
 class KVOffload:

@@ -19,10 +19,9 @@ from preheat.engine.block_pool import BlockPool
 from preheat.engine.detokenizer import IncrementalDetokenizer
 from preheat.engine.errors import (EngineError, EngineOverloadedError, PromptTooLongError,
                                    RequestTooLargeError)
-from preheat.engine.disk_tier import DiskTier, cache_fingerprint
-from preheat.engine.kv_budget import disk_quota, pool_size
+from preheat.engine.kv_budget import pool_size
 from preheat.engine.kv_dtype import resolve_kv_dtype
-from preheat.engine.kv_offload import KVOffload
+from preheat.engine.kv_offload import open_disk_tier
 from preheat.engine.model_runner import ModelRunner, kv_bytes_per_block
 from preheat.engine.output import CacheUsage, EngineEvent, Finished, StopReason, TextDelta
 from preheat.engine.radix_cache import RadixCache
@@ -93,7 +92,8 @@ class LLMEngine:
         log.info("KV cache: %d tokens in %.2f GiB of %s (%s); pinned prefixes may hold %.0f%% of it",
                  num_blocks * config.block_size, self.pool_bytes / 2**30, str(kv_dtype).removeprefix("torch."),
                  size.reason, 100 * config.max_pinned_fraction)
-        self.offload = self._disk_tier(model_digest, kv_dtype, clock) if model_digest else None
+        self.offload = open_disk_tier(config, model, self.runner.kv_cache, self.radix, self.pool,
+                                      model_digest, clock) if model_digest else None
         self._inbox: deque[tuple[str, object]] = deque()
         self._eos = frozenset(tokenizer.eos_token_ids)
         self.num_aborted = 0
@@ -212,27 +212,6 @@ class LLMEngine:
 
     def _can_pin(self, new_blocks: int) -> bool:
         return self.offload.can_pin(new_blocks) if self.offload else self.radix.can_pin(new_blocks)
-
-    def _disk_tier(self, model_digest: str, kv_dtype: torch.dtype, clock: Callable[[], float]) -> KVOffload | None:
-        from preheat.loader.weight_cache import resolve_cache_dir
-
-        config, cfg = self.config, self.model.cfg
-        root = config.kv_disk_dir or resolve_cache_dir(config.cache_dir) / "kv"
-        quota = disk_quota(root, config.kv_disk_bytes)
-        if quota <= 0:
-            log.info("disk tier: off")
-            return None
-        fingerprint = cache_fingerprint(model=model_digest, weight_format=self.model.weight_format,
-                                        dtype=self.model.dtype, kv_dtype=kv_dtype,
-                                        block_size=config.block_size, device=self.model.device.type)
-        kv = self.runner.kv_cache
-        block_shape = (config.block_size, cfg.num_kv_heads, cfg.head_dim * kv.element_size())
-        tier = DiskTier(root, fingerprint, quota, cfg.num_layers, block_shape)
-        offload = KVOffload(self.radix, self.pool, kv, tier, clock=clock)
-        restored = offload.restore()
-        log.info("disk tier: %s, quota %.1f GiB; %d pinned prefixes restored (%.2f GiB)",
-                 tier.root, quota / 2**30, restored, tier.used_bytes / 2**30)
-        return offload
 
     def _append(self, seq: Sequence, token: int) -> Emitted:
         seq.token_ids.append(token)

@@ -17,8 +17,8 @@ in the disk tier, see ``kv_offload.py``) or both; a ``PinListener`` hears of pin
 placed, hit and dropped so it can keep the disk copy current.
 
 Threads: the tree belongs to the engine thread. Other threads may call only
-``lookup_pin`` and ``can_pin`` and read the ``cached_blocks`` / ``pinned_blocks``
-counters, which the engine thread keeps current.
+``lookup_pin``, ``lookup_pin_entry``, ``can_pin`` and ``pins`` and read the
+``cached_blocks`` / ``pinned_blocks`` counters, which the engine thread keeps current.
 """
 from __future__ import annotations
 
