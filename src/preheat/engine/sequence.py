@@ -8,6 +8,7 @@ import torch
 
 from preheat.engine.detokenizer import IncrementalDetokenizer
 from preheat.engine.output import CacheUsage
+from preheat.engine.radix_cache import PinEntry
 from preheat.engine.request import GenerationRequest
 
 
@@ -30,7 +31,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_inserted_blocks: int = 0  # leading blocks already handed to the radix tree
     pending_pins: list = field(default_factory=list)  # breakpoints not yet pinned, by position
-    pinned_hit: object | None = None  # the PinEntry its cache read came from
+    pinned_hit: PinEntry | None = None  # the pinned prefix its cache read came from
     pending_load: str | None = None  # disk key of that entry while its blocks are read back
     status: SeqStatus = SeqStatus.WAITING
 
