@@ -134,11 +134,11 @@ def body(system: str, question: str, max_tokens: int, cache: bool = False) -> di
             "system": [block], "messages": [{"role": "user", "content": question}]}
 
 
-async def stream(client: httpx.AsyncClient, request: dict) -> Request:
+async def stream(client: httpx.AsyncClient, request: dict, headers: dict = HEADERS) -> Request:
     """Send one streaming request; timestamp its text deltas as they arrive."""
     result, first = Request(), None
     sent = result.sent = time.perf_counter()
-    async with client.stream("POST", "/v1/messages", json=request, headers=HEADERS) as resp:
+    async with client.stream("POST", "/v1/messages", json=request, headers=headers) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())[:500]!r}")
         async for line in resp.aiter_lines():

@@ -21,6 +21,7 @@ after a restart. Figures, not tests; name the CPU beside them.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
@@ -30,12 +31,11 @@ import uuid
 from pathlib import Path
 
 import httpx
-from api_peer import cpu_model
+from api_peer import HEADERS, Request, body, cpu_model, stream
 from server_process import free_port, running_server
 
 DOCUMENT = Path("/usr/share/common-licenses/GPL-3")
-MODEL = "claude-bench"
-QUESTION = [{"role": "user", "content": "Summarise the text in one sentence."}]
+QUESTION = "Summarise the text in one sentence."
 DISK_TTFT_GOAL = 0.05
 
 
@@ -49,23 +49,16 @@ def document(tokens: int) -> str:
 
 
 def ask(base_url: str, tenant: str, system: str) -> tuple[float, dict]:
-    """TTFT (first SSE content delta) and usage of one streamed request."""
-    body = {"model": MODEL, "max_tokens": 4, "stream": True, "temperature": 0, "messages": QUESTION,
-            "system": [{"type": "text", "text": system,
-                        "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}
-    headers = {"x-api-key": tenant, "anthropic-version": "2023-06-01"}
-    start, first, usage = time.perf_counter(), None, {}
-    with httpx.stream("POST", f"{base_url}/v1/messages", json=body, headers=headers, timeout=600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            event = json.loads(line[6:])
-            if event["type"] == "message_start":
-                usage = event["message"]["usage"]
-            elif event["type"] == "content_block_delta" and first is None:
-                first = time.perf_counter() - start
-    return (first or time.perf_counter() - start), usage
+    """TTFT and ``message_start`` usage of one streamed request with a 1h breakpoint."""
+    request = body(system, QUESTION, max_tokens=4, cache=True)
+    request["system"][0]["cache_control"]["ttl"] = "1h"
+
+    async def send() -> Request:
+        async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
+            return await stream(client, request, {**HEADERS, "x-api-key": tenant})
+
+    result = asyncio.run(send())
+    return result.ttft, result.start_usage
 
 
 def health(base_url: str) -> dict:

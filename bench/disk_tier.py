@@ -18,27 +18,20 @@ from pathlib import Path
 
 import torch
 from api_peer import cpu_model
+from engine import drive, greedy, random_ids
 
 from preheat.config import EngineConfig
 from preheat.engine.disk_tier import Loaded, Written, prefix_key
 from preheat.engine.llm_engine import build_engine
-from preheat.engine.request import CacheBreakpoint, GenerationRequest, SamplingParams
+from preheat.engine.request import CacheBreakpoint, GenerationRequest
 
 
 def decode_rate(engine, streams: int, tokens: int, seed: int,
                 between_steps: Callable[[], None] = lambda: None) -> float:
     """Output tokens a second of ``streams`` greedy streams after a short prompt."""
-    params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(streams):
-        prompt = torch.randint(0, 40000, (32,), generator=gen).tolist()
-        engine.enqueue(engine.prepare(GenerationRequest(prompt, params)))
-    engine.step()  # the prompts
-    start = time.perf_counter()
-    while engine.has_work:
-        between_steps()
-        engine.step()
-    return streams * (tokens - 1) / (time.perf_counter() - start)
+    requests = [GenerationRequest(random_ids(32, seed + i), greedy(tokens)) for i in range(streams)]
+    ttft, total = drive(engine, requests, between_steps)
+    return streams * (tokens - 1) / (total - ttft)
 
 
 def main() -> None:
@@ -55,12 +48,8 @@ def main() -> None:
     offload, tier = engine.offload, engine.offload.tier
 
     # a pinned prefix to copy around
-    prompt = torch.randint(0, 40000, (args.tokens,), generator=torch.Generator().manual_seed(0)).tolist()
-    seq = engine.prepare(GenerationRequest(prompt + [1], SamplingParams(max_tokens=1, temperature=0),
-                                           breakpoints=(CacheBreakpoint(args.tokens, 3600.0),)))
-    engine.enqueue(seq)
-    while engine.has_work:
-        engine.step()
+    drive(engine, [GenerationRequest(random_ids(args.tokens + 1, 0), greedy(1),
+                                     breakpoints=(CacheBreakpoint(args.tokens, 3600.0),))])
     [entry] = engine.radix.pins()
     blocks = engine.radix.match("", list(entry.tokens))
     nbytes = tier.entry_bytes(len(blocks))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,12 +49,14 @@ def random_ids(n: int, seed: int) -> list[int]:
     return torch.randint(300, 40000, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def drive(engine: LLMEngine, requests: list[GenerationRequest]) -> tuple[float, float]:
+def drive(engine: LLMEngine, requests: list[GenerationRequest],
+          between_steps: Callable[[], None] = lambda: None) -> tuple[float, float]:
     """Run requests together; returns (time to the first token of any, time to the end)."""
     for r in requests:
         engine.enqueue(engine.prepare(r))
     start, first = time.perf_counter(), None
     while engine.has_work:
+        between_steps()
         for _, ev in engine.step():
             if first is None and isinstance(ev, (TextDelta, Finished)):
                 first = time.perf_counter() - start

@@ -9,14 +9,14 @@ with the cache in float32 and in float16 (``--kv-dtype auto`` with int4 weights)
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from api_peer import cpu_model
+from engine import drive, greedy, random_ids
 
 from preheat.config import EngineConfig
 from preheat.engine.llm_engine import build_engine
-from preheat.engine.request import GenerationRequest, SamplingParams
+from preheat.engine.request import GenerationRequest
 from preheat.loader import load_model
 
 DECODE_TOKENS = 100
@@ -25,16 +25,8 @@ DECODE_TOKENS = 100
 def decode_rate(loaded, context: int, kv_dtype: str, threads: int | None) -> float:
     engine, _ = build_engine(EngineConfig(kv_cache_tokens=context + 2 * DECODE_TOKENS, kv_disk_bytes=0,
                                           kv_dtype=kv_dtype, num_threads=threads), loaded=loaded)
-    prompt = torch.randint(0, 40000, (context,), generator=torch.Generator().manual_seed(context)).tolist()
-    params = SamplingParams(max_tokens=DECODE_TOKENS + 1, temperature=0, ignore_eos=True)
-    engine.enqueue(engine.prepare(GenerationRequest(prompt, params)))
-    while not engine.scheduler.running or engine.scheduler.running[0].num_output == 0:
-        engine.step()  # the prompt, up to the first token
-    start, steps = time.perf_counter(), 0
-    while engine.has_work:
-        engine.step()
-        steps += 1
-    return steps / (time.perf_counter() - start)
+    ttft, total = drive(engine, [GenerationRequest(random_ids(context, context), greedy(DECODE_TOKENS + 1))])
+    return DECODE_TOKENS / (total - ttft)
 
 
 def main() -> None:

@@ -208,7 +208,7 @@ class DiskTier:
         self._writes.put((self._refresh, (key, expiry)))
 
     def delete(self, key: str) -> None:
-        self._writes.put((self._delete, (key,)))
+        self._writes.put((self._remove, (key,)))
 
     def load(self, key: str) -> None:
         """Queue a read; a ``Loaded`` or ``LoadFailed`` completion follows."""
@@ -329,9 +329,6 @@ class DiskTier:
         except OSError as err:
             tmp.unlink(missing_ok=True)
             log.warning("could not record a cache entry's new expiry: %s", err)
-
-    def _delete(self, key: str) -> None:
-        self._remove(key)
 
     def _remove(self, key: str) -> None:
         with self._lock:

@@ -212,15 +212,14 @@ class KVOffload:
         need = kv.shape[2] - self.radix.cached_len(entry.namespace, tokens) // self.pool.block_size
         if need > self.pool.num_free:
             self.radix.evict(need - self.pool.num_free)
-        # count again: evicting may have taken the blocks of this prefix that were cached
-        have = self.radix.cached_len(entry.namespace, tokens) // self.pool.block_size
-        need = kv.shape[2] - have
+        # look again: evicting may have taken the blocks of this prefix that were cached
+        cached = self.radix.match(entry.namespace, list(tokens))
+        need = kv.shape[2] - len(cached)
         if need > self.pool.num_free:
             return False
         if need > 0:
             blocks = self.pool.allocate(need)
-            self.copy_in(blocks, kv[:, :, have:])
-            cached = self.radix.match(entry.namespace, list(tokens))
+            self.copy_in(blocks, kv[:, :, len(cached):])
             self.radix.insert(entry.namespace, list(tokens), cached + blocks)
             self.pool.decref(blocks)  # the tree holds them now
             self.num_reads += 1
