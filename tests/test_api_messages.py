@@ -17,6 +17,8 @@ from preheat.server.cache_policy import CachePolicy
 from preheat.server.diagnostics import DiagnosticsStore
 from preheat.server.messages import MessageService, PreparedMessage
 from preheat.server.model_registry import ModelRegistry
+from preheat.server.output_grammar import plan_output
+from preheat.server.tool_format import HERMES
 from preheat.server.prompt_builder import build_prompt
 from preheat.server.protocol import MessagesRequest
 from preheat.tokenizer.tokenizer import Tokenizer
@@ -52,12 +54,16 @@ def service() -> MessageService:
                           diagnostics=DiagnosticsStore(8), ping_interval=60)
 
 
-def prepared(tokenizer, max_tokens: int = 8) -> PreparedMessage:
+def prepared(tokenizer, max_tokens: int = 8, **fields) -> PreparedMessage:
     body = MessagesRequest.model_validate({"model": "claude-x", "max_tokens": max_tokens,
-                                           "messages": [{"role": "user", "content": "hi"}]})
+                                           "messages": [{"role": "user", "content": "hi"}],
+                                           **fields})
     prompt = build_prompt(body, tokenizer)
-    generation = GenerationRequest(prompt.token_ids, SamplingParams(max_tokens=max_tokens))
-    return PreparedMessage("msg_1", "req_1", "ns", "smol", body, prompt, generation)
+    output = plan_output(body)
+    generation = GenerationRequest(prompt.token_ids, SamplingParams(max_tokens=max_tokens,
+                                                                    grammar=output.grammar))
+    return PreparedMessage("msg_1", "req_1", "ns", "smol", body, prompt, output, HERMES,
+                           generation)
 
 
 async def events_of(stream, prep) -> list[tuple[str, dict]]:
@@ -112,6 +118,54 @@ async def test_prewarm_has_no_content(tokenizer):
     stream = ScriptedStream(Started(USAGE), done)
     message = await service().complete(prepared(tokenizer, max_tokens=0), stream, _connected)
     assert message.content == [] and message.stop_reason == "max_tokens"
+
+
+WEATHER = {"name": "weather", "input_schema": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+CALL = '<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+
+
+async def test_a_call_streams_as_a_tool_use_block_after_the_text(tokenizer):
+    pieces = ["Let me ", "check. ", CALL[:14], CALL[14:40], CALL[40:]]
+    stream = ScriptedStream(Started(USAGE), *[TextDelta(p, i) for i, p in enumerate(pieces)],
+                            finished(text="".join(pieces)))
+    events = await events_of(stream, prepared(tokenizer, tools=[WEATHER]))
+    names = [e for e, _ in events]
+    assert names[:2] == ["message_start", "content_block_start"]
+    assert events[1][1]["content_block"] == {"type": "text", "text": ""}
+    text = "".join(d["delta"]["text"] for e, d in events if d.get("index") == 0
+                   and e == "content_block_delta")
+    assert text == "Let me check."  # the space before the call is dropped
+    start = next(d for e, d in events if e == "content_block_start" and d["index"] == 1)
+    block = start["content_block"]
+    assert block["type"] == "tool_use" and block["name"] == "weather" and block["input"] == {}
+    assert block["id"].startswith("toolu_")
+    arguments = "".join(d["delta"]["partial_json"] for e, d in events
+                        if e == "content_block_delta" and d["index"] == 1)
+    assert json.loads(arguments) == {"city": "Oslo"}
+    assert names[-4:] == ["content_block_delta", "content_block_stop", "message_delta",
+                          "message_stop"]
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+async def test_a_forced_call_is_the_whole_message(tokenizer):
+    text = CALL + "\n" + CALL.replace("Oslo", "Bergen")
+    stream = ScriptedStream(Started(USAGE), finished(text=text))
+    message = await service().complete(
+        prepared(tokenizer, tools=[WEATHER], tool_choice={"type": "any"}), stream, _connected)
+    assert message.stop_reason == "tool_use"
+    assert [(b.type, b.name, b.input) for b in message.content] == [
+        ("tool_use", "weather", {"city": "Oslo"}), ("tool_use", "weather", {"city": "Bergen"})]
+    assert message.content[0].id != message.content[1].id
+
+
+async def test_a_call_cut_off_by_max_tokens_keeps_what_it_got(tokenizer):
+    cut = CALL[:CALL.index("Oslo") + 5]  # the arguments' closing brace is missing
+    stream = ScriptedStream(Started(USAGE), finished(StopReason.MAX_TOKENS, text=cut))
+    message = await service().complete(
+        prepared(tokenizer, tools=[WEATHER], tool_choice={"type": "any"}), stream, _connected)
+    assert message.stop_reason == "max_tokens"
+    assert [(b.type, b.input) for b in message.content] == [("tool_use", {"city": "Oslo"})]
 
 
 async def _connected() -> bool:

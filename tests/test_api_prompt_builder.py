@@ -7,6 +7,7 @@ from preheat.loader.embedded import embedded_model_path
 from preheat.server.errors import InvalidRequestError
 from preheat.server.prompt_builder import TOOLS_HEADER, build_prompt
 from preheat.server.protocol import MessagesRequest
+from preheat.server.tool_format import LLAMA3_JSON
 from preheat.tokenizer.tokenizer import Tokenizer
 
 CC = {"type": "ephemeral"}
@@ -93,15 +94,20 @@ def test_consecutive_turns_of_one_role_are_merged(tokenizer):
     assert [t.content for t in prompt.turns] == ["one\ntwo"]
 
 
-def test_tool_use_and_results_render_as_text(tokenizer):
-    prompt = build_prompt(request(messages=[
+def test_tool_use_renders_as_the_call_the_model_writes_and_results_as_text(tokenizer):
+    body = request(tools=[{"name": "weather", "input_schema": {"type": "object"}}], messages=[
         {"role": "user", "content": "weather in Oslo?"},
         {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "weather",
                                            "input": {"city": "Oslo"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "is_error": True,
-                                      "content": [{"type": "text", "text": "timeout"}]}]}]), tokenizer)
-    assert '<tool_use id="t1" name="weather">{"city": "Oslo"}</tool_use>' in prompt.text
+                                      "content": [{"type": "text", "text": "timeout"}]}]}])
+    prompt = build_prompt(body, tokenizer)
+    assert ('<|im_start|>assistant\n<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}'
+            '\n</tool_call><|im_end|>') in prompt.text
     assert '<tool_result tool_use_id="t1" is_error="true">timeout</tool_result>' in prompt.text
+    llama3 = build_prompt(body, tokenizer, LLAMA3_JSON)
+    assert '{"name": "weather", "parameters": {"city": "Oslo"}}<|im_end|>' in llama3.text
+    assert '{"name": "<tool name>", "parameters": <input object>}' in llama3.text
 
 
 def test_a_turn_boundary_is_a_stable_prefix_of_the_next_turn(tokenizer):

@@ -1,6 +1,7 @@
 """A tiny random-weight Llama and a byte tokenizer, built in-process for fast unit tests."""
 from __future__ import annotations
 
+import llguidance
 import torch
 
 from preheat.config import EngineConfig
@@ -60,6 +61,22 @@ class ByteTokenizer:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
+def byte_grammar_tokenizer(vocab_size: int = 260) -> llguidance.LLTokenizer:
+    """llguidance's view of ByteTokenizer: ids past 255 are special (256 is EOS)."""
+
+    class Tokens:
+        eos_token_id = EOS
+        bos_token_id = None
+        tokens = [bytes([i]) for i in range(256)] + [b"<eos>"] + [
+            f"<unused{i}>".encode() for i in range(257, vocab_size)]
+        special_token_ids = list(range(256, vocab_size))
+
+        def __call__(self, text: bytes) -> list[int]:
+            return list(text)
+
+    return llguidance.LLTokenizer(llguidance.TokenizerWrapper(Tokens()))
+
+
 def tiny_engine(clock=None, cfg: ModelConfig | None = None, weights: dict[str, torch.Tensor] | None = None,
                 model_digest: str | None = None, **config) -> LLMEngine:
     """``model_digest`` turns on the disk tier (``kv_disk_dir`` in ``config`` says where)."""
@@ -68,4 +85,5 @@ def tiny_engine(clock=None, cfg: ModelConfig | None = None, weights: dict[str, t
                        config.get("weight_format", "dense"))
     econf = EngineConfig(**{"block_size": 4, "kv_cache_tokens": 4096, "max_step_tokens": 64, **config})
     kwargs = {"clock": clock} if clock else {}
-    return LLMEngine(model, ByteTokenizer(), econf, model_digest=model_digest, **kwargs)
+    return LLMEngine(model, ByteTokenizer(), econf, model_digest=model_digest,
+                     grammar_tokenizer=lambda: byte_grammar_tokenizer(cfg.vocab_size), **kwargs)

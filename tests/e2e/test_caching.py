@@ -142,7 +142,8 @@ def test_at_most_four_breakpoints(client):
     with pytest.raises(anthropic.BadRequestError, match="Found 5"):
         ask(client, messages=[{"role": "user", "content": blocks[:3] + [{"type": "text", "text": "end"}]}],
             cache_control={"type": "ephemeral"},
-            tools=[{"name": "t", "input_schema": {}, "cache_control": {"type": "ephemeral"}}])
+            tools=[{"name": "t", "input_schema": {"type": "object"},
+                    "cache_control": {"type": "ephemeral"}}])
 
 
 def test_a_one_hour_breakpoint_after_a_five_minute_one_is_rejected(client):

@@ -1,4 +1,5 @@
-"""The 0.3x SDK most tutorials use (``anthropic==0.34.2``): streaming and beta prompt caching.
+"""The 0.3x SDK most tutorials use (``anthropic==0.34.2``): streaming, beta prompt caching
+and a streamed tool call.
 
 It needs ``httpx<0.28`` so it lives in a venv of its own; ``make test`` creates
 it and exports ``PREHEAT_OLD_SDK_PYTHON``.
@@ -37,6 +38,14 @@ with client.messages.stream(model=model, max_tokens=5, temperature=0, top_p=0.9,
     out["stream_final"] = s.get_final_message().content[0].text
 events = client.messages.create(model=model, max_tokens=3, temperature=0, messages=messages, stream=True)
 out["event_types"] = [event.type for event in events]
+tool = {"name": "get_weather", "input_schema": {"type": "object", "properties": {
+    "city": {"type": "string"}}, "required": ["city"]}}
+with client.messages.stream(model=model, max_tokens=60, temperature=0, tools=[tool],
+                            tool_choice={"type": "tool", "name": "get_weather",
+                                         "disable_parallel_tool_use": True},
+                            messages=[{"role": "user", "content": "Weather in Oslo?"}]) as s:
+    final = s.get_final_message()
+out["tool_call"] = [final.stop_reason] + [[b.type, b.name, b.input] for b in final.content]
 print(json.dumps(out))
 '''
 
@@ -57,3 +66,6 @@ def test_old_sdk_streaming_and_prompt_caching(server):
     assert out["cached_stream_usage"]["cache_read_input_tokens"] == written
     assert out["stream_text"] == out["stream_final"] != ""
     assert out["event_types"][0] == "message_start" and out["event_types"][-1] == "message_stop"
+    stop_reason, [kind, name, arguments] = out["tool_call"]
+    assert (stop_reason, kind, name) == ("tool_use", "tool_use", "get_weather")
+    assert isinstance(arguments["city"], str)

@@ -19,6 +19,7 @@ from preheat.engine.block_pool import BlockPool
 from preheat.engine.detokenizer import IncrementalDetokenizer
 from preheat.engine.errors import (EngineError, EngineOverloadedError, PromptTooLongError,
                                    RequestTooLargeError)
+from preheat.engine.grammar import GrammarCompiler, hf_grammar_tokenizer
 from preheat.engine.kv_budget import pool_size
 from preheat.engine.kv_dtype import resolve_kv_dtype
 from preheat.engine.kv_offload import open_disk_tier
@@ -26,7 +27,7 @@ from preheat.engine.model_runner import ModelRunner, kv_bytes_per_block
 from preheat.engine.output import CacheUsage, EngineEvent, Finished, StopReason, TextDelta
 from preheat.engine.radix_cache import RadixCache
 from preheat.engine.request import CacheBreakpoint, GenerationRequest
-from preheat.engine.sampler import make_generator, sample
+from preheat.engine.sampler import make_generator, sample, sample_constrained
 from preheat.engine.scheduler import Scheduler
 from preheat.engine.sequence import Sequence
 from preheat.kernels.quant_matmul import load_quant_kernel
@@ -69,8 +70,10 @@ class EngineStats:
 
 class LLMEngine:
     def __init__(self, model: LlamaModel, tokenizer, config: EngineConfig,
-                 *, clock: Callable[[], float] = time.monotonic, model_digest: str | None = None):
-        """``model_digest`` names the model's content; without one there is no disk tier."""
+                 *, clock: Callable[[], float] = time.monotonic, model_digest: str | None = None,
+                 grammar_tokenizer: Callable[[], object] | None = None):
+        """``model_digest`` names the model's content; without one there is no disk tier.
+        ``grammar_tokenizer`` makes llguidance's tokenizer (default: from ``tokenizer``'s)."""
         self.config = config
         self.tokenizer = tokenizer
         self.model = model
@@ -96,6 +99,8 @@ class LLMEngine:
                                       model_digest, clock) if model_digest else None
         self._inbox: deque[tuple[str, object]] = deque()
         self._eos = frozenset(tokenizer.eos_token_ids)
+        self.grammars = GrammarCompiler(grammar_tokenizer or (lambda: hf_grammar_tokenizer(tokenizer)),
+                                        num_threads=torch.get_num_threads())
         self.num_aborted = 0
 
     # ---- any thread ---------------------------------------------------------
@@ -123,7 +128,9 @@ class LLMEngine:
                         "breakpoints past its hit", self.radix.max_pinned_blocks)
             bps = tuple(b for b in bps if b.position <= hit)
         request.breakpoints = bps
+        grammar = self.grammars.compile(params.grammar) if params.grammar else None
         return Sequence(
+            grammar=grammar,
             pinned_hit=entry,
             request=request,
             usage=cache_usage(n, bps, hit),
@@ -178,8 +185,10 @@ class LLMEngine:
                        if s.num_computed + n == s.num_tokens and s.request.params.max_tokens > 0]
         logits = self.runner.run(batch, sample_from)
         self.scheduler.commit(batch)
-        tokens = sample(logits, [s.request.params for s in sample_from],
-                        [s.generator for s in sample_from])
+        params, generators = [s.request.params for s in sample_from], [s.generator for s in sample_from]
+        grammars = [s.grammar for s in sample_from]
+        tokens = (sample_constrained(logits, params, generators, grammars, self.grammars)
+                  if any(g is not None for g in grammars) else sample(logits, params, generators))
         for seq, token in zip(sample_from, tokens, strict=True):
             out.extend(self._append(seq, token))
         for seq, _ in batch.items():
@@ -216,11 +225,14 @@ class LLMEngine:
     def _append(self, seq: Sequence, token: int) -> Emitted:
         seq.token_ids.append(token)
         params = seq.request.params
+        complete = seq.grammar is not None and self._advance_grammar(seq, token)
         if token in self._eos and not params.ignore_eos:
             return self._text(seq, seq.detokenizer.flush()) + [self._finish(seq, StopReason.EOS)]
         out = self._text(seq, seq.detokenizer.push(token))
         if seq.detokenizer.stop_sequence is not None:
             reason = StopReason.STOP_SEQUENCE
+        elif complete:
+            reason = StopReason.EOS  # the grammar allows nothing more: the reply is whole
         elif seq.num_output >= params.max_tokens:
             reason = StopReason.MAX_TOKENS
         elif seq.num_tokens >= seq.max_total_tokens:
@@ -230,6 +242,15 @@ class LLMEngine:
         if reason is not StopReason.STOP_SEQUENCE:
             out += self._text(seq, seq.detokenizer.flush())
         return out + [self._finish(seq, reason)]
+
+    def _advance_grammar(self, seq: Sequence, token: int) -> bool:
+        """Feed the grammar; True when it is complete (nothing may follow)."""
+        if not seq.grammar.advance(token):
+            # masks make this unreachable; if it happens, end the reply rather than go on blind
+            log.error("request %s: the grammar rejected token %d: %s", seq.id, token,
+                      seq.grammar.error)
+            return True
+        return seq.grammar.done
 
     def _text(self, seq: Sequence, text: str) -> Emitted:
         return [(seq.id, TextDelta(text, seq.num_output))] if text else []

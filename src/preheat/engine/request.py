@@ -20,10 +20,17 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    # llguidance grammar text (Lark, inline %json schemas) the output must match; see grammar.py
+    grammar: str | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def filters(self) -> bool:
+        """Top-k or top-p trims the distribution before sampling."""
+        return 0 < self.top_k or self.top_p < 1.0
 
 
 @dataclass(frozen=True)

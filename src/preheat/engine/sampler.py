@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from preheat.engine.grammar import GrammarCompiler, GrammarState, apply_masks
 from preheat.engine.request import SamplingParams
 
 
@@ -32,9 +33,16 @@ def _filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, params: list[SamplingParams],
-           generators: list[torch.Generator | None]) -> list[int]:
-    """logits: [seqs, vocab] float32 on any device; returns one token id per row."""
+           generators: list[torch.Generator | None],
+           masks: torch.Tensor | None = None) -> list[int]:
+    """logits: [seqs, vocab] float32 on any device; returns one token id per row.
+
+    ``masks`` ([seqs, vocab/32] int32 bitmasks, see grammar.py) limits each row to the
+    tokens its grammar allows.
+    """
     logits = logits.float().cpu()
+    if masks is not None:
+        logits = apply_masks(logits, masks)
     out = logits.argmax(dim=-1).tolist()
     for i, (p, gen) in enumerate(zip(params, generators, strict=True)):
         if p.greedy:
@@ -42,3 +50,30 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
         probs = _filter(logits[i] / p.temperature, p).softmax(-1)
         out[i] = int(torch.multinomial(probs, 1, generator=gen).item())
     return out
+
+
+def sample_constrained(logits: torch.Tensor, params: list[SamplingParams],
+                       generators: list[torch.Generator | None],
+                       grammars: list[GrammarState | None],
+                       compiler: GrammarCompiler) -> list[int]:
+    """Like ``sample``; a row with a grammar gets a token its grammar allows.
+
+    Each row's pick without the grammar is tried first. When the grammar allows it, it
+    is exactly what sampling under the grammar's mask gives (greedy: the best allowed
+    token; temperature alone: rejection sampling from the masked distribution, which
+    resamples under the mask on a refusal), so most tokens cost a check of a few
+    microseconds instead of a whole mask. Rows whose top-k/top-p must see the mask
+    before filtering are masked up front.
+    """
+    upfront = [g if g is not None and not p.greedy and p.filters else None
+               for g, p in zip(grammars, params, strict=True)]
+    tokens = sample(logits, params, generators, compiler.masks(upfront))
+    refused = [i for i, g in enumerate(grammars)
+               if g is not None and upfront[i] is None and not g.allows(tokens[i])]
+    if refused:
+        again = sample(logits[refused], [params[i] for i in refused],
+                       [generators[i] for i in refused],
+                       compiler.masks([grammars[i] for i in refused]))
+        for i, token in zip(refused, again, strict=True):
+            tokens[i] = token
+    return tokens

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from preheat.engine.detokenizer import IncrementalDetokenizer
+from preheat.engine.grammar import GrammarState
 from preheat.engine.output import CacheUsage
 from preheat.engine.radix_cache import PinEntry
 from preheat.engine.request import GenerationRequest
@@ -33,6 +34,7 @@ class Sequence:
     pending_pins: list = field(default_factory=list)  # breakpoints not yet pinned, by position
     pinned_hit: PinEntry | None = None  # the pinned prefix its cache read came from
     pending_load: str | None = None  # disk key of that entry while its blocks are read back
+    grammar: GrammarState | None = None  # where its output stands in its grammar, if any
     status: SeqStatus = SeqStatus.WAITING
 
     def __post_init__(self) -> None:

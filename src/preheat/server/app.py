@@ -24,6 +24,7 @@ from preheat.server.model_registry import ModelRegistry
 from preheat.server.prewarm import Prewarmer
 from preheat.server.protocol import MessagesRequest, PromptRequest, TokenCount, parse_request
 from preheat.server.settings import ServerSettings
+from preheat.server.tool_format import form_for_template
 
 if TYPE_CHECKING:
     from preheat.engine.engine_client import EngineClient
@@ -43,7 +44,8 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
                              settings.claude_aliases)
     service = MessageService(engine, registry, CachePolicy.from_settings(settings),
                              DiagnosticsStore(settings.diagnostics_capacity),
-                             settings.ping_interval_seconds)
+                             settings.ping_interval_seconds,
+                             form_for_template(engine.tokenizer.chat_template))
     auth = Authenticator(settings.api_keys)
 
     @contextlib.asynccontextmanager

@@ -21,9 +21,13 @@ from preheat.server.diagnostics import DiagnosticsStore, Fingerprint
 from preheat.server.errors import APIError, InternalError, InvalidRequestError, from_engine_error
 from preheat.server.heartbeat import with_heartbeat
 from preheat.server.model_registry import ModelRegistry
+from preheat.server.output_grammar import FREE_TEXT, OutputPlan, plan_output
 from preheat.server.prompt_builder import BuiltPrompt, build_prompt
-from preheat.server.protocol import MessageResponse, MessagesRequest, PromptRequest, TextContent
+from preheat.server.protocol import MessageResponse, MessagesRequest, PromptRequest
+from preheat.server.reply_parser import (BlockEvent, BlockStart, BlockStop, JsonPiece,
+                                         ReplyParser, TextPiece)
 from preheat.server.sse import PING, sse_event
+from preheat.server.tool_format import HERMES, ToolCallForm
 
 if TYPE_CHECKING:
     from preheat.engine.engine_client import EngineClient, RequestStream
@@ -55,6 +59,8 @@ class PreparedMessage:
     model: str  # the served model; responses echo ``body.model``
     body: MessagesRequest
     prompt: BuiltPrompt
+    output: OutputPlan
+    tool_form: ToolCallForm
     generation: GenerationRequest
 
     @property
@@ -62,26 +68,32 @@ class PreparedMessage:
         """Writes its cache entries and generates nothing: no content block."""
         return self.body.max_tokens == 0
 
+    def reply_parser(self) -> ReplyParser:
+        return ReplyParser(tool_calls=self.output.tool_calls, form=self.tool_form)
+
 
 class MessageService:
     """Validates, renders and runs message requests against the engine."""
 
     def __init__(self, engine: EngineClient, registry: ModelRegistry, policy: CachePolicy,
-                 diagnostics: DiagnosticsStore, ping_interval: float):
+                 diagnostics: DiagnosticsStore, ping_interval: float,
+                 tool_form: ToolCallForm = HERMES):
         self.engine = engine
         self.registry = registry
         self.policy = policy
         self.diagnostics = diagnostics
         self.ping_interval = ping_interval
+        self.tool_form = tool_form  # how the model writes tool calls
 
     async def build(self, body: PromptRequest) -> BuiltPrompt:
         """Resolve the model and render the prompt (off the event loop: long prompts take ms)."""
         self.registry.resolve(body.model)
-        return await asyncio.to_thread(build_prompt, body, self.engine.tokenizer)
+        return await asyncio.to_thread(build_prompt, body, self.engine.tokenizer, self.tool_form)
 
     async def count_tokens(self, body: PromptRequest) -> int:
         prompt = await self.build(body)
         self.policy.breakpoints(body, prompt)  # the same 400s as a real request
+        await asyncio.to_thread(plan_output, body, self.tool_form)
         return len(prompt.token_ids)
 
     async def prepare(self, body: MessagesRequest, namespace: str,
@@ -91,14 +103,23 @@ class MessageService:
                 f"max_tokens: {body.max_tokens} > {self.engine.context_window}, which is the "
                 f"maximum allowed number of output tokens for {body.model}")
         prompt = await self.build(body)
+        breakpoints = self.policy.breakpoints(body, prompt)
+        output = await asyncio.to_thread(plan_output, body, self.tool_form)
+        if body.max_tokens == 0:
+            output = FREE_TEXT  # a pre-warm generates nothing to constrain
+        if output.grammar is not None and prompt.prefill and (
+                output.calls_only or not output.tool_calls):
+            raise InvalidRequestError(
+                "a final assistant message (prefill) cannot be combined with a forced "
+                "tool_choice or output_config.format: the reply's shape is fixed from its start")
         params = SamplingParams(max_tokens=body.max_tokens, temperature=body.temperature,
                                 top_k=body.top_k or 0, top_p=body.top_p or 1.0,
-                                stop=tuple(body.stop_sequences))
+                                stop=tuple(body.stop_sequences), grammar=output.grammar)
         message_id = new_message_id()
-        generation = GenerationRequest(prompt.token_ids, params, namespace,
-                                       self.policy.breakpoints(body, prompt), message_id)
+        generation = GenerationRequest(prompt.token_ids, params, namespace, breakpoints,
+                                       message_id)
         return PreparedMessage(message_id, request_id, namespace, self.registry.model_id, body,
-                               prompt, generation)
+                               prompt, output, self.tool_form, generation)
 
     async def submit(self, prepared: PreparedMessage) -> RequestStream:
         """Hand the request to the engine; refusals (too long, overloaded) become API errors."""
@@ -124,7 +145,10 @@ class MessageService:
                     message = self._start(prepared, event)
                 elif isinstance(event, Finished):
                     finished = True
-                    return self._final(prepared, message, event)
+                    parser = prepared.reply_parser()
+                    parser.feed(event.text)
+                    parser.finish()
+                    return self._final(prepared, message, event, parser)
         except EngineError as err:
             raise from_engine_error(err) from None
         finally:
@@ -138,7 +162,7 @@ class MessageService:
 
         The caller aborts ``stream`` when the client disconnects.
         """
-        has_block = not prepared.is_prewarm
+        parser = prepared.reply_parser()
         message: MessageResponse | None = None
         try:
             async for event in with_heartbeat(stream, self.ping_interval):
@@ -148,19 +172,17 @@ class MessageService:
                     message = self._start(prepared, event)
                     yield sse_event("message_start", {"type": "message_start",
                                                       "message": message.model_dump()})
-                    if has_block:
-                        yield sse_event("content_block_start", {
-                            "type": "content_block_start", "index": 0,
-                            "content_block": {"type": "text", "text": ""}})
+                    if not prepared.is_prewarm:
+                        for block_event in parser.begin():
+                            yield _block_sse(block_event)
                 elif isinstance(event, TextDelta):
-                    yield sse_event("content_block_delta", {
-                        "type": "content_block_delta", "index": 0,
-                        "delta": {"type": "text_delta", "text": event.text}})
+                    for block_event in parser.feed(event.text):
+                        yield _block_sse(block_event)
                 elif isinstance(event, Finished):
-                    final = self._final(prepared, message, event)
-                    if has_block:
-                        yield sse_event("content_block_stop",
-                                        {"type": "content_block_stop", "index": 0})
+                    closing = [] if prepared.is_prewarm else parser.finish()
+                    final = self._final(prepared, message, event, parser)  # raises if aborted
+                    for block_event in closing:
+                        yield _block_sse(block_event)
                     yield sse_event("message_delta", {
                         "type": "message_delta",
                         "delta": {"stop_reason": final.stop_reason,
@@ -192,12 +214,34 @@ class MessageService:
             stop_sequence=None, usage=self.policy.usage(started.usage, 0), diagnostics=diagnostics)
 
     def _final(self, prepared: PreparedMessage, message: MessageResponse | None,
-               finished: Finished) -> MessageResponse:
+               finished: Finished, parser: ReplyParser) -> MessageResponse:
+        """The whole message; ``parser`` has seen all of the reply's text."""
         if message is None or finished.stop_reason not in STOP_REASONS:
             raise InternalError("the engine aborted the request")
-        return message.model_copy(update={
-            "content": [] if prepared.is_prewarm else [TextContent(text=finished.text)],
-            "stop_reason": STOP_REASONS[finished.stop_reason],
+        stop_reason = STOP_REASONS[finished.stop_reason]
+        if finished.stop_reason is StopReason.EOS and parser.has_tool_use:
+            stop_reason = "tool_use"
+        return MessageResponse.model_validate({
+            **message.model_dump(),
+            "content": [] if prepared.is_prewarm else parser.content(),
+            "stop_reason": stop_reason,
             "stop_sequence": finished.stop_sequence,
             "usage": self.policy.usage(finished.usage, finished.output_tokens),
         })
+
+
+def _block_sse(event: BlockEvent) -> bytes:
+    if isinstance(event, BlockStart):
+        return sse_event("content_block_start", {"type": "content_block_start",
+                                                 "index": event.index,
+                                                 "content_block": event.block})
+    if isinstance(event, TextPiece):
+        delta = {"type": "text_delta", "text": event.text}
+    elif isinstance(event, JsonPiece):
+        delta = {"type": "input_json_delta", "partial_json": event.partial_json}
+    else:
+        assert isinstance(event, BlockStop)
+        return sse_event("content_block_stop", {"type": "content_block_stop",
+                                                "index": event.index})
+    return sse_event("content_block_delta", {"type": "content_block_delta",
+                                             "index": event.index, "delta": delta})

@@ -2,8 +2,9 @@
 
 The prompt is read in Anthropic's order: tools, then system, then messages.
 Tool definitions are rendered here as text at the top of the system turn (the
-same way for every model, so their token positions are known), tool_use and
-tool_result blocks become text, and the blocks of one turn are joined with
+same way for every model, so their token positions are known), with how to call
+them; tool_use blocks become calls in the model's ``ToolCallForm`` (the form it
+writes them in) and tool_result blocks become text, and the blocks of one turn are joined with
 "\\n". A final assistant turn is a prefill: the prompt ends with its text so the
 reply continues it.
 
@@ -21,6 +22,7 @@ from typing import Literal, Protocol
 from preheat.server.errors import InvalidRequestError
 from preheat.server.protocol import (CacheControl, InputMessage, PromptRequest, TextBlock,
                                      ToolChoice, ToolResultBlock, ToolUseBlock)
+from preheat.server.tool_format import HERMES, ToolCallForm
 
 Section = Literal["tools", "system", "messages"]
 BLOCK_SEPARATOR = "\n"
@@ -72,13 +74,15 @@ class _Piece:
     cache_control: CacheControl | None = None
 
 
-def build_prompt(request: PromptRequest, tokenizer: ChatTokenizer) -> BuiltPrompt:
-    """Render and tokenize a request; malformed conversations are a 400."""
+def build_prompt(request: PromptRequest, tokenizer: ChatTokenizer,
+                 tool_form: ToolCallForm = HERMES) -> BuiltPrompt:
+    """Render and tokenize a request, tool calls in ``tool_form``; malformed conversations
+    are a 400."""
     _check_messages(request.messages)
     _check_text_blocks("system", request.system)
-    tool_pieces = _tool_pieces(request.tools, request.tool_choice)
+    tool_pieces = _tool_pieces(request.tools, request.tool_choice, tool_form)
     system_pieces = [_Piece(b.text, "system", b.cache_control) for b in request.system]
-    turns = _merge_turns(request.messages)
+    turns = _merge_turns(request.messages, tool_form)
     prefill = turns[-1][0] == "assistant"
     chat = ([("system", tool_pieces + system_pieces)] if tool_pieces or system_pieces else [])
     chat += turns
@@ -130,17 +134,19 @@ def _check_text_blocks(where: str, blocks) -> None:
 # ---- rendering requests to text ---------------------------------------------------
 
 
-def _tool_pieces(tools, tool_choice: ToolChoice | None) -> list[_Piece]:
+def _tool_pieces(tools, tool_choice: ToolChoice | None, form: ToolCallForm) -> list[_Piece]:
     if not tools:
         return []
     pieces = [_Piece(TOOLS_HEADER)]
     for tool in tools:
         definition = {"name": tool.name, "description": tool.description or "",
                       "input_schema": tool.input_schema}
+        if tool.input_examples:
+            definition["input_examples"] = tool.input_examples
         text = json.dumps(definition, ensure_ascii=False)
         pieces.append(_Piece(text, "tools", tool.cache_control))
     choice = _tool_choice_text(tool_choice)
-    return pieces + ([_Piece(choice)] if choice else [])
+    return pieces + [_Piece(form.instructions)] + ([_Piece(choice)] if choice else [])
 
 
 def _tool_choice_text(choice: ToolChoice | None) -> str:
@@ -153,11 +159,13 @@ def _tool_choice_text(choice: ToolChoice | None) -> str:
     return f"You must use the tool named {choice.name}."
 
 
-def _merge_turns(messages: list[InputMessage]) -> list[tuple[str, list[_Piece]]]:
+def _merge_turns(messages: list[InputMessage],
+                 form: ToolCallForm) -> list[tuple[str, list[_Piece]]]:
     """Consecutive messages of one role are one turn, as Anthropic merges them."""
     turns: list[tuple[str, list[_Piece]]] = []
     for message in messages:
-        pieces = [_Piece(_block_text(b), "messages", b.cache_control) for b in message.content]
+        pieces = [_Piece(_block_text(b, form), "messages", b.cache_control)
+                  for b in message.content]
         if turns and turns[-1][0] == message.role:
             turns[-1][1].extend(pieces)
         else:
@@ -165,12 +173,11 @@ def _merge_turns(messages: list[InputMessage]) -> list[tuple[str, list[_Piece]]]
     return turns
 
 
-def _block_text(block) -> str:
+def _block_text(block, form: ToolCallForm) -> str:
     if isinstance(block, TextBlock):
         return block.text
     if isinstance(block, ToolUseBlock):
-        arguments = json.dumps(block.input, ensure_ascii=False)
-        return f'<tool_use id="{block.id}" name="{block.name}">{arguments}</tool_use>'
+        return form.render(block.name, block.input)
     assert isinstance(block, ToolResultBlock)
     error = ' is_error="true"' if block.is_error else ""
     result = BLOCK_SEPARATOR.join(part.text for part in block.content)

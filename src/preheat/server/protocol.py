@@ -80,6 +80,7 @@ class ToolUseBlock(_Strict):
     input: dict[str, Any]
     cache_control: CacheControl | None = None
     caller: dict[str, Any] | None = None  # round-tripped from responses; ignored
+    toolset_name: str | None = None  # round-tripped; ignored
 
 
 class ToolResultBlock(_Strict):
@@ -88,6 +89,7 @@ class ToolResultBlock(_Strict):
     content: list[ToolResultContent] = []
     is_error: bool | None = None
     cache_control: CacheControl | None = None
+    toolset_name: str | None = None  # round-tripped; ignored
 
     content_as_blocks = field_validator("content", mode="before")(_as_blocks)
 
@@ -114,6 +116,23 @@ class Tool(_Strict):
     input_schema: dict[str, Any]
     cache_control: CacheControl | None = None
     type: Literal["custom"] | None = None
+    # every call is held to input_schema by a grammar, strict or not
+    strict: bool | None = None
+    eager_input_streaming: bool | None = None  # arguments always stream as they are written
+    input_examples: list[dict[str, Any]] | None = None  # shown to the model with the tool
+    defer_loading: bool | None = None  # only false: tool search is a server tool
+    allowed_callers: list[str] | None = None  # only "direct": there is no code execution
+
+    @model_validator(mode="after")
+    def _direct_only(self) -> Tool:
+        if self.defer_loading:
+            raise PydanticCustomError(
+                "unsupported_tool", "defer_loading is not supported: there is no tool search")
+        if any(c != "direct" for c in self.allowed_callers or ()):
+            raise PydanticCustomError(
+                "unsupported_tool", "allowed_callers: only 'direct' is supported (there is no "
+                "code execution to call tools from)")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -155,14 +174,8 @@ class Thinking(BaseModel):
 
 class OutputConfig(_Strict):
     effort: str | None = None  # accepted; the model has one effort level
+    # {"type": "json_schema", "schema": {...}}: checked (and enforced) by output_grammar
     format: dict[str, Any] | None = None
-
-    @model_validator(mode="after")
-    def _no_format(self) -> OutputConfig:
-        if self.format is not None:
-            raise PydanticCustomError(
-                "unsupported_format", "structured output (output_config.format) is not supported")
-        return self
 
 
 class Metadata(_Strict):
@@ -254,12 +267,19 @@ class TextContent(BaseModel):
     text: str
 
 
+class ToolUseContent(BaseModel):
+    type: Literal["tool_use"] = "tool_use"
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
 class MessageResponse(BaseModel):
     id: str
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
     model: str
-    content: list[TextContent]
+    content: list[Annotated[TextContent | ToolUseContent, Field(discriminator="type")]]
     stop_reason: str | None
     stop_sequence: str | None
     usage: Usage
