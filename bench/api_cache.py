@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import anthropic
@@ -124,20 +125,29 @@ def run(base_url: str, api_key: str, args: argparse.Namespace) -> None:
           f"(goal >= {CACHED_GOAL:.0%}: {'met' if worst >= CACHED_GOAL else 'NOT met'})")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--doc-tokens", type=int, default=4000)
-    parser.add_argument("--rounds", type=int, default=3)
+def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", help="a running server (default: start one)")
     parser.add_argument("--api-key", default="bench")
     parser.add_argument("--serve-arg", action="append", default=[],
                         help="extra `preheat serve` argument for the started server (repeatable)")
-    args = parser.parse_args()
+
+
+def on_server(args: argparse.Namespace, bench: Callable[[str, str], None]) -> None:
+    """Run ``bench(base_url, api_key)`` on ``--base-url``, or on a server started for it."""
     if args.base_url:
-        run(args.base_url, args.api_key, args)
+        bench(args.base_url, args.api_key)
         return
     with local_server(args.serve_arg) as base_url:
-        run(base_url, args.api_key, args)
+        bench(base_url, args.api_key)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--doc-tokens", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=3)
+    add_server_options(parser)
+    args = parser.parse_args()
+    on_server(args, lambda base_url, api_key: run(base_url, api_key, args))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ import pytest
 
 from preheat.loader.embedded import embedded_model_path
 from preheat.server.errors import InvalidRequestError
-from preheat.server.prompt_builder import TOOLS_HEADER, build_prompt
+from preheat.server.prompt_builder import TOOLS_HEADER, PromptBlock, build_prompt, continue_prompt
 from preheat.server.protocol import MessagesRequest
-from preheat.server.tool_format import LLAMA3_JSON
+from preheat.server.tool_format import HERMES, LLAMA3_JSON
 from preheat.tokenizer.tokenizer import Tokenizer
 
 CC = {"type": "ephemeral"}
@@ -146,3 +146,26 @@ def test_whitespace_only_system_block_is_rejected(tokenizer):
     with pytest.raises(InvalidRequestError, match="^system.0: text content blocks"):
         build_prompt(request(system=[{"type": "text", "text": " "}],
                              messages=[{"role": "user", "content": "hi"}]), tokenizer)
+
+
+def test_a_thread_continue_keeps_the_stored_ids_and_tokenizes_only_the_new_turn(tokenizer):
+    system = "Be brief."
+    first = build_prompt(request(system=system, messages=[{"role": "user", "content": "Hi"}]),
+                         tokenizer)
+    whole_request = request(system=system, messages=[
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"},
+        {"role": "user", "content": [{"type": "text", "text": "More", "cache_control": CC}]}])
+    whole = build_prompt(whole_request, tokenizer)
+    # the reply as generated, one token per character: not how its text would tokenize
+    generated = [tokenizer.encode(ch)[0] for ch in "Hello there"]
+    history = first.token_ids + generated
+    history_blocks = [*first.blocks, PromptBlock("messages", len(history), None)]
+    threaded = continue_prompt(whole_request, tokenizer, HERMES, history, history_blocks)
+    assert threaded.token_ids[:len(history)] == history
+    assert tokenizer.decode(threaded.token_ids) == tokenizer.decode(whole.token_ids)
+    assert threaded.token_ids != whole.token_ids  # the stored ids won over re-tokenizing
+    new = len(whole.token_ids) - whole.blocks[-2].end  # tokens after the reply
+    assert threaded.blocks[-1].end == len(history) + new - (len(whole.token_ids)
+                                                            - whole.blocks[-1].end)
+    assert threaded.blocks[-1].cache_control == whole.blocks[-1].cache_control
+    assert len(threaded.token_ids) == len(history) + new

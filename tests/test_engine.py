@@ -269,3 +269,18 @@ def test_pins_never_keep_a_request_that_fits_the_pool_waiting():
     assert [f.output_tokens for f in finished] == [16]
     assert engine.radix.pinned_blocks == 9  # the older pin was ended, the newer one kept
     assert engine.radix.lookup_pin("", ids(36, 2), 36) == 36
+
+
+def test_a_held_reply_is_found_by_the_next_turn_and_counted():
+    """A thread's turn holds its prompt and reply; the next turn's prompt finds them cached."""
+    engine = tiny_engine()
+    prompt = ids(21, seed=5)
+    first = run(engine, [GenerationRequest(prompt, GREEDY, hold_seconds=60.0)])[0]
+    before = engine.stats()
+    follow_up = prompt + first.output_ids + ids(9, seed=6)
+    run(engine, [GenerationRequest(follow_up, GREEDY)])
+    after = engine.stats()
+    assert after.prompt_tokens - before.prompt_tokens == len(follow_up)
+    computed = len(prompt) + len(first.output_ids) - 1  # the last sampled token never ran
+    block = engine.pool.block_size
+    assert after.prompt_tokens_cached - before.prompt_tokens_cached == computed // block * block

@@ -205,3 +205,20 @@ def test_release_pins_moves_entries_with_a_disk_copy_out_of_ram_first_and_keeps_
     assert cache.lookup_pin("", writing, 8) == 8 and cache.lookup_pin("", plain, 8) == 8
     assert cache.release_pins(2) == 2  # only then is an entry without a copy ended
     assert cache.lookup_pin("", plain, 8) == 0 and cache.pinned_blocks == 0
+
+
+def test_a_held_prefix_is_evicted_last_and_only_while_its_hold_lasts(cache, pool, clock):
+    held, other = [1] * 8, [2] * 8
+    put(cache, pool, held)
+    clock.now += 1
+    put(cache, pool, other)  # newer: plain LRU would evict ``held`` first
+    cache.hold("", held + [9, 9], ttl=60)
+    assert cache.evict(2) == 2
+    assert cache.match("", held) and not cache.match("", other)
+    assert cache.evict(2) == 2  # nothing else is left: a hold never blocks eviction
+    assert not cache.match("", held)
+    put(cache, pool, held)
+    cache.hold("", held, ttl=60)
+    clock.now += 61
+    put(cache, pool, other)
+    assert cache.evict(2) == 2 and not cache.match("", held)  # the hold has run out

@@ -147,6 +147,12 @@ def add_serve_parser(commands) -> None:
                help='cache TTL of the --preheat prompt, "5m" or "1h"')
     add_option(parser, "--preheat-key", default=defaults.preheat_key,
                help="on a server without --api-key: the client key to warm the prompt for")
+    add_option(parser, "--thread-ttl-seconds", convert=float, default=defaults.thread_ttl_seconds,
+               help="how long a stored response of a message thread may be continued")
+    add_option(parser, "--max-threads", convert=int, default=defaults.max_threads,
+               help="stored thread responses kept per API key (the oldest go first)")
+    add_option(parser, "--max-thread-tokens", convert=int, default=defaults.max_thread_tokens,
+               help="tokens of stored thread responses kept per API key")
     add_option(parser, "--log-level", default="info", help="debug, info, warning or error")
     add_option(parser, "--engine-process", switch=True, default=True,
                help="run the engine in a process of its own, off the HTTP server's GIL "
@@ -171,7 +177,9 @@ def serve(args: argparse.Namespace) -> int:
         claude_aliases=args.claude_aliases, min_cache_tokens=args.min_cache_tokens,
         ttl_5m_seconds=args.ttl_5m_seconds, ttl_1h_seconds=args.ttl_1h_seconds,
         max_request_bytes=args.max_request_bytes, preheat_file=args.preheat,
-        preheat_ttl=args.preheat_ttl, preheat_key=args.preheat_key)
+        preheat_ttl=args.preheat_ttl, preheat_key=args.preheat_key,
+        thread_ttl_seconds=args.thread_ttl_seconds, max_threads=args.max_threads,
+        max_thread_tokens=args.max_thread_tokens)
     config = engine_config(args)
     try:
         engine = (EngineProcess.start(config, args.log_level) if args.engine_process

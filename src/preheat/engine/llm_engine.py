@@ -66,6 +66,8 @@ class EngineStats:
     disk_bytes: int
     disk_quota_bytes: int  # 0: no disk tier
     disk_reads: int  # hits whose blocks were read back from disk
+    prompt_tokens: int  # of admitted requests, all told
+    prompt_tokens_cached: int  # of those, found in the KV cache (reported as read or not)
 
 
 class LLMEngine:
@@ -159,7 +161,8 @@ class LLMEngine:
                            sum(e.alive(now) for e in self.radix.pins()),
                            tier.num_entries if tier else 0, tier.used_bytes if tier else 0,
                            tier.quota_bytes if tier else 0,
-                           self.offload.num_reads if self.offload else 0)
+                           self.offload.num_reads if self.offload else 0,
+                           s.prompt_tokens, s.prompt_tokens_cached)
 
     def close(self, timeout: float = 30.0) -> None:
         """Before the process ends: let queued disk writes finish (within ``timeout`` s)."""
@@ -256,6 +259,9 @@ class LLMEngine:
         return [(seq.id, TextDelta(text, seq.num_output))] if text else []
 
     def _finish(self, seq: Sequence, reason: StopReason) -> tuple[str, Finished]:
+        if seq.request.hold_seconds > 0 and reason is not StopReason.ABORTED:
+            self.radix.hold(seq.namespace, seq.token_ids[:seq.num_computed],
+                            seq.request.hold_seconds)
         self.scheduler.finish(seq)
         return seq.id, Finished(reason, seq.detokenizer.stop_sequence, seq.usage, seq.num_output,
                                 seq.output_ids, seq.detokenizer.text)

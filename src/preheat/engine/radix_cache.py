@@ -72,6 +72,7 @@ class _Node:
     children: dict[Tokens, _Node] = field(default_factory=dict)
     pins: set[PinEntry] = field(default_factory=set)
     last_access: float = 0.0
+    held_until: float = 0.0  # see RadixCache.hold
 
     def pinned(self, now: float) -> bool:
         return any(p.alive(now) for p in self.pins)
@@ -201,23 +202,39 @@ class RadixCache:
                 and all(self.pool.refcount(b) == 1 for b in node.blocks))
 
     def evict(self, num_blocks: int) -> int:
-        """Free at least ``num_blocks`` blocks if possible, oldest leaves first."""
+        """Free at least ``num_blocks`` blocks if possible, oldest leaves first; held ones
+        only once no other is left."""
         # Expired pins no longer protect (``pinned`` checks expiry); ``tick`` retires them.
         now = self.clock()
         tie = itertools.count()
-        heap = [(n.last_access, next(tie), n) for n in self._nodes() if self._evictable(n, now)]
+
+        def order(n: _Node) -> tuple:
+            return n.held_until > now, n.last_access, next(tie)
+
+        heap = [(*order(n), n) for n in self._nodes() if self._evictable(n, now)]
         heapq.heapify(heap)
         freed = 0
         while heap and freed < num_blocks:
-            _, _, node = heapq.heappop(heap)
+            *_, node = heapq.heappop(heap)
             parent = node.parent
             del parent.children[self._key(node.tokens, 0)]
             self.pool.decref(node.blocks)
             self.cached_blocks -= len(node.blocks)
             freed += len(node.blocks)
             if parent.parent is not None and self._evictable(parent, now):
-                heapq.heappush(heap, (parent.last_access, next(tie), parent))
+                heapq.heappush(heap, (*order(parent), parent))
         return freed
+
+    def hold(self, ns: str, tokens: list[int], ttl: float) -> None:
+        """Keep the cached part of ``tokens`` ahead of other unpinned entries for ``ttl`` s.
+
+        Not a pin: nothing is promised or reported, and when memory runs short it goes
+        (after every entry not held) before any running request is preempted. A message
+        thread holds its history this way, so its next turn finds it.
+        """
+        until = self.clock() + ttl
+        for node in self._walk(ns, tokens, split=False)[0]:
+            node.held_until = max(node.held_until, until)
 
     # ---- pins -------------------------------------------------------------
 

@@ -49,3 +49,6 @@ class GenerationRequest:
     namespace: str = ""
     breakpoints: tuple[CacheBreakpoint, ...] = ()
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # after the reply, hold its KV (prompt and reply) in the cache this long, unreported,
+    # for a follow-up that starts with both (a message thread's next turn)
+    hold_seconds: float = 0.0

@@ -45,6 +45,10 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
         self.num_preemptions = 0
+        # prompt tokens of admitted requests, and how many of them the cache already held
+        # (from any cached prefix, pinned or not, reported in usage or not)
+        self.prompt_tokens = 0
+        self.prompt_tokens_cached = 0
 
     @property
     def has_work(self) -> bool:
@@ -133,6 +137,10 @@ class Scheduler:
         seq.block_table = list(blocks)
         seq.num_computed = len(blocks) * self.pool.block_size
         seq.num_inserted_blocks = len(blocks)
+        if not seq.admitted:  # a preempted sequence coming back is not a new prompt
+            seq.admitted = True
+            self.prompt_tokens += seq.num_prompt_tokens
+            self.prompt_tokens_cached += seq.num_computed
 
     def _reserve(self, seq: Sequence, n: int, chosen: set[int]) -> bool:
         need = self.pool.blocks_for(seq.num_computed + n) - len(seq.block_table)

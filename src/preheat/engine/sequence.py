@@ -35,6 +35,7 @@ class Sequence:
     pinned_hit: PinEntry | None = None  # the pinned prefix its cache read came from
     pending_load: str | None = None  # disk key of that entry while its blocks are read back
     grammar: GrammarState | None = None  # where its output stands in its grammar, if any
+    admitted: bool = False  # has been scheduled once
     status: SeqStatus = SeqStatus.WAITING
 
     def __post_init__(self) -> None:

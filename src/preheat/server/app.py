@@ -24,6 +24,7 @@ from preheat.server.model_registry import ModelRegistry
 from preheat.server.prewarm import Prewarmer
 from preheat.server.protocol import MessagesRequest, PromptRequest, TokenCount, parse_request
 from preheat.server.settings import ServerSettings
+from preheat.server.thread_store import ThreadStore
 from preheat.server.tool_format import form_for_template
 
 if TYPE_CHECKING:
@@ -45,7 +46,9 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
     service = MessageService(engine, registry, CachePolicy.from_settings(settings),
                              DiagnosticsStore(settings.diagnostics_capacity),
                              settings.ping_interval_seconds,
-                             form_for_template(engine.tokenizer.chat_template))
+                             form_for_template(engine.tokenizer.chat_template),
+                             ThreadStore(settings.thread_ttl_seconds, settings.max_threads,
+                                         settings.max_thread_tokens))
     auth = Authenticator(settings.api_keys)
 
     @contextlib.asynccontextmanager

@@ -14,13 +14,18 @@ class APIError(Exception):
     status: int = 500
     error_type: str = "api_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None,
+                 details: dict | None = None):
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.details = details  # ``error.details``: what the SDK acts on (e.g. error_code)
 
     def body(self, request_id: str) -> dict:
-        return error_body(self.error_type, self.message, request_id)
+        body = error_body(self.error_type, self.message, request_id)
+        if self.details is not None:
+            body["error"]["details"] = self.details
+        return body
 
 
 class InvalidRequestError(APIError):

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from preheat.engine.errors import EngineError
@@ -22,11 +22,12 @@ from preheat.server.errors import APIError, InternalError, InvalidRequestError, 
 from preheat.server.heartbeat import with_heartbeat
 from preheat.server.model_registry import ModelRegistry
 from preheat.server.output_grammar import FREE_TEXT, OutputPlan, plan_output
-from preheat.server.prompt_builder import BuiltPrompt, build_prompt
-from preheat.server.protocol import MessageResponse, MessagesRequest, PromptRequest
+from preheat.server.prompt_builder import BuiltPrompt, PromptBlock, build_prompt, continue_prompt
+from preheat.server.protocol import InputMessage, MessageResponse, MessagesRequest, PromptRequest
 from preheat.server.reply_parser import (BlockEvent, BlockStart, BlockStop, JsonPiece,
                                          ReplyParser, TextPiece)
 from preheat.server.sse import PING, sse_event
+from preheat.server.thread_store import ThreadStore, ThreadTurn, thread_error
 from preheat.server.tool_format import HERMES, ToolCallForm
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class PreparedMessage:
     output: OutputPlan
     tool_form: ToolCallForm
     generation: GenerationRequest
+    continues: ThreadTurn | None = None  # the thread turn this request continues from
 
     @property
     def is_prewarm(self) -> bool:
@@ -77,8 +79,9 @@ class MessageService:
 
     def __init__(self, engine: EngineClient, registry: ModelRegistry, policy: CachePolicy,
                  diagnostics: DiagnosticsStore, ping_interval: float,
-                 tool_form: ToolCallForm = HERMES):
+                 tool_form: ToolCallForm = HERMES, threads: ThreadStore | None = None):
         self.engine = engine
+        self.threads = threads or ThreadStore()
         self.registry = registry
         self.policy = policy
         self.diagnostics = diagnostics
@@ -98,11 +101,49 @@ class MessageService:
 
     async def prepare(self, body: MessagesRequest, namespace: str,
                       request_id: str) -> PreparedMessage:
+        """Validate and render a request; a thread continue holds its turn until the
+        request ends (``submit``, ``complete``, ``stream_events`` release it)."""
         if body.max_tokens > self.engine.context_window:
             raise InvalidRequestError(
                 f"max_tokens: {body.max_tokens} > {self.engine.context_window}, which is the "
                 f"maximum allowed number of output tokens for {body.model}")
-        prompt = await self.build(body)
+        turn = self._begin_thread(body, namespace)
+        try:
+            return await self._prepare(body, namespace, request_id, turn)
+        except BaseException:
+            if turn is not None:
+                self.threads.end_continue(turn, succeeded=False)
+            raise
+
+    def _begin_thread(self, body: MessagesRequest, namespace: str) -> ThreadTurn | None:
+        """The turn a continue goes on from (in flight from now); thread errors as the SDK
+        expects them."""
+        if body.thread is None:
+            return None
+        unsupported = [why for why, applies in (
+            ("prefill", body.messages[-1].role == "assistant"),
+            ("pre-warm", body.max_tokens == 0)) if applies]
+        if unsupported:
+            raise thread_error("thread_unsupported_request", "thread: these requests can't be "
+                               f"threaded: {', '.join(unsupported)}", unsupported=unsupported)
+        if body.thread.type == "create":
+            return None
+        repeated = [name for name in ("system", "tools") if getattr(body, name)]
+        if repeated:
+            raise InvalidRequestError(f"{repeated[0]}: a thread continue leaves out system and "
+                                      "tools: the thread keeps them")
+        return self.threads.begin_continue(namespace, body.thread.previous_message_id)
+
+    async def _prepare(self, body: MessagesRequest, namespace: str, request_id: str,
+                       turn: ThreadTurn | None) -> PreparedMessage:
+        if turn is None:
+            prompt = await self.build(body)
+        else:
+            body = body.model_copy(update={"system": turn.system, "tools": turn.tools,
+                                           "messages": turn.messages + body.messages})
+            self.registry.resolve(body.model)
+            prompt = await asyncio.to_thread(continue_prompt, body, self.engine.tokenizer,
+                                             self.tool_form, turn.token_ids, turn.blocks)
         breakpoints = self.policy.breakpoints(body, prompt)
         output = await asyncio.to_thread(plan_output, body, self.tool_form)
         if body.max_tokens == 0:
@@ -116,17 +157,47 @@ class MessageService:
                                 top_k=body.top_k or 0, top_p=body.top_p or 1.0,
                                 stop=tuple(body.stop_sequences), grammar=output.grammar)
         message_id = new_message_id()
-        generation = GenerationRequest(prompt.token_ids, params, namespace, breakpoints,
-                                       message_id)
+        generation = GenerationRequest(
+            prompt.token_ids, params, namespace, breakpoints, message_id,
+            hold_seconds=self.threads.ttl if body.thread is not None else 0.0)
         return PreparedMessage(message_id, request_id, namespace, self.registry.model_id, body,
-                               prompt, output, self.tool_form, generation)
+                               prompt, output, self.tool_form, generation, turn)
 
     async def submit(self, prepared: PreparedMessage) -> RequestStream:
         """Hand the request to the engine; refusals (too long, overloaded) become API errors."""
         try:
             return await self.engine.submit(prepared.generation)
-        except EngineError as err:
-            raise from_engine_error(err) from None
+        except BaseException as err:
+            self._end_thread(prepared, None, None)
+            if isinstance(err, EngineError):
+                raise from_engine_error(err) from None
+            raise
+
+    def _end_thread(self, prepared: PreparedMessage, message: MessageResponse | None,
+                    finished: Finished | None) -> None:
+        """A threaded request ended: store its response as the thread's next turn (when it
+        succeeded) and release the turn it continued."""
+        if prepared.continues is not None:
+            self.threads.end_continue(prepared.continues, succeeded=message is not None)
+        if message is None or prepared.body.thread is None:
+            return
+        reply = [block.model_dump() for block in message.content
+                 if block.type != "text" or block.text.strip()]
+        if not reply:
+            return  # nothing to continue from: a continue is not found, and the SDK replays
+        reply_ids = list(finished.output_ids)
+        while reply_ids and reply_ids[-1] in self.engine.tokenizer.eos_token_ids:
+            reply_ids.pop()
+        token_ids = prepared.prompt.token_ids + reply_ids
+        self.threads.store(ThreadTurn(
+            message_id=prepared.message_id, namespace=prepared.namespace,
+            system=prepared.body.system, tools=prepared.body.tools,
+            messages=[*prepared.body.messages,
+                      InputMessage.model_validate({"role": "assistant", "content": reply})],
+            token_ids=token_ids,
+            blocks=[replace(b, cache_control=None) for b in prepared.prompt.blocks]
+            + [PromptBlock("messages", len(token_ids), None)] * len(reply),
+            stored_at=self.threads.clock()))
 
     async def complete(self, prepared: PreparedMessage, stream: RequestStream,
                        is_disconnected: Callable[[], Awaitable[bool]]) -> MessageResponse | None:
@@ -135,6 +206,7 @@ class MessageService:
         next_check = loop.time() + DISCONNECT_CHECK_SECONDS
         message: MessageResponse | None = None
         finished = False
+        ended: tuple[MessageResponse | None, Finished | None] = (None, None)
         try:
             async for event in with_heartbeat(stream, DISCONNECT_CHECK_SECONDS):
                 if loop.time() >= next_check:
@@ -148,12 +220,15 @@ class MessageService:
                     parser = prepared.reply_parser()
                     parser.feed(event.text)
                     parser.finish()
-                    return self._final(prepared, message, event, parser)
+                    final = self._final(prepared, message, event, parser)
+                    ended = (final, event)
+                    return final
         except EngineError as err:
             raise from_engine_error(err) from None
         finally:
             if not finished:
                 stream.abort()
+            self._end_thread(prepared, *ended)
         raise InternalError("the engine ended the request without finishing it")
 
     async def stream_events(self, prepared: PreparedMessage,
@@ -164,6 +239,7 @@ class MessageService:
         """
         parser = prepared.reply_parser()
         message: MessageResponse | None = None
+        ended: tuple[MessageResponse | None, Finished | None] = (None, None)
         try:
             async for event in with_heartbeat(stream, self.ping_interval):
                 if event is None:
@@ -189,6 +265,7 @@ class MessageService:
                                   "stop_sequence": final.stop_sequence},
                         "usage": final.usage.model_dump()})
                     yield sse_event("message_stop", {"type": "message_stop"})
+                    ended = (final, event)  # the client has the whole reply
         except APIError as err:
             yield sse_event("error", err.body(prepared.request_id))
         except EngineError as err:
@@ -197,6 +274,8 @@ class MessageService:
             log.exception("stream of %s failed", prepared.message_id)
             error = InternalError("Internal server error")
             yield sse_event("error", error.body(prepared.request_id))
+        finally:
+            self._end_thread(prepared, *ended)
 
     def _start(self, prepared: PreparedMessage, started: Started) -> MessageResponse:
         """The message as known at the start (accounting, diagnostics); records its fingerprint."""

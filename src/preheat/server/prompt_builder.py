@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from preheat.server.errors import InvalidRequestError
@@ -32,7 +32,8 @@ _SENTINEL = "\x00preheat-content\x00"
 
 
 class ChatTokenizer(Protocol):
-    def encode_prompt(self, text: str) -> tuple[list[int], list[tuple[int, int]]]: ...
+    def encode_prompt(self, text: str, *,
+                      bos: bool = True) -> tuple[list[int], list[tuple[int, int]]]: ...
 
     def render_chat(self, messages: list[dict[str, str]], *, tools=None,
                     add_generation_prompt: bool = True) -> str: ...
@@ -63,6 +64,7 @@ class BuiltPrompt:
     system_text: str
     turns: list[ChatTurn]  # merged message turns; the last one is the prefill if ``prefill``
     prefill: bool
+    block_chars: list[int] = field(default_factory=list)  # where each block ends in ``text``
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,9 @@ def build_prompt(request: PromptRequest, tokenizer: ChatTokenizer,
     text, ends = _render(tokenizer, chat, prefill)
     ids, offsets = tokenizer.encode_prompt(text)
     token_ends = [end for _, end in offsets]
+    owned = [(piece, end) for piece, end in ends if piece.section is not None]
     blocks = [PromptBlock(piece.section, bisect.bisect_right(token_ends, end), piece.cache_control)
-              for piece, end in ends if piece.section is not None]
+              for piece, end in owned]
     return BuiltPrompt(
         text=text, token_ids=ids, blocks=blocks,
         tools_text=_join(p for p in tool_pieces if p.section == "tools"),
@@ -98,7 +101,42 @@ def build_prompt(request: PromptRequest, tokenizer: ChatTokenizer,
         system_text=_join(system_pieces),
         turns=[ChatTurn(role, _join(pieces)) for role, pieces in turns],
         prefill=prefill,
+        block_chars=[end for _, end in owned],
     )
+
+
+def continue_prompt(request: PromptRequest, tokenizer: ChatTokenizer, tool_form: ToolCallForm,
+                    history_ids: list[int], history_blocks: list[PromptBlock]) -> BuiltPrompt:
+    """A thread's next prompt: the stored token ids of its history, never re-tokenized,
+    then the rest of ``request`` (the whole conversation) rendered and tokenized.
+
+    ``history_blocks`` are the first blocks of ``request``, at their positions in
+    ``history_ids``. If the template rewrote the history's last block (so where it ends
+    can't be found), the whole prompt is tokenized afresh instead.
+    """
+    full = build_prompt(request, tokenizer, tool_form)
+    k = len(history_blocks)
+    cut = full.block_chars[k - 1]
+    last = _block_text(request.messages[-1 - _new_messages(request, k)].content[-1], tool_form)
+    if not full.text.startswith(last, cut - len(last)):
+        return full
+    ids, offsets = tokenizer.encode_prompt(full.text[cut:], bos=False)
+    token_ends = [end for _, end in offsets]
+    blocks = history_blocks + [
+        PromptBlock(b.section, len(history_ids) + bisect.bisect_right(token_ends, c - cut),
+                    b.cache_control)
+        for b, c in zip(full.blocks[k:], full.block_chars[k:], strict=True)]
+    return replace(full, token_ids=history_ids + ids, blocks=blocks)
+
+
+def _new_messages(request: PromptRequest, history_blocks: int) -> int:
+    """How many of ``request``'s messages come after the first ``history_blocks`` blocks."""
+    seen = len(request.tools) + len(request.system)
+    for i, message in enumerate(request.messages):
+        if seen >= history_blocks:
+            return len(request.messages) - i
+        seen += len(message.content)
+    return 0
 
 
 def _join(pieces) -> str:

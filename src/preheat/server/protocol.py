@@ -186,6 +186,20 @@ class DiagnosticsParam(_Strict):
     previous_message_id: str | None = None
 
 
+class ThreadParam(_Strict):
+    """``{"type": "create"}`` or ``{"type": "continue", "previous_message_id": ...}``."""
+
+    type: Literal["create", "continue"]
+    previous_message_id: str | None = None
+
+    @model_validator(mode="after")
+    def _id_for_continue(self) -> ThreadParam:
+        if (self.type == "continue") != (self.previous_message_id is not None):
+            raise PydanticCustomError(
+                "thread_id", "previous_message_id is required for 'continue' and only there")
+        return self
+
+
 class PromptRequest(_Strict):
     """The fields that make up a prompt: the body of ``count_tokens``."""
 
@@ -214,6 +228,7 @@ class MessagesRequest(PromptRequest):
     metadata: Metadata | None = None
     stream: bool = False
     diagnostics: DiagnosticsParam | None = None
+    thread: ThreadParam | None = None  # server-held conversations (server/thread_store.py)
     service_tier: str | None = None  # accepted; there is one tier
     inference_geo: str | None = None  # accepted; inference is wherever this server is
 

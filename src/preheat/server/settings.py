@@ -34,6 +34,11 @@ class ServerSettings:
     preheat_ttl: str = "1h"
     # Which client key the preheated prompt is pinned for when no api_keys are set.
     preheat_key: str = ""
+    # Message threads: how long a stored response may be continued, and per key how many
+    # stored responses and how many of their tokens are kept (the oldest go first).
+    thread_ttl_seconds: float = FIVE_MINUTES
+    max_threads: int = 256
+    max_thread_tokens: int = 2_000_000
 
     def ttl_seconds(self, ttl: str) -> float:
         """Seconds for an API TTL label ("5m" or "1h")."""

@@ -106,15 +106,16 @@ class Tokenizer:
         """Token ids of `text`; special tokens written in the text map to their ids. Never adds BOS."""
         return self.backend.encode(text, add_special_tokens=False).ids
 
-    def encode_prompt(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    def encode_prompt(self, text: str, *, bos: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids of a full prompt plus each token's (start, end) character offsets into `text`.
 
         BOS (offset (0, 0)) is prepended when the model wants it and the text does not already
-        start with it (chat templates often write it themselves).
+        start with it (chat templates often write it themselves); `bos=False` for the rest of
+        a prompt whose start is already tokenized.
         """
         encoding = self.backend.encode(text, add_special_tokens=False)
         ids, offsets = list(encoding.ids), list(encoding.offsets)
-        if self.add_bos and not (self.bos_token and text.startswith(self.bos_token)):
+        if bos and self.add_bos and not (self.bos_token and text.startswith(self.bos_token)):
             ids.insert(0, self.bos_token_id)
             offsets.insert(0, (0, 0))
         return ids, offsets
