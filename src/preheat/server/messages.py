@@ -10,7 +10,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from preheat.engine.errors import EngineError
@@ -22,12 +22,12 @@ from preheat.server.errors import APIError, InternalError, InvalidRequestError, 
 from preheat.server.heartbeat import with_heartbeat
 from preheat.server.model_registry import ModelRegistry
 from preheat.server.output_grammar import FREE_TEXT, OutputPlan, plan_output
-from preheat.server.prompt_builder import BuiltPrompt, PromptBlock, build_prompt, continue_prompt
-from preheat.server.protocol import InputMessage, MessageResponse, MessagesRequest, PromptRequest
+from preheat.server.prompt_builder import BuiltPrompt, build_prompt, continue_prompt
+from preheat.server.protocol import MessageResponse, MessagesRequest, PromptRequest
 from preheat.server.reply_parser import (BlockEvent, BlockStart, BlockStop, JsonPiece,
                                          ReplyParser, TextPiece)
 from preheat.server.sse import PING, sse_event
-from preheat.server.thread_store import ThreadStore, ThreadTurn, thread_error
+from preheat.server.thread_store import ThreadStore, ThreadTurn
 from preheat.server.tool_format import HERMES, ToolCallForm
 
 if TYPE_CHECKING:
@@ -107,32 +107,13 @@ class MessageService:
             raise InvalidRequestError(
                 f"max_tokens: {body.max_tokens} > {self.engine.context_window}, which is the "
                 f"maximum allowed number of output tokens for {body.model}")
-        turn = self._begin_thread(body, namespace)
+        turn = self.threads.begin(body, namespace)
         try:
             return await self._prepare(body, namespace, request_id, turn)
         except BaseException:
             if turn is not None:
                 self.threads.end_continue(turn, succeeded=False)
             raise
-
-    def _begin_thread(self, body: MessagesRequest, namespace: str) -> ThreadTurn | None:
-        """The turn a continue goes on from (in flight from now); thread errors as the SDK
-        expects them."""
-        if body.thread is None:
-            return None
-        unsupported = [why for why, applies in (
-            ("prefill", body.messages[-1].role == "assistant"),
-            ("pre-warm", body.max_tokens == 0)) if applies]
-        if unsupported:
-            raise thread_error("thread_unsupported_request", "thread: these requests can't be "
-                               f"threaded: {', '.join(unsupported)}", unsupported=unsupported)
-        if body.thread.type == "create":
-            return None
-        repeated = [name for name in ("system", "tools") if getattr(body, name)]
-        if repeated:
-            raise InvalidRequestError(f"{repeated[0]}: a thread continue leaves out system and "
-                                      "tools: the thread keeps them")
-        return self.threads.begin_continue(namespace, body.thread.previous_message_id)
 
     async def _prepare(self, body: MessagesRequest, namespace: str, request_id: str,
                        turn: ThreadTurn | None) -> PreparedMessage:
@@ -181,23 +162,12 @@ class MessageService:
             self.threads.end_continue(prepared.continues, succeeded=message is not None)
         if message is None or prepared.body.thread is None:
             return
-        reply = [block.model_dump() for block in message.content
-                 if block.type != "text" or block.text.strip()]
-        if not reply:
-            return  # nothing to continue from: a continue is not found, and the SDK replays
         reply_ids = list(finished.output_ids)
         while reply_ids and reply_ids[-1] in self.engine.tokenizer.eos_token_ids:
-            reply_ids.pop()
-        token_ids = prepared.prompt.token_ids + reply_ids
-        self.threads.store(ThreadTurn(
-            message_id=prepared.message_id, namespace=prepared.namespace,
-            system=prepared.body.system, tools=prepared.body.tools,
-            messages=[*prepared.body.messages,
-                      InputMessage.model_validate({"role": "assistant", "content": reply})],
-            token_ids=token_ids,
-            blocks=[replace(b, cache_control=None) for b in prepared.prompt.blocks]
-            + [PromptBlock("messages", len(token_ids), None)] * len(reply),
-            stored_at=self.threads.clock()))
+            reply_ids.pop()  # the template writes the end of the turn in the next prompt
+        self.threads.record(prepared.message_id, prepared.namespace, prepared.body,
+                            prepared.prompt, [b.model_dump() for b in message.content],
+                            reply_ids)
 
     async def complete(self, prepared: PreparedMessage, stream: RequestStream,
                        is_disconnected: Callable[[], Awaitable[bool]]) -> MessageResponse | None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from preheat.server.errors import InvalidRequestError, NotFoundError
-from preheat.server.prompt_builder import PromptBlock
-from preheat.server.protocol import InputMessage, TextBlock, Tool
+from preheat.server.prompt_builder import BuiltPrompt, PromptBlock
+from preheat.server.protocol import InputMessage, MessagesRequest, TextBlock, Tool
 
 THREADS_BETA = "message-threads-2026-08-12"
 
@@ -51,6 +51,47 @@ class ThreadStore:
     max_tokens: int = 2_000_000  # tokens of live turns per tenant
     clock: Callable[[], float] = time.monotonic
     _tenants: dict[str, OrderedDict[str, ThreadTurn]] = field(default_factory=dict)
+
+    def begin(self, request: MessagesRequest, namespace: str) -> ThreadTurn | None:
+        """For a continue, the turn it goes on from (in flight from now); None for a
+        request that continues nothing. Requests a thread can't hold are refused here."""
+        if request.thread is None:
+            return None
+        unsupported = [why for why, applies in (
+            ("prefill", request.messages[-1].role == "assistant"),
+            ("pre-warm", request.max_tokens == 0)) if applies]
+        if unsupported:
+            raise thread_error("thread_unsupported_request", "thread: these requests can't be "
+                               f"threaded: {', '.join(unsupported)}", unsupported=unsupported)
+        if request.thread.type == "create":
+            return None
+        repeated = [name for name in ("system", "tools") if getattr(request, name)]
+        if repeated:
+            raise InvalidRequestError(f"{repeated[0]}: a thread continue leaves out system and "
+                                      "tools: the thread keeps them")
+        return self.begin_continue(namespace, request.thread.previous_message_id)
+
+    def record(self, message_id: str, namespace: str, request: MessagesRequest,
+               prompt: BuiltPrompt, reply: list[dict], reply_ids: list[int]) -> None:
+        """Store a threaded request's response as a turn to continue from.
+
+        ``request`` is the whole conversation it answered (a continue's included) and
+        ``reply_ids`` the reply's tokens as generated, without an end-of-turn token.
+        """
+        reply = [b for b in reply if b["type"] != "text" or b["text"].strip()]
+        if not reply:
+            return  # nothing to continue from: a continue is not found, and the SDK replays
+        token_ids = prompt.token_ids + reply_ids
+        self.store(ThreadTurn(
+            message_id=message_id, namespace=namespace, system=request.system,
+            tools=request.tools,
+            messages=[*request.messages,
+                      InputMessage.model_validate({"role": "assistant", "content": reply})],
+            token_ids=token_ids,
+            # the history's marks were the earlier requests': a continue brings its own
+            blocks=[replace(b, cache_control=None) for b in prompt.blocks]
+            + [PromptBlock("messages", len(token_ids), None)] * len(reply),
+            stored_at=self.clock()))
 
     def begin_continue(self, namespace: str, message_id: str) -> ThreadTurn:
         """The turn to continue from, now marked in flight; the thread errors otherwise."""
