@@ -1,5 +1,6 @@
-"""Grammar-constrained decoding: each constrained sequence has a matcher that masks the
-tokens its grammar cannot take next.
+"""Grammar-constrained decoding: each constrained sequence has a matcher that checks the
+token picked for it and, when it refuses one, masks the tokens it cannot take next (see
+``sampler.sample_constrained``).
 
 Grammars are llguidance grammar text (Lark with inline ``%json`` schemas), built
 by whoever asks (the API builds them from tools and output formats); the engine
