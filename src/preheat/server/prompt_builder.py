@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
@@ -80,29 +81,8 @@ def build_prompt(request: PromptRequest, tokenizer: ChatTokenizer,
                  tool_form: ToolCallForm = HERMES) -> BuiltPrompt:
     """Render and tokenize a request, tool calls in ``tool_form``; malformed conversations
     are a 400."""
-    _check_messages(request.messages)
-    _check_text_blocks("system", request.system)
-    tool_pieces = _tool_pieces(request.tools, request.tool_choice, tool_form)
-    system_pieces = [_Piece(b.text, "system", b.cache_control) for b in request.system]
-    turns = _merge_turns(request.messages, tool_form)
-    prefill = turns[-1][0] == "assistant"
-    chat = ([("system", tool_pieces + system_pieces)] if tool_pieces or system_pieces else [])
-    chat += turns
-    text, ends = _render(tokenizer, chat, prefill)
-    ids, offsets = tokenizer.encode_prompt(text)
-    token_ends = [end for _, end in offsets]
-    owned = [(piece, end) for piece, end in ends if piece.section is not None]
-    blocks = [PromptBlock(piece.section, bisect.bisect_right(token_ends, end), piece.cache_control)
-              for piece, end in owned]
-    return BuiltPrompt(
-        text=text, token_ids=ids, blocks=blocks,
-        tools_text=_join(p for p in tool_pieces if p.section == "tools"),
-        tool_choice_text=_tool_choice_text(request.tool_choice) if request.tools else "",
-        system_text=_join(system_pieces),
-        turns=[ChatTurn(role, _join(pieces)) for role, pieces in turns],
-        prefill=prefill,
-        block_chars=[end for _, end in owned],
-    )
+    rendered = _render_request(request, tokenizer, tool_form)
+    return _placed(rendered, *tokenizer.encode_prompt(rendered.text))
 
 
 def continue_prompt(request: PromptRequest, tokenizer: ChatTokenizer, tool_form: ToolCallForm,
@@ -114,19 +94,55 @@ def continue_prompt(request: PromptRequest, tokenizer: ChatTokenizer, tool_form:
     ``history_ids``. If the template rewrote the history's last block (so where it ends
     can't be found), the whole prompt is tokenized afresh instead.
     """
-    full = build_prompt(request, tokenizer, tool_form)
+    rendered = _render_request(request, tokenizer, tool_form)
     k = len(history_blocks)
-    cut = full.block_chars[k - 1]
+    cut = rendered.block_chars[k - 1]
     last = _block_text(request.messages[-1 - _new_messages(request, k)].content[-1], tool_form)
-    if not full.text.startswith(last, cut - len(last)):
-        return full
-    ids, offsets = tokenizer.encode_prompt(full.text[cut:], bos=False)
+    if not rendered.text.startswith(last, cut - len(last)):
+        return _placed(rendered, *tokenizer.encode_prompt(rendered.text))
+    ids, offsets = tokenizer.encode_prompt(rendered.text[cut:], bos=False)
+    return _placed(rendered, ids, offsets, cut=cut, history_ids=history_ids,
+                   history_blocks=history_blocks)
+
+
+def _render_request(request: PromptRequest, tokenizer: ChatTokenizer,
+                    tool_form: ToolCallForm) -> BuiltPrompt:
+    """The prompt's text and blocks (at ``block_chars``), not yet tokenized."""
+    _check_messages(request.messages)
+    _check_text_blocks("system", request.system)
+    tool_pieces = _tool_pieces(request.tools, request.tool_choice, tool_form)
+    system_pieces = [_Piece(b.text, "system", b.cache_control) for b in request.system]
+    turns = _merge_turns(request.messages, tool_form)
+    prefill = turns[-1][0] == "assistant"
+    chat = ([("system", tool_pieces + system_pieces)] if tool_pieces or system_pieces else [])
+    chat += turns
+    text, ends = _render(tokenizer, chat, prefill)
+    owned = [(piece, end) for piece, end in ends if piece.section is not None]
+    return BuiltPrompt(
+        text=text, token_ids=[],
+        blocks=[PromptBlock(piece.section, 0, piece.cache_control) for piece, _ in owned],
+        tools_text=_join(p for p in tool_pieces if p.section == "tools"),
+        tool_choice_text=_tool_choice_text(request.tool_choice) if request.tools else "",
+        system_text=_join(system_pieces),
+        turns=[ChatTurn(role, _join(pieces)) for role, pieces in turns],
+        prefill=prefill,
+        block_chars=[end for _, end in owned],
+    )
+
+
+def _placed(rendered: BuiltPrompt, ids: list[int], offsets: list[tuple[int, int]], *,
+            cut: int = 0, history_ids: Sequence[int] = (),
+            history_blocks: Sequence[PromptBlock] = ()) -> BuiltPrompt:
+    """``rendered`` with its tokens: ``history_ids`` (holding ``history_blocks``), then
+    ``ids``, the tokens of ``rendered.text[cut:]``; each later block ends at the number of
+    tokens that lie entirely before its last character."""
     token_ends = [end for _, end in offsets]
-    blocks = history_blocks + [
+    k = len(history_blocks)
+    blocks = list(history_blocks) + [
         PromptBlock(b.section, len(history_ids) + bisect.bisect_right(token_ends, c - cut),
                     b.cache_control)
-        for b, c in zip(full.blocks[k:], full.block_chars[k:], strict=True)]
-    return replace(full, token_ids=history_ids + ids, blocks=blocks)
+        for b, c in zip(rendered.blocks[k:], rendered.block_chars[k:], strict=True)]
+    return replace(rendered, token_ids=[*history_ids, *ids], blocks=blocks)
 
 
 def _new_messages(request: PromptRequest, history_blocks: int) -> int:
