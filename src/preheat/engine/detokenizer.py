@@ -59,10 +59,13 @@ class IncrementalDetokenizer:
         return out
 
     def _longest_stop_prefix_suffix(self) -> int:
-        best = 0
-        for s in self._stops:
-            for k in range(min(len(s) - 1, len(self._pending)), best, -1):
-                if self._pending.endswith(s[:k]):
-                    best = k
-                    break
-        return best
+        return max(partial_suffix(self._pending, s) for s in self._stops)
+
+
+def partial_suffix(text: str, marker: str) -> int:
+    """Length of the longest end of ``text`` that ``marker`` starts with (short of all of
+    it): how much of ``text`` to hold back while it may still grow into ``marker``."""
+    for k in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:k]):
+            return k
+    return 0

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic_core import from_json
 
+from preheat.engine.detokenizer import partial_suffix
 from preheat.server.tool_format import HERMES, ToolCallForm
 
 
@@ -152,7 +153,7 @@ class ReplyParser:
             return True
         # hold back what could still become a call, and trailing whitespace (it is dropped
         # if a call follows)
-        keep = _partial_suffix(self._pending, trigger)
+        keep = partial_suffix(self._pending, trigger)
         body = self._pending[:len(self._pending) - keep]
         ready = body.rstrip()
         out += self._text(ready)
@@ -261,14 +262,6 @@ def _string_end(text: str) -> int | None:
         elif ch == '"':
             return i
     return None
-
-
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest end of ``text`` that ``marker`` starts with."""
-    for k in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:k]):
-            return k
-    return 0
 
 
 def _parse_arguments(text: str) -> dict[str, Any]:
