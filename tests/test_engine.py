@@ -274,13 +274,15 @@ def test_pins_never_keep_a_request_that_fits_the_pool_waiting():
 def test_a_held_reply_is_found_by_the_next_turn_and_counted():
     """A thread's turn holds its prompt and reply; the next turn's prompt finds them cached."""
     engine = tiny_engine()
-    prompt = ids(21, seed=5)
+    prompt = ids(22, seed=5)
     first = run(engine, [GenerationRequest(prompt, GREEDY, hold_seconds=60.0)])[0]
     before = engine.stats()
     follow_up = prompt + first.output_ids + ids(9, seed=6)
-    run(engine, [GenerationRequest(follow_up, GREEDY)])
+    warm = run(engine, [GenerationRequest(follow_up, GREEDY)])[0]
     after = engine.stats()
+    assert warm.output_ids == run(tiny_engine(), [GenerationRequest(follow_up, GREEDY)])[0].output_ids
     assert after.prompt_tokens - before.prompt_tokens == len(follow_up)
-    computed = len(prompt) + len(first.output_ids) - 1  # the last sampled token never ran
-    block = engine.pool.block_size
-    assert after.prompt_tokens_cached - before.prompt_tokens_cached == computed // block * block
+    # All of it, its last partial block too: only the last sampled token never ran.
+    computed = len(prompt) + len(first.output_ids) - 1
+    assert computed % engine.pool.block_size  # the case a tail serves
+    assert after.prompt_tokens_cached - before.prompt_tokens_cached == computed

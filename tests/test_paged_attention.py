@@ -1,11 +1,12 @@
-"""The paged decode attention kernel: against a float64 reference, batch and thread invariant, strict inputs."""
+"""The paged attention kernels (decode, prefill): against a float64 reference, batch and thread invariant, strict inputs."""
 import pytest
 import torch
 
 from preheat.kernels import paged_attention as kernel
-from preheat.kernels.paged_attention import load_attention_kernel, paged_decode_attention
+from preheat.kernels.paged_attention import (load_attention_kernel, paged_decode_attention,
+                                              paged_prefill_attention)
 from preheat.layers import attention
-from preheat.layers.attention import DecodeBatch
+from preheat.layers.attention import DecodeBatch, PrefillSlice
 
 PARTITION = 256  # paged_attention.cpp's kPartition
 LENGTHS = [1, 15, 16, 17, PARTITION - 1, PARTITION, PARTITION + 1, 2 * PARTITION + 1, 3000]
@@ -126,3 +127,89 @@ def test_bad_inputs_raise(change, message):
     args.update(change(args))
     with pytest.raises(RuntimeError, match=message):
         paged_decode_attention(*args.values())
+
+
+# ---- prefill -----------------------------------------------------------------------------
+
+
+def prefill_reference(q, cache, table, context):
+    """Causal attention in float64: query i sits at position context - n + i."""
+    n, heads, head_dim = q.shape
+    k, v = (cache[i][table].reshape(-1, cache.shape[3], head_dim)[:context].double() for i in (0, 1))
+    k, v = (x.repeat_interleave(heads // cache.shape[3], dim=1) for x in (k, v))
+    scores = torch.einsum("nhd,thd->hnt", q.double(), k) * head_dim ** -0.5
+    hidden = torch.arange(context)[None, :] > torch.arange(context - n, context)[:, None]
+    scores = scores.masked_fill(hidden, float("-inf"))
+    return torch.einsum("hnt,thd->nhd", scores.softmax(-1), v).float()
+
+
+def prefill_case(n, context, heads=9, kv_heads=3, head_dim=64, dtype=torch.float16, block_size=16, seed=0):
+    q, cache, tables, _ = make_case([context], heads, kv_heads, head_dim, dtype, block_size, seed)
+    q = 2 * torch.randn(n, heads, head_dim, generator=torch.Generator().manual_seed(seed + 1))
+    return q, cache, tables[0], context
+
+
+def prefill(q, cache, table, context):
+    return paged_prefill_attention(q, cache[0], cache[1], table, context, q.shape[-1] ** -0.5)
+
+
+# (chunk, context): a whole prompt, chunks after cached context, one token, rows past 16
+PREFILL_SHAPES = [(1, 1), (5, 5), (16, 16), (17, 40), (6, 300), (64, 64), (33, 1000), (1, 700)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("heads,kv_heads", [(9, 3), (8, 8), (8, 1), (12, 2)], ids=["gqa3", "mha", "mqa", "gqa6"])
+@pytest.mark.parametrize("head_dim", [64, 128, 32])
+def test_prefill_matches_reference(dtype, heads, kv_heads, head_dim):
+    for n, context in PREFILL_SHAPES:
+        case = prefill_case(n, context, heads, kv_heads, head_dim, dtype)
+        torch.testing.assert_close(prefill(*case), prefill_reference(*case), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 7, 32])
+def test_prefill_any_block_size(block_size):
+    case = prefill_case(40, 300, block_size=block_size)
+    torch.testing.assert_close(prefill(*case), prefill_reference(*case), atol=2e-5, rtol=0)
+
+
+def test_prefill_result_is_bitwise_independent_of_threads():
+    case = prefill_case(50, 900)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(prefill(*case))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+def test_prefill_layer_uses_the_kernel_and_agrees_with_the_gathered_path(monkeypatch):
+    q, cache, table, context = prefill_case(30, 500)
+    # the chunk's own k and v, as the layer has them: what the cache holds for its positions
+    rows = cache.view(2, -1, *cache.shape[-2:])
+    positions = torch.arange(context - 30, context)
+    slots = table[positions // 16] * 16 + positions % 16
+    k, v = (rows[i][slots].float() for i in (0, 1))
+    chunk = PrefillSlice(0, 30, context, table)
+    fast = attention._prefill(q, k, v, cache, chunk)
+    monkeypatch.setattr(kernel, "supports", lambda kv_cache: False)
+    torch.testing.assert_close(fast, attention._prefill(q, k, v, cache, chunk), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda a: dict(q=a["q"].double()), "float32"),
+    (lambda a: dict(q=a["q"][:, :8]), "multiple of the cache's"),
+    (lambda a: dict(v_cache=a["v_cache"].float()), "one dtype"),
+    (lambda a: dict(block_table=a["block_table"][None]), "block_table must be"),
+    (lambda a: dict(context=49), "fit the table's 48"),
+    (lambda a: dict(context=5), "cover the chunk's 10"),
+    (lambda a: dict(block_table=a["block_table"] + 1000), "not a block of the cache"),
+])
+def test_prefill_bad_inputs_raise(change, message):
+    q, cache, table, _ = prefill_case(10, 40)  # 3 blocks of 16: 48 tokens
+    args = dict(q=q, k_cache=cache[0], v_cache=cache[1], block_table=table, context=40, scale=0.125)
+    args.update(change(args))
+    with pytest.raises(RuntimeError, match=message):
+        paged_prefill_attention(*args.values())

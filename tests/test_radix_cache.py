@@ -222,3 +222,37 @@ def test_a_held_prefix_is_evicted_last_and_only_while_its_hold_lasts(cache, pool
     clock.now += 61
     put(cache, pool, other)
     assert cache.evict(2) == 2 and not cache.match("", held)  # the hold has run out
+
+
+def test_a_held_tail_goes_once_to_the_request_that_continues_it(cache, pool, clock):
+    tokens = [3] * BS * 2 + [4, 5]  # two full blocks, then a partial one
+    put(cache, pool, tokens[: BS * 2])
+    tail = pool.allocate(1)[0]  # the finishing sequence's last block
+    cache.hold("", tokens, ttl=60, tail_block=tail)
+    pool.decref([tail])  # the sequence releases it; the tree's reference keeps it
+    assert pool.refcount(tail) == 1 and cache.cached_blocks == 3
+    assert cache.take_tail("", tokens[: BS * 2] + [4, 6, 7], BS * 2) is None  # other tokens
+    assert cache.take_tail("other", tokens + [7], BS * 2) is None  # other namespace
+    assert cache.take_tail("", tokens + [7], BS * 2) == (tail, 2)
+    assert cache.take_tail("", tokens + [7], BS * 2) is None  # handed over already
+    assert pool.refcount(tail) == 1 and cache.cached_blocks == 2  # the taker's reference now
+
+
+def test_held_tails_are_freed_after_unheld_entries_and_first_once_expired(cache, pool, clock):
+    held = [1] * BS
+    put(cache, pool, held)
+    tail = pool.allocate(1)[0]
+    cache.hold("", held + [2], ttl=60, tail_block=tail)
+    pool.decref([tail])
+    clock.now += 1
+    put(cache, pool, [5] * BS)  # newer, but not held
+    free = pool.num_free
+    assert cache.evict(1) == 1 and pool.num_free == free + 1
+    assert cache.take_tail("", held + [2, 3], BS) == (tail, 1)  # the unheld entry went first
+    pool.decref([tail])
+    tail = pool.allocate(1)[0]
+    cache.hold("", held + [2], ttl=60, tail_block=tail)
+    pool.decref([tail])
+    clock.now += 61
+    assert cache.evict(1) == 1  # the expired tail goes before anything else
+    assert cache.take_tail("", held + [2, 3], BS) is None and cache.match("", held)

@@ -260,8 +260,9 @@ class LLMEngine:
 
     def _finish(self, seq: Sequence, reason: StopReason) -> tuple[str, Finished]:
         if seq.request.hold_seconds > 0 and reason is not StopReason.ABORTED:
-            self.radix.hold(seq.namespace, seq.token_ids[:seq.num_computed],
-                            seq.request.hold_seconds)
+            partial = seq.num_computed % self.pool.block_size
+            self.radix.hold(seq.namespace, seq.token_ids[:seq.num_computed], seq.request.hold_seconds,
+                            seq.block_table[seq.num_computed // self.pool.block_size] if partial else None)
         self.scheduler.finish(seq)
         return seq.id, Finished(reason, seq.detokenizer.stop_sequence, seq.usage, seq.num_output,
                                 seq.output_ids, seq.detokenizer.text)

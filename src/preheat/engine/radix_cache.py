@@ -12,6 +12,10 @@ an ordinary evictable entry behind. A pin may end mid-block: the tree protects
 its full blocks and the few tokens past the last boundary are recomputed.
 Everything is per namespace: prefixes are never shared across namespaces.
 
+A held prefix (``hold``, for message threads) may keep its last, partial block too:
+that block goes to the one request that continues the prefix exactly (``take_tail``),
+so a thread's next turn recomputes no token of its history.
+
 A pin entry may live in RAM (its blocks protected in the tree), on disk (a copy
 in the disk tier, see ``kv_offload.py``) or both; a ``PinListener`` hears of pins
 placed, hit and dropped so it can keep the disk copy current.
@@ -78,6 +82,15 @@ class _Node:
         return any(p.alive(now) for p in self.pins)
 
 
+@dataclass(eq=False)
+class _Tail:
+    """The partial block after a held prefix's full blocks: its tokens and the block."""
+
+    tokens: Tokens
+    block: int
+    held_until: float
+
+
 class RadixCache:
     def __init__(self, pool: BlockPool, *, clock: Callable[[], float] = time.monotonic,
                  max_pinned_blocks: int | None = None, listener: PinListener | None = None):
@@ -95,6 +108,7 @@ class RadixCache:
         self._pin_lock = threading.Lock()
         self._pins: dict[tuple[str, Tokens], PinEntry] = {}
         self._pin_lengths: dict[str, set[int]] = {}
+        self._tails: dict[tuple[str, Tokens], _Tail] = {}  # (ns, block-aligned prefix) -> tail
 
     # ---- tree -------------------------------------------------------------
 
@@ -203,9 +217,10 @@ class RadixCache:
 
     def evict(self, num_blocks: int) -> int:
         """Free at least ``num_blocks`` blocks if possible, oldest leaves first; held ones
-        only once no other is left."""
+        (and held tails, newest last) only once no other is left."""
         # Expired pins no longer protect (``pinned`` checks expiry); ``tick`` retires them.
         now = self.clock()
+        freed = self._drop_tails(lambda t: t.held_until <= now, num_blocks)
         tie = itertools.count()
 
         def order(n: _Node) -> tuple:
@@ -213,28 +228,69 @@ class RadixCache:
 
         heap = [(*order(n), n) for n in self._nodes() if self._evictable(n, now)]
         heapq.heapify(heap)
-        freed = 0
+        while heap and freed < num_blocks and heap[0][0] is False:
+            freed += self._evict_node(heapq.heappop(heap)[-1], heap, order, now)
+        freed += self._drop_tails(lambda t: True, num_blocks - freed)
         while heap and freed < num_blocks:
-            *_, node = heapq.heappop(heap)
-            parent = node.parent
-            del parent.children[self._key(node.tokens, 0)]
-            self.pool.decref(node.blocks)
-            self.cached_blocks -= len(node.blocks)
-            freed += len(node.blocks)
-            if parent.parent is not None and self._evictable(parent, now):
-                heapq.heappush(heap, (*order(parent), parent))
+            freed += self._evict_node(heapq.heappop(heap)[-1], heap, order, now)
         return freed
 
-    def hold(self, ns: str, tokens: list[int], ttl: float) -> None:
+    def _evict_node(self, node: _Node, heap: list, order: Callable[[_Node], tuple], now: float) -> int:
+        """Remove a leaf; its parent joins ``heap`` if that makes it a leaf nobody uses."""
+        parent = node.parent
+        del parent.children[self._key(node.tokens, 0)]
+        self.pool.decref(node.blocks)
+        self.cached_blocks -= len(node.blocks)
+        if parent.parent is not None and self._evictable(parent, now):
+            heapq.heappush(heap, (*order(parent), parent))
+        return len(node.blocks)
+
+    def hold(self, ns: str, tokens: list[int], ttl: float, tail_block: int | None = None) -> None:
         """Keep the cached part of ``tokens`` ahead of other unpinned entries for ``ttl`` s.
 
         Not a pin: nothing is promised or reported, and when memory runs short it goes
         (after every entry not held) before any running request is preempted. A message
-        thread holds its history this way, so its next turn finds it.
+        thread holds its history this way, so its next turn finds it. ``tail_block`` holds
+        the tokens past the last full block, for ``take_tail``; the caller keeps its own
+        reference to it.
         """
         until = self.clock() + ttl
         for node in self._walk(ns, tokens, split=False)[0]:
             node.held_until = max(node.held_until, until)
+        aligned = len(tokens) - len(tokens) % self.bs
+        if tail_block is None or aligned == len(tokens):
+            return
+        self.pool.incref([tail_block])
+        self.cached_blocks += 1
+        self._drop_tail((ns, tuple(tokens[:aligned])))
+        self._tails[(ns, tuple(tokens[:aligned]))] = _Tail(tuple(tokens[aligned:]), tail_block, until)
+
+    def take_tail(self, ns: str, tokens: list[int], matched: int) -> tuple[int, int] | None:
+        """The held tail that continues ``tokens[:matched]`` (block-aligned) with the next
+        tokens of ``tokens``: (block, tokens it holds), handed over with its reference, or None.
+
+        A tail goes to one taker: its block is written past its tokens from then on.
+        """
+        tail = self._tails.get((ns, tuple(tokens[:matched]))) if self._tails else None
+        if tail is None or tuple(tokens[matched: matched + len(tail.tokens)]) != tail.tokens:
+            return None
+        del self._tails[(ns, tuple(tokens[:matched]))]
+        self.cached_blocks -= 1
+        return tail.block, len(tail.tokens)
+
+    def _drop_tail(self, key: tuple[str, Tokens]) -> int:
+        tail = self._tails.pop(key, None)
+        if tail is None:
+            return 0
+        self.pool.decref([tail.block])
+        self.cached_blocks -= 1
+        return 1
+
+    def _drop_tails(self, which: Callable[[_Tail], bool], num_blocks: int) -> int:
+        """Free up to ``num_blocks`` tails that ``which`` picks, those held longest ago first."""
+        keys = sorted((k for k, t in self._tails.items() if which(t)),
+                      key=lambda k: self._tails[k].held_until)
+        return sum(self._drop_tail(k) for k in keys[:max(num_blocks, 0)])
 
     # ---- pins -------------------------------------------------------------
 

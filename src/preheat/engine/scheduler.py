@@ -132,11 +132,16 @@ class Scheduler:
 
     def _admit(self, seq: Sequence) -> None:
         # Leave at least one token to run: its logits pick the next token.
-        blocks = self.radix.match(seq.namespace, seq.token_ids[: seq.num_tokens - 1])
+        prompt = seq.token_ids[: seq.num_tokens - 1]
+        blocks = self.radix.match(seq.namespace, prompt)
         self.pool.incref(blocks)
         seq.block_table = list(blocks)
         seq.num_computed = len(blocks) * self.pool.block_size
         seq.num_inserted_blocks = len(blocks)
+        tail = self.radix.take_tail(seq.namespace, prompt, seq.num_computed)
+        if tail is not None:  # a thread's last partial block: its reference is ours now
+            seq.block_table.append(tail[0])
+            seq.num_computed += tail[1]
         if not seq.admitted:  # a preempted sequence coming back is not a new prompt
             seq.admitted = True
             self.prompt_tokens += seq.num_prompt_tokens

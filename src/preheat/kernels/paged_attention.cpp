@@ -1,4 +1,5 @@
-// Decode attention read straight from the paged KV cache: one query token per sequence.
+// Attention read straight from the paged KV cache. First decode (one query token per
+// sequence, below); then prefill (a chunk of one sequence's prompt tokens, further down).
 //
 // The cache is [blocks, block_size, kv_heads, head_dim] for K and for V, float32, float16
 // or bfloat16; a sequence's token t lives in block block_tables[b][t / block_size] at row
@@ -383,10 +384,243 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
   return out;
 }
 
+
+// ---- prefill: many query tokens of one sequence, causal --------------------------------
+//
+// A prompt chunk's n tokens attend over everything cached before them and, causally, over
+// each other; the chunk's own k and v are already in the cache. Query rows are pairs
+// (token i, query head of KV head h), and 16 of them fill a register's lanes, so a work
+// item is (KV head, 16 rows). With rows in lanes every step is vertical: key token t's
+// scores are one register, sum_d k[t][d] * qT[d] (a broadcast key element times 16 rows'
+// q); the online softmax's max, sum and rescale are elementwise; the output accumulates as
+// oT[d] += sum_t p[t] * v[t][d]. No transposes or horizontal sums in the loop.
+//
+// Keys and values are converted to float32 once per call, a span of tokens at a time
+// (every head's, in parallel), and then every item reads that span from the contiguous
+// copy: converting per item cost as much as the arithmetic. The items' softmax state lives
+// between spans, so the copy stays within kSpanBytes at any context length, and a span is
+// as long as that allows: each span costs two parallel regions.
+
+constexpr int kRows = 16;      // query rows per item: one per lane
+constexpr int kKeys = 16;      // key tokens per step: one score register each
+constexpr int kDims = 8;       // output dims accumulated at once: independent FMA chains
+constexpr int64_t kSpanBytes = 8 << 20;  // the float32 copy of a span's keys and values
+
+template <typename T>
+struct PrefillProblem {
+  const T* k;              // [blocks, block_size, kv_heads, head_dim]
+  const T* v;
+  const int64_t* table;    // the sequence's blocks
+  int64_t n, context, block_size, heads, kv_heads, head_dim;
+};
+
+// One item's rows and running softmax: qT and oT are [head_dim][kRows]; pos[r] is the last
+// key row r may see.
+struct PrefillItem {
+  int64_t h = 0, row0 = 0, valid = 0;
+  std::vector<float> qt, ot;
+  alignas(64) int32_t pos[kRows];
+  alignas(64) float m[kRows];
+  alignas(64) float l[kRows];
+
+  int64_t end() const { return pos[kRows - 1] + 1; }  // rows are in token order
+};
+
+// Item `it`'s rows (token-major: row = i * groups + g of KV head h) from q scaled to base 2.
+template <typename T>
+void init_item(const PrefillProblem<T>& pb, const float* q, float q_scale, int64_t h, int64_t row0,
+               PrefillItem& item) {
+  const int64_t dim = pb.head_dim, groups = pb.heads / pb.kv_heads;
+  item.h = h;
+  item.row0 = row0;
+  item.valid = std::min<int64_t>(kRows, pb.n * groups - row0);
+  item.qt.assign(dim * kRows, 0.f);
+  item.ot.assign(dim * kRows, 0.f);
+  for (int64_t r = 0; r < kRows; ++r) {
+    const int64_t row = row0 + std::min(r, item.valid - 1);  // spare lanes repeat the last row
+    const int64_t i = row / groups, hq = h * groups + row % groups;
+    item.pos[r] = static_cast<int32_t>(pb.context - pb.n + i);
+    item.m[r] = -std::numeric_limits<float>::infinity();
+    item.l[r] = 0.f;
+    const float* qr = q + (i * pb.heads + hq) * dim;
+    for (int64_t d = 0; d < dim; ++d) item.qt[d * kRows + r] = qr[d] * q_scale;
+  }
+}
+
+// Keys and values of tokens [s0, s1) as float32: keys[h][t - s0][d], values likewise;
+// `span` rows per head.
+template <typename T>
+void convert_span(const PrefillProblem<T>& pb, int64_t s0, int64_t s1, int64_t span, float* keys,
+                  float* values) {
+  const int64_t dim = pb.head_dim, row = pb.kv_heads * dim;
+  at::parallel_for(0, s1 - s0, 64, [&](int64_t begin, int64_t stop) {
+    for (int64_t j = begin; j < stop; ++j) {
+      const int64_t t = s0 + j, at = (pb.table[t / pb.block_size] * pb.block_size + t % pb.block_size) * row;
+      for (int64_t h = 0; h < pb.kv_heads; ++h) {
+        const int64_t to = (h * span + j) * dim, from = at + h * dim;
+        for (int64_t d = 0; d < dim; d += kLanes) {
+          _mm512_storeu_ps(keys + to + d, load16(pb.k + from + d));
+          _mm512_storeu_ps(values + to + d, load16(pb.v + from + d));
+        }
+      }
+    }
+  });
+}
+
+// Keys [t0, t0 + c) of the span (rows of `keys` and `values`, float32) into item's state.
+void prefill_step(PrefillItem& item, int64_t dim, int64_t t0, int64_t c, const float* keys,
+                  const float* values) {
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512i vpos = _mm512_load_si512(item.pos);
+  __m512 s[kKeys];
+  for (auto& x : s) x = _mm512_setzero_ps();
+  for (int64_t d = 0; d < dim; ++d) {
+    const __m512 qd = _mm512_loadu_ps(item.qt.data() + d * kRows);
+#pragma GCC unroll 16
+    for (int j = 0; j < kKeys; ++j) s[j] = _mm512_fmadd_ps(_mm512_set1_ps(keys[j * dim + d]), qd, s[j]);
+  }
+  const __m512 m_old = _mm512_load_ps(item.m);
+  __m512 top = m_old;
+#pragma GCC unroll 16
+  for (int j = 0; j < kKeys; ++j) {
+    if (j >= c) {
+      s[j] = neg_inf;
+    } else if (t0 + j > item.pos[0]) {  // hidden from some rows
+      const __mmask16 sees = _mm512_cmpge_epi32_mask(vpos, _mm512_set1_epi32(static_cast<int32_t>(t0 + j)));
+      s[j] = _mm512_mask_blend_ps(sees, neg_inf, s[j]);
+    }
+    top = _mm512_max_ps(top, s[j]);
+  }
+  // Key 0 is visible to every row, so from the first step on `top` is finite.
+  const __m512 alpha = exp2_ps(_mm512_sub_ps(m_old, top));
+  __m512 l = _mm512_mul_ps(_mm512_load_ps(item.l), alpha);
+#pragma GCC unroll 16
+  for (int j = 0; j < kKeys; ++j) {
+    s[j] = exp2_ps(_mm512_sub_ps(s[j], top));
+    l = _mm512_add_ps(l, s[j]);
+  }
+  _mm512_store_ps(item.m, top);
+  _mm512_store_ps(item.l, l);
+  float* ot = item.ot.data();
+  for (int64_t d0 = 0; d0 < dim; d0 += kDims) {
+    __m512 acc[kDims];
+#pragma GCC unroll 8
+    for (int e = 0; e < kDims; ++e) acc[e] = _mm512_mul_ps(_mm512_loadu_ps(ot + (d0 + e) * kRows), alpha);
+#pragma GCC unroll 16
+    for (int j = 0; j < kKeys; ++j) {
+#pragma GCC unroll 8
+      for (int e = 0; e < kDims; ++e) {
+        acc[e] = _mm512_fmadd_ps(s[j], _mm512_set1_ps(values[j * dim + d0 + e]), acc[e]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int e = 0; e < kDims; ++e) _mm512_storeu_ps(ot + (d0 + e) * kRows, acc[e]);
+  }
+}
+
+// The item's keys within span [s0, s1), 16 at a time. Rows past the span's end in the
+// copy hold zeros or an earlier span's finite values: masked to probability 0.
+void prefill_span(PrefillItem& item, int64_t dim, int64_t s0, int64_t s1, int64_t span, const float* keys,
+                  const float* values) {
+  const int64_t stop = std::min(s1, item.end());
+  for (int64_t t0 = s0; t0 < stop; t0 += kKeys) {
+    const int64_t at = (item.h * span + (t0 - s0)) * dim;
+    prefill_step(item, dim, t0, std::min<int64_t>(kKeys, stop - t0), keys + at, values + at);
+  }
+}
+
+template <typename T>
+void write_item(const PrefillProblem<T>& pb, const PrefillItem& item, float* out) {
+  const int64_t dim = pb.head_dim, groups = pb.heads / pb.kv_heads;
+  for (int64_t r = 0; r < item.valid; ++r) {
+    const int64_t row = item.row0 + r, i = row / groups, hq = item.h * groups + row % groups;
+    const float inv = 1.f / item.l[r];
+    float* o = out + (i * pb.heads + hq) * dim;
+    for (int64_t d = 0; d < dim; ++d) o[d] = item.ot[d * kRows + r] * inv;
+  }
+}
+
+template <typename T>
+void run_prefill(const PrefillProblem<T>& pb, const float* q, float q_scale, float* out) {
+  const int64_t dim = pb.head_dim, per_head = (pb.n * (pb.heads / pb.kv_heads) + kRows - 1) / kRows;
+  // Items: the longest first (later rows see more keys), a head's next to each other.
+  std::vector<PrefillItem> items(pb.kv_heads * per_head);
+  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t stop) {
+    for (int64_t it = begin; it < stop; ++it) {
+      init_item(pb, q, q_scale, it % pb.kv_heads, (per_head - 1 - it / pb.kv_heads) * kRows, items[it]);
+    }
+  });
+  // A whole number of steps, and the step past the context fits too (it reads, masked).
+  const int64_t most = kSpanBytes / (2 * pb.kv_heads * dim * static_cast<int64_t>(sizeof(float)));
+  const int64_t span = std::min(std::max<int64_t>(most / kKeys, 1), (pb.context + kKeys - 1) / kKeys) * kKeys;
+  // Zeroed once: a short last span leaves finite rows (zeros or older keys) past its end.
+  std::vector<float> keys(pb.kv_heads * span * dim, 0.f), values(pb.kv_heads * span * dim, 0.f);
+  for (int64_t s0 = 0; s0 < pb.context; s0 += span) {
+    const int64_t s1 = std::min(s0 + span, pb.context);
+    convert_span(pb, s0, s1, span, keys.data(), values.data());
+    at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t stop) {
+      for (int64_t it = begin; it < stop; ++it) {
+        prefill_span(items[it], dim, s0, s1, span, keys.data(), values.data());
+      }
+    });
+  }
+  for (const PrefillItem& item : items) write_item(pb, item, out);
+}
+
+// q [n, heads, head_dim] float32: the chunk's queries, at positions context - n .. context - 1;
+// k_cache, v_cache as for decode, already holding the chunk's own keys and values;
+// block_table [blocks] int64 or int32. Returns causal softmax(scale q k^T) v: [n, heads, head_dim].
+at::Tensor paged_prefill_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                   const at::Tensor& block_table, int64_t context, double scale) {
+  for (const at::Tensor* t : {&query, &k_cache, &v_cache, &block_table}) {
+    TORCH_CHECK(t->device().is_cpu(), "paged_prefill_attention runs on CPU tensors only");
+  }
+  TORCH_CHECK(query.dim() == 3 && query.scalar_type() == at::kFloat, "q must be [n, heads, head_dim] float32");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes() &&
+                  k_cache.scalar_type() == v_cache.scalar_type() && k_cache.is_contiguous() &&
+                  v_cache.is_contiguous(),
+              "k_cache and v_cache must both be contiguous [blocks, block_size, kv_heads, head_dim] of one dtype");
+  const auto dtype = k_cache.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+              "the cache must be float32, float16 or bfloat16, not ", dtype);
+  const int64_t n = query.size(0), heads = query.size(1), dim = query.size(2);
+  const int64_t num_blocks = k_cache.size(0), block_size = k_cache.size(1), kv_heads = k_cache.size(2);
+  TORCH_CHECK(k_cache.size(3) == dim, "the cache's head_dim is ", k_cache.size(3), ", q's ", dim);
+  TORCH_CHECK(dim % kDims == 0 && dim % kLanes == 0 && dim > 0 && dim <= kMaxHeadDim,
+              "head_dim must be a multiple of 16 up to 256, got ", dim);
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "q's ", heads, " heads must be a multiple of the cache's ",
+              kv_heads, " KV heads");
+  TORCH_CHECK(block_table.dim() == 1, "block_table must be [blocks]");
+  const at::Tensor table = block_table.to(at::kLong).contiguous();
+  TORCH_CHECK(context >= n && n >= 0 && context <= table.size(0) * block_size,
+              "context ", context, " must cover the chunk's ", n, " tokens and fit the table's ",
+              table.size(0) * block_size);
+  check_tables(table.view({1, -1}), {context}, block_size, num_blocks);
+
+  const at::Tensor q = query.contiguous();
+  at::Tensor out = at::empty({n, heads, dim}, query.options());
+  if (n == 0) return out;
+  // Base-2 scores: 2^(log2(e) x) = e^x, so the softmax needs only exp2.
+  const float q_scale = static_cast<float>(scale * kLog2e);
+  auto go = [&](auto tag) {
+    using T = decltype(tag);
+    const PrefillProblem<T> pb{static_cast<const T*>(k_cache.data_ptr()), static_cast<const T*>(v_cache.data_ptr()),
+                               table.data_ptr<int64_t>(), n, context, block_size, heads, kv_heads, dim};
+    run_prefill(pb, q.data_ptr<float>(), q_scale, out.data_ptr<float>());
+  };
+  if (dtype == at::kFloat) go(float{});
+  else if (dtype == at::kHalf) go(c10::Half{});
+  else go(c10::BFloat16{});
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(preheat, m) {
   m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
         "Tensor context_lens, float scale) -> Tensor",
         &paged_decode_attention);
+  m.def("paged_prefill_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, "
+        "int context, float scale) -> Tensor",
+        &paged_prefill_attention);
 }

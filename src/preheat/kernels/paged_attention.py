@@ -1,10 +1,12 @@
-"""Decode attention over the paged KV cache (``paged_attention.cpp``): built once per machine, on first use.
+"""Attention over the paged KV cache (``paged_attention.cpp``): built once per machine, on first use.
 
-PyTorch's path gathers every block of every decoding sequence into a dense tensor and
-then runs SDPA: at long contexts that copy costs as much as the attention itself. This
-kernel reads each K and V row where it lies in the cache (float32, float16 or bfloat16),
-in parallel even for one sequence, with results that do not depend on the batch or the
-thread count.
+PyTorch's path gathers every block of a sequence's context into a dense tensor and then
+runs SDPA: at long contexts that copy costs as much as the attention itself, and a prompt
+chunk after cached context needs a masked SDPA that runs at a third of the FMA units'
+pace. These kernels read each K and V row where it lies in the cache (float32, float16 or
+bfloat16): decode for a batch of one-token sequences, prefill for one sequence's chunk of
+prompt tokens (causal, over everything cached before it). Their results do not depend on
+the batch or the thread count.
 
 It needs a CPU with AVX-512F and a C++ compiler (ninja comes with preheat). Where either
 is missing, ``load_attention_kernel`` says so once and returns False, and attention takes
@@ -35,11 +37,11 @@ def cpu_has_avx512f() -> bool:
 def load_attention_kernel() -> bool:
     """Register ``torch.ops.preheat.paged_decode_attention``, compiling it on a first run; False if it cannot run."""
     if not cpu_has_avx512f():
-        logger.info("this CPU lacks AVX-512F: decode attention gathers the KV cache for PyTorch's SDPA")
+        logger.info("this CPU lacks AVX-512F: attention gathers the KV cache for PyTorch's SDPA")
         return False
     logger.info("loading the paged attention kernel (a first start on this machine compiles it)")
     return build_kernel("preheat_attention", SOURCE, _FLAGS, what="paged attention kernel",
-                        fallback="decode attention gathers the KV cache for PyTorch's SDPA")
+                        fallback="attention gathers the KV cache for PyTorch's SDPA")
 
 
 def supports(kv_cache: torch.Tensor) -> bool:
@@ -59,3 +61,14 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     Returns [batch, heads, head_dim] float32.
     """
     return torch.ops.preheat.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
+
+
+def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            block_table: torch.Tensor, context: int, scale: float) -> torch.Tensor:
+    """Causal attention of a prompt chunk over its sequence's cache; requires ``load_attention_kernel()``.
+
+    q: [n, heads, head_dim] float32, the queries at positions context - n .. context - 1,
+    whose keys and values are already in the cache; block_table: [blocks] (int64 or int32).
+    Returns [n, heads, head_dim] float32.
+    """
+    return torch.ops.preheat.paged_prefill_attention(q, k_cache, v_cache, block_table, context, scale)

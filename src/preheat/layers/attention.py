@@ -96,13 +96,24 @@ def _as_cached(x: torch.Tensor, kv_dtype: torch.dtype) -> torch.Tensor:
 
 def _prefill(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv_cache: torch.Tensor,
              s: PrefillSlice) -> torch.Tensor:
+    if kernel.supports(kv_cache):
+        # Reads the cached context where it lies, with the chunk's own k and v (just stored)
+        out = kernel.paged_prefill_attention(q.float(), kv_cache[0], kv_cache[1], s.block_table,
+                                             s.context_len, q.shape[-1] ** -0.5)
+        return out.to(q.dtype)
+    return _prefill_gathered(q, k_new, v_new, kv_cache, s)
+
+
+def _prefill_gathered(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv_cache: torch.Tensor,
+                      s: PrefillSlice) -> torch.Tensor:
+    """The PyTorch path (GPU, or no kernel): the cached context copied out, then SDPA."""
     if s.context_len == s.num_tokens:  # nothing cached before this chunk
         k, v = (_as_cached(x, kv_cache.dtype).transpose(0, 1) for x in (k_new, v_new))
     else:
         k, v = (_gather(kv_cache[i], s.block_table)[:, : s.context_len].to(q.dtype) for i in (0, 1))
     # Query i sits at absolute position context_len - num_tokens + i: causal, aligned
-    # bottom-right. The CausalBias form keeps SDPA on its fused kernel (a boolean mask
-    # would materialize every score).
+    # bottom-right. On a GPU the CausalBias form keeps SDPA on its fused kernel (a boolean
+    # mask would materialize every score).
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1)[None], k[None], v[None],
         attn_mask=causal_lower_right(s.num_tokens, s.context_len), enable_gqa=True)
