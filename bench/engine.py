@@ -63,6 +63,18 @@ def drive(engine: LLMEngine, requests: list[GenerationRequest],
     return first or 0.0, time.perf_counter() - start
 
 
+def drive_tokens(engine: LLMEngine, requests: list[GenerationRequest]) -> list[list[int]]:
+    """Run requests together; returns each one's generated token ids, in order."""
+    for r in requests:
+        engine.enqueue(engine.prepare(r))
+    done: dict[str, list[int]] = {}
+    while engine.has_work:
+        for rid, ev in engine.step():
+            if isinstance(ev, Finished):
+                done[rid] = ev.output_ids
+    return [done[r.request_id] for r in requests]
+
+
 def greedy(n: int) -> SamplingParams:
     return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
 

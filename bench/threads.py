@@ -1,13 +1,15 @@
 """Message threads through the HTTP API and the SDK: a 20-turn conversation threaded
 (``client.beta.messages.thread``) and unthreaded (the client re-sends the history).
 
-Prints per turn the TTFT, the request body's size and the share of the history (the
-prompt before the new turn) the engine found in its KV cache (``/health``'s
-``prompt_tokens_cached``), and how often re-tokenizing a reply's text gives other
+Prints per turn the TTFT, the request body's size and the share of the history the
+engine found in its KV cache (``/health``'s ``prompt_tokens_cached``). The history is the
+prompt before the new turn less the previous reply's last token: that token was sampled
+and never run through the model, so no KV of it exists anywhere. Also prints how often re-tokenizing a reply's text gives other
 tokens than the model generated (what threads avoid). Goals: turn 20's TTFT at most
 1.2x turn 2's; a continue's body holds the new turn only.
 
-    python bench/threads.py [--turns 20] [--base-url URL --api-key KEY]
+    python bench/threads.py [--turns 20] [--repeats 3] [--modes threaded,unthreaded]
+                            [--base-url URL --api-key KEY]
 """
 from __future__ import annotations
 
@@ -25,15 +27,17 @@ from api_peer import cpu_model
 
 SYSTEM = "You are a helpful assistant. Answer in one or two sentences."
 GOAL = 1.2
+LABELS = {"threaded": "threaded (client.beta.messages.thread)",
+          "unthreaded": "unthreaded (the client re-sends the history, top-level cache_control)"}
 
 
 @dataclass
 class Turn:
     ttft: float
     body_bytes: int
-    history_tokens: int  # prompt tokens before this turn's new message
-    cached: int  # prompt tokens found in the KV cache
-    reply_retokenizes: bool  # the reply's text tokenizes to the tokens generated
+    history_tokens: int  # prompt tokens before this turn's new message whose KV can exist
+    cached: int | None  # prompt tokens found in the KV cache (None: the server doesn't say)
+    reply_retokenizes: bool | None  # the reply's text tokenizes to the tokens generated
 
 
 class BodySizes:
@@ -47,9 +51,9 @@ class BodySizes:
             self.sizes.append(len(request.content))
 
 
-def cache_counters(base_url: str) -> tuple[int, int]:
-    health = httpx.get(f"{base_url}/health", timeout=30).json()
-    return health["prompt_tokens"], health["prompt_tokens_cached"]
+def cached_tokens(base_url: str) -> int | None:
+    """preheat's count of prompt tokens found in its KV cache so far (None from a peer)."""
+    return httpx.get(f"{base_url}/health", timeout=30).json().get("prompt_tokens_cached")
 
 
 def question(turn: int, nonce: str) -> str:
@@ -69,7 +73,7 @@ def converse(base_url: str, api_key: str, turns: int, threaded: bool) -> list[Tu
     previous_prompt = 0
     for turn in range(1, turns + 1):
         message = {"role": "user", "content": question(turn, nonce)}
-        before = cache_counters(base_url)
+        before = cached_tokens(base_url)
         start, first = time.perf_counter(), None
         if threaded:
             stream = thread.stream(message, extra_body={"temperature": 0})
@@ -83,14 +87,17 @@ def converse(base_url: str, api_key: str, turns: int, threaded: bool) -> list[Tu
                 first = first or time.perf_counter() - start
             final = events.get_final_message()
         if not threaded:
-            history.append({"role": "assistant", "content": final.content})
-        after = cache_counters(base_url)
-        prompt = after[0] - before[0]
+            # A blank reply (a random-weight model's, say) cannot be sent back as a turn.
+            blank = not "".join(b.text for b in final.content if b.type == "text").strip()
+            history.append({"role": "assistant", "content": "..." if blank else final.content})
+        after, usage = cached_tokens(base_url), final.usage
+        prompt = (usage.input_tokens + (usage.cache_read_input_tokens or 0)
+                  + (usage.cache_creation_input_tokens or 0))
         text = "".join(b.text for b in final.content if b.type == "text")
-        out.append(Turn(first or time.perf_counter() - start, sizes.sizes[-1],
-                        previous_prompt, after[1] - before[1],
-                        final.usage.output_tokens == count_tokens(client, text)))
-        previous_prompt = prompt + final.usage.output_tokens
+        out.append(Turn(first or time.perf_counter() - start, sizes.sizes[-1], previous_prompt,
+                        None if after is None else after - before,
+                        None if after is None else usage.output_tokens == count_tokens(client, text)))
+        previous_prompt = prompt + usage.output_tokens - 1  # the last token never ran
     return out
 
 
@@ -102,38 +109,52 @@ def count_tokens(client: anthropic.Anthropic, text: str) -> int:
     return count("x" + text) - count("x") + 1 if text else 0
 
 
-def report(name: str, turns: list[Turn]) -> None:
+def report(name: str, runs: list[list[Turn]]) -> None:
+    """Per turn: the median TTFT over the runs (each a fresh conversation), and the first
+    run's body size and cached share."""
     print(f"{name}:")
-    for i, t in enumerate(turns, start=1):
-        share = t.cached / t.history_tokens if t.history_tokens else 0.0
-        print(f"  turn {i:2d}: TTFT {t.ttft * 1000:6.0f} ms, body {t.body_bytes:6d} B, "
-              f"history {t.history_tokens:5d} tokens, {share:6.1%} of it cached")
-    later = [t for t in turns[1:] if t.history_tokens]
-    shares = [t.cached / t.history_tokens for t in later]
-    ratio = turns[-1].ttft / turns[1].ttft
+    turns = runs[0]
+    ttfts = [statistics.median(run[i].ttft for run in runs) for i in range(len(turns))]
+    for i, (t, ttft) in enumerate(zip(turns, ttfts, strict=True), start=1):
+        share = "" if t.cached is None or not t.history_tokens else \
+            f", {t.cached / t.history_tokens:6.1%} of it cached"
+        print(f"  turn {i:2d}: TTFT {ttft * 1000:6.0f} ms, body {t.body_bytes:6d} B, "
+              f"history {t.history_tokens:5d} tokens{share}")
+    ratio = ttfts[-1] / ttfts[1]
+    each = ", ".join(f"{run[-1].ttft / run[1].ttft:.2f}x" for run in runs)
     print(f"  turn {len(turns)} TTFT / turn 2 TTFT: {ratio:.2f}x (goal <= {GOAL}x: "
-          f"{'met' if ratio <= GOAL else 'NOT met'}); history cached, turns 2-{len(turns)}: "
-          f"median {statistics.median(shares):.1%}, lowest {min(shares):.1%}")
+          f"{'met' if ratio <= GOAL else 'NOT met'}; each run: {each})")
+    shares = [t.cached / t.history_tokens for t in turns[1:] if t.history_tokens and t.cached is not None]
+    if shares:
+        print(f"  history cached, turns 2-{len(turns)}: median {statistics.median(shares):.1%}, "
+              f"lowest {min(shares):.1%}")
 
 
-def run(base_url: str, api_key: str, turns: int) -> None:
-    print(f"{cpu_model()}; {turns} turns, greedy, 48-token replies")
-    threaded = converse(base_url, api_key, turns, threaded=True)
-    report("threaded (client.beta.messages.thread)", threaded)
-    plain = converse(base_url, api_key, turns, threaded=False)
-    report("unthreaded (the client re-sends the history, top-level cache_control)", plain)
-    differ = sum(not t.reply_retokenizes for t in plain)
-    print(f"replies whose text re-tokenizes to a different token count: {differ} of {len(plain)}")
-    print(json.dumps({"threaded_bodies": [t.body_bytes for t in threaded],
-                      "unthreaded_bodies": [t.body_bytes for t in plain]}))
+def run(base_url: str, api_key: str, turns: int, repeats: int, modes: list[str]) -> None:
+    print(f"{cpu_model()}; {turns} turns, greedy, 48-token replies, {repeats} conversations each")
+    bodies = {}
+    for mode in modes:
+        runs = [converse(base_url, api_key, turns, threaded=mode == "threaded") for _ in range(repeats)]
+        report(LABELS[mode], runs)
+        bodies[f"{mode}_bodies"] = [t.body_bytes for t in runs[0]]
+        checked = [t.reply_retokenizes for t in runs[0] if t.reply_retokenizes is not None]
+        if mode == "unthreaded" and checked:
+            print(f"replies whose text re-tokenizes to a different token count: "
+                  f"{checked.count(False)} of {len(checked)}")
+    print(json.dumps(bodies))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3, help="conversations per mode")
+    parser.add_argument("--modes", default="threaded,unthreaded",
+                        help="comma list; a peer without threads (llama-server's /v1/messages) "
+                             "takes --modes unthreaded")
     add_server_options(parser)
     args = parser.parse_args()
-    on_server(args, lambda base_url, api_key: run(base_url, api_key, args.turns))
+    on_server(args, lambda base_url, api_key: run(base_url, api_key, args.turns, args.repeats,
+                                                          args.modes.split(",")))
 
 if __name__ == "__main__":
     main()
