@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import anthropic
-from server_process import free_port, running_server
+
+from preheat.tools.server_process import preheat_server
 
 DOCUMENT = Path("/usr/share/common-licenses/GPL-3")
 MODEL = "claude-bench"  # any claude-* id is served by the loaded model
@@ -103,13 +103,6 @@ def _marked(message: dict) -> dict:
     return {"role": message["role"], "content": blocks}
 
 
-def local_server(extra_args: list[str]):
-    """``preheat serve`` on a free loopback port, stopped on exit."""
-    port = free_port()
-    return running_server([sys.executable, "-m", "preheat.cli", "serve", "--port", str(port),
-                           "--log-level", "warning", *extra_args], port)
-
-
 def run(base_url: str, api_key: str, args: argparse.Namespace) -> None:
     client = anthropic.Anthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
     document = fit_document(client, args.doc_tokens)
@@ -137,7 +130,7 @@ def on_server(args: argparse.Namespace, bench: Callable[[str, str], None]) -> No
     if args.base_url:
         bench(args.base_url, args.api_key)
         return
-    with local_server(args.serve_arg) as base_url:
+    with preheat_server(args.serve_arg) as base_url:
         bench(base_url, args.api_key)
 
 

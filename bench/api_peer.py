@@ -48,9 +48,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
-from server_process import free_port, running_server
 
 from preheat.loader.embedded import embedded_model_path
+from preheat.tools.server_process import free_port, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 GPL = Path("/usr/share/common-licenses/GPL-3")

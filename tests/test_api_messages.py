@@ -22,25 +22,9 @@ from preheat.server.tool_format import HERMES
 from preheat.server.prompt_builder import build_prompt
 from preheat.server.protocol import MessagesRequest
 from preheat.tokenizer.tokenizer import Tokenizer
+from scripted_stream import ScriptedStream
 
 USAGE = CacheUsage(prompt_tokens=30, cache_read_tokens=0, cache_write_tokens=0)
-
-
-class ScriptedStream:
-    """Yields the given events, raising any exception among them."""
-
-    def __init__(self, *events):
-        self.events = events
-        self.aborted = False
-
-    async def __aiter__(self):
-        for event in self.events:
-            if isinstance(event, Exception):
-                raise event
-            yield event
-
-    def abort(self) -> None:
-        self.aborted = True
 
 
 @pytest.fixture(scope="module")

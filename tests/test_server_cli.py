@@ -51,6 +51,14 @@ def test_every_engine_setting_is_an_option():
         (3, 2048, 0.5, "x.gguf")
 
 
+def test_shutdown_grace_has_a_default_a_flag_and_a_variable(monkeypatch):
+    assert build_parser().parse_args(["serve"]).shutdown_grace_seconds == 30.0
+    assert build_parser().parse_args(["serve", "--shutdown-grace-seconds", "2.5"]) \
+        .shutdown_grace_seconds == 2.5
+    monkeypatch.setenv("PREHEAT_SHUTDOWN_GRACE_SECONDS", "90")
+    assert build_parser().parse_args(["serve"]).shutdown_grace_seconds == 90.0
+
+
 def test_bad_environment_value_is_reported(monkeypatch):
     monkeypatch.setenv("PREHEAT_PORT", "eighty")
     with pytest.raises(SystemExit, match="PREHEAT_PORT"):

@@ -1,4 +1,5 @@
-"""The ``preheat`` command: ``serve`` the Messages API, or ``generate`` one reply.
+"""The ``preheat`` command: ``serve`` the Messages API, ``generate`` one reply, or ``chat``
+and ``bench`` against a server.
 
 Every ``serve`` and engine option ``--some-name`` can also be set with the
 environment variable ``PREHEAT_SOME_NAME`` (repeatable options take a comma
@@ -19,6 +20,8 @@ from pathlib import Path
 from preheat import __version__
 from preheat.config import EngineConfig
 from preheat.server.settings import ServerSettings
+from preheat.tools.bench import add_bench_parser
+from preheat.tools.chat import add_chat_parser
 
 log = logging.getLogger("preheat")
 
@@ -153,6 +156,10 @@ def add_serve_parser(commands) -> None:
                help="stored thread responses kept per API key (the oldest go first)")
     add_option(parser, "--max-thread-tokens", convert=int, default=defaults.max_thread_tokens,
                help="tokens of stored thread responses kept per API key")
+    add_option(parser, "--shutdown-grace-seconds", convert=float,
+               default=defaults.shutdown_grace_seconds,
+               help="on SIGTERM or SIGINT: how long running requests may finish (new ones get "
+                    "529) before the rest are ended with an error; a second signal exits at once")
     add_option(parser, "--log-level", default="info", help="debug, info, warning or error")
     add_option(parser, "--engine-process", switch=True, default=True,
                help="run the engine in a process of its own, off the HTTP server's GIL "
@@ -167,6 +174,7 @@ def serve(args: argparse.Namespace) -> int:
     from preheat.engine.async_engine import AsyncEngine
     from preheat.engine.engine_process import EngineProcess, EngineStartError
     from preheat.server.app import create_app
+    from preheat.server.graceful_server import GracefulServer
 
     if args.preheat_ttl not in ("5m", "1h"):
         raise SystemExit(f'--preheat-ttl must be "5m" or "1h", not {args.preheat_ttl!r}')
@@ -179,17 +187,21 @@ def serve(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes, preheat_file=args.preheat,
         preheat_ttl=args.preheat_ttl, preheat_key=args.preheat_key,
         thread_ttl_seconds=args.thread_ttl_seconds, max_threads=args.max_threads,
-        max_thread_tokens=args.max_thread_tokens)
+        max_thread_tokens=args.max_thread_tokens,
+        shutdown_grace_seconds=args.shutdown_grace_seconds)
     config = engine_config(args)
     try:
         engine = (EngineProcess.start(config, args.log_level) if args.engine_process
                   else AsyncEngine.from_config(config))
     except EngineStartError as err:
         raise SystemExit(f"preheat: the engine could not start: {err}") from None
+    server: GracefulServer | None = None
     try:
         app = create_app(engine, settings)
-        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                               log_level=args.log_level, timeout_graceful_shutdown=5))
+        # uvicorn's own grace covers only stragglers: the drain has ended every request by then
+        server = GracefulServer(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                               log_level=args.log_level, timeout_graceful_shutdown=5),
+                                app.state.drain, settings.shutdown_grace_seconds)
         if isinstance(engine, EngineProcess):
             # Without its engine the server can only fail: stop it (in-flight streams have
             # had their error event) and exit non-zero so a supervisor restarts it.
@@ -197,8 +209,11 @@ def serve(args: argparse.Namespace) -> int:
         log.info("serving %s on http://%s:%d", engine.model_id, settings.host, settings.port)
         server.run()
     finally:
-        engine.shutdown()
-    return 1 if isinstance(engine, EngineProcess) and engine.failed else 0
+        # After a second signal, exit now: the engine process (a daemon) ends with this one,
+        # without waiting for its disk writes.
+        if server is None or not server.forced:
+            engine.shutdown()
+    return 1 if server.forced or isinstance(engine, EngineProcess) and engine.failed else 0
 
 
 # ---- generate ---------------------------------------------------------------------------
@@ -252,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(commands)
     add_generate_parser(commands)
+    add_chat_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 

@@ -7,7 +7,7 @@ import logging
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -16,13 +16,20 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from preheat.server.auth import Authenticator
 from preheat.server.cache_policy import CachePolicy
 from preheat.server.diagnostics import DiagnosticsStore
+from preheat.server.drain import Drain
 from preheat.server.errors import (APIError, InvalidRequestError, MethodNotAllowedError,
                                    NotFoundError, RequestTooLarge)
 from preheat.server.messages import MessageService
+from preheat.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from preheat.server.metrics import ServerMetrics
 from preheat.server.middleware import RequestIdMiddleware
 from preheat.server.model_registry import ModelRegistry
+from preheat.server.openai_chat import ChatCompletions
+from preheat.server.openai_errors import openai_error_response, speaks_openai
 from preheat.server.prewarm import Prewarmer
 from preheat.server.protocol import MessagesRequest, PromptRequest, TokenCount, parse_request
+from preheat.server.request_record import CLIENT_CLOSED
+from preheat.server.request_tracking import RequestTracker
 from preheat.server.settings import ServerSettings
 from preheat.server.thread_store import ThreadStore
 from preheat.server.tool_format import form_for_template
@@ -31,9 +38,6 @@ if TYPE_CHECKING:
     from preheat.engine.engine_client import EngineClient
 
 log = logging.getLogger(__name__)
-
-# Not a real HTTP status: the client closed the connection before the answer was ready.
-CLIENT_CLOSED = 499
 
 
 def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
@@ -50,6 +54,7 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
                              ThreadStore(settings.thread_ttl_seconds, settings.max_threads,
                                          settings.max_thread_tokens))
     auth = Authenticator(settings.api_keys)
+    chat = ChatCompletions(service)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -64,8 +69,11 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
         finally:
             refresher.cancel()
 
+    metrics, drain = ServerMetrics(), Drain()
     app = FastAPI(title="preheat", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url=None, dependencies=[Depends(drain.admit)])  # 529 while draining
+    app.state.drain = drain  # `preheat serve` drains it on SIGTERM/SIGINT
+    app.add_middleware(RequestTracker, metrics=metrics, drain=drain)  # inside the request id
     app.add_middleware(RequestIdMiddleware)
     _install_error_handlers(app)
 
@@ -73,7 +81,8 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
     async def create_message(request: Request) -> Response:
         namespace = auth.namespace(request.headers)
         body = parse_request(MessagesRequest, await _read_body(request, settings.max_request_bytes))
-        prepared = await service.prepare(body, namespace, request.state.request_id)
+        prepared = await service.prepare(body, namespace, request.state.request_id,
+                                         request.state.record)
         stream = await service.submit(prepared)
         if body.stream:
             # runs after the last event or once the client disconnects; a no-op after Finished
@@ -92,6 +101,14 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
         body = parse_request(PromptRequest, await _read_body(request, settings.max_request_bytes))
         return JSONResponse(TokenCount(input_tokens=await service.count_tokens(body)).model_dump())
 
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(request: Request) -> Response:
+        namespace = auth.namespace(request.headers)
+        raw = await _read_body(request, settings.max_request_bytes)
+        response = await chat.create(raw, namespace, request.state.request_id,
+                                     request.is_disconnected, request.state.record)
+        return Response(status_code=CLIENT_CLOSED) if response is None else response
+
     @app.get("/v1/models")
     async def list_models(request: Request, limit: int = Query(20, ge=1, le=1000),
                           after_id: str | None = None, before_id: str | None = None) -> Response:
@@ -103,8 +120,15 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
         auth.namespace(request.headers)
         return JSONResponse(registry.info(model_id).model_dump())
 
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(await metrics.scrape(engine), media_type=METRICS_CONTENT_TYPE)
+
     @app.get("/health")
     async def health() -> Response:
+        if drain.draining:  # probes take this instance out of rotation
+            return JSONResponse({"status": "shutting_down", "model": engine.model_id},
+                                status_code=503)
         return JSONResponse({"status": "ok", "model": engine.model_id, **asdict(await engine.stats())})
 
     return app
@@ -126,6 +150,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _install_error_handlers(app: FastAPI) -> None:
     def respond(request: Request, err: APIError) -> JSONResponse:
+        if speaks_openai(request.url.path):
+            return openai_error_response(err, request.state.request_id)
         return JSONResponse(err.body(request.state.request_id), status_code=err.status,
                             headers=err.headers)
 

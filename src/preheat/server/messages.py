@@ -32,6 +32,7 @@ from preheat.server.tool_format import HERMES, ToolCallForm
 
 if TYPE_CHECKING:
     from preheat.engine.engine_client import EngineClient, RequestStream
+    from preheat.server.request_record import RequestRecord
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class PreparedMessage:
     tool_form: ToolCallForm
     generation: GenerationRequest
     continues: ThreadTurn | None = None  # the thread turn this request continues from
+    record: RequestRecord | None = None  # metrics and access log (None: not an HTTP request)
 
     @property
     def is_prewarm(self) -> bool:
@@ -99,24 +101,27 @@ class MessageService:
         await asyncio.to_thread(plan_output, body, self.tool_form)
         return len(prompt.token_ids)
 
-    async def prepare(self, body: MessagesRequest, namespace: str,
-                      request_id: str) -> PreparedMessage:
+    async def prepare(self, body: MessagesRequest, namespace: str, request_id: str,
+                      record: RequestRecord | None = None) -> PreparedMessage:
         """Validate and render a request; a thread continue holds its turn until the
-        request ends (``submit``, ``complete``, ``stream_events`` release it)."""
+        request ends (``submit``, ``complete``, ``stream_events`` release it). ``record``
+        (the HTTP request's) is told the caller and model, and watches the engine's events."""
+        if record is not None:
+            record.identify(namespace, body.model, self.registry.served(body.model), body.stream)
         if body.max_tokens > self.engine.context_window:
             raise InvalidRequestError(
                 f"max_tokens: {body.max_tokens} > {self.engine.context_window}, which is the "
                 f"maximum allowed number of output tokens for {body.model}")
         turn = self.threads.begin(body, namespace)
         try:
-            return await self._prepare(body, namespace, request_id, turn)
+            return await self._prepare(body, namespace, request_id, turn, record)
         except BaseException:
             if turn is not None:
                 self.threads.end_continue(turn, succeeded=False)
             raise
 
     async def _prepare(self, body: MessagesRequest, namespace: str, request_id: str,
-                       turn: ThreadTurn | None) -> PreparedMessage:
+                       turn: ThreadTurn | None, record: RequestRecord | None) -> PreparedMessage:
         if turn is None:
             prompt = await self.build(body)
         else:
@@ -142,17 +147,18 @@ class MessageService:
             prompt.token_ids, params, namespace, breakpoints, message_id,
             hold_seconds=self.threads.ttl if body.thread is not None else 0.0)
         return PreparedMessage(message_id, request_id, namespace, self.registry.model_id, body,
-                               prompt, output, self.tool_form, generation, turn)
+                               prompt, output, self.tool_form, generation, turn, record)
 
     async def submit(self, prepared: PreparedMessage) -> RequestStream:
         """Hand the request to the engine; refusals (too long, overloaded) become API errors."""
         try:
-            return await self.engine.submit(prepared.generation)
+            stream = await self.engine.submit(prepared.generation)
         except BaseException as err:
             self._end_thread(prepared, None, None)
             if isinstance(err, EngineError):
                 raise from_engine_error(err) from None
             raise
+        return stream if prepared.record is None else prepared.record.watch(stream)
 
     def _end_thread(self, prepared: PreparedMessage, message: MessageResponse | None,
                     finished: Finished | None) -> None:
@@ -184,13 +190,13 @@ class MessageService:
                         return None
                     next_check = loop.time() + DISCONNECT_CHECK_SECONDS
                 if isinstance(event, Started):
-                    message = self._start(prepared, event)
+                    message = self.start_message(prepared, event)
                 elif isinstance(event, Finished):
                     finished = True
                     parser = prepared.reply_parser()
                     parser.feed(event.text)
                     parser.finish()
-                    final = self._final(prepared, message, event, parser)
+                    final = self.final_message(prepared, message, event, parser)
                     ended = (final, event)
                     return final
         except EngineError as err:
@@ -215,7 +221,7 @@ class MessageService:
                 if event is None:
                     yield PING
                 elif isinstance(event, Started):
-                    message = self._start(prepared, event)
+                    message = self.start_message(prepared, event)
                     yield sse_event("message_start", {"type": "message_start",
                                                       "message": message.model_dump()})
                     if not prepared.is_prewarm:
@@ -226,7 +232,8 @@ class MessageService:
                         yield _block_sse(block_event)
                 elif isinstance(event, Finished):
                     closing = [] if prepared.is_prewarm else parser.finish()
-                    final = self._final(prepared, message, event, parser)  # raises if aborted
+                    # raises if aborted
+                    final = self.final_message(prepared, message, event, parser)
                     for block_event in closing:
                         yield _block_sse(block_event)
                     yield sse_event("message_delta", {
@@ -247,7 +254,7 @@ class MessageService:
         finally:
             self._end_thread(prepared, *ended)
 
-    def _start(self, prepared: PreparedMessage, started: Started) -> MessageResponse:
+    def start_message(self, prepared: PreparedMessage, started: Started) -> MessageResponse:
         """The message as known at the start (accounting, diagnostics); records its fingerprint."""
         fingerprint = Fingerprint.of(prepared.namespace, prepared.model, prepared.prompt,
                                      started.usage)
@@ -262,8 +269,8 @@ class MessageService:
             id=prepared.message_id, model=prepared.body.model, content=[], stop_reason=None,
             stop_sequence=None, usage=self.policy.usage(started.usage, 0), diagnostics=diagnostics)
 
-    def _final(self, prepared: PreparedMessage, message: MessageResponse | None,
-               finished: Finished, parser: ReplyParser) -> MessageResponse:
+    def final_message(self, prepared: PreparedMessage, message: MessageResponse | None,
+                      finished: Finished, parser: ReplyParser) -> MessageResponse:
         """The whole message; ``parser`` has seen all of the reply's text."""
         if message is None or finished.stop_reason not in STOP_REASONS:
             raise InternalError("the engine aborted the request")

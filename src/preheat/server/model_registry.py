@@ -23,16 +23,21 @@ class ModelRegistry:
         self.claude_aliases = claude_aliases
         self._announced: set[str] = set()
 
+    def served(self, requested: str) -> str | None:
+        """The served model for a requested id, or None: no error, nothing logged."""
+        if requested in self.listed or (self.claude_aliases and requested.startswith("claude-")):
+            return self.model_id
+        return None
+
     def resolve(self, requested: str) -> str:
         """The served model for a requested id; 404 if this server doesn't answer to it."""
-        if requested in self.listed:
-            return self.model_id
-        if self.claude_aliases and requested.startswith("claude-"):
-            if requested not in self._announced:
-                self._announced.add(requested)
-                log.info("serving %r with %s", requested, self.model_id)
-            return self.model_id
-        raise NotFoundError(f"model: {requested}")
+        served = self.served(requested)
+        if served is None:
+            raise NotFoundError(f"model: {requested}")
+        if requested not in self.listed and requested not in self._announced:
+            self._announced.add(requested)
+            log.info("serving %r with %s", requested, self.model_id)
+        return served
 
     def info(self, requested: str) -> ModelInfo:
         self.resolve(requested)

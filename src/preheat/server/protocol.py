@@ -303,6 +303,8 @@ class MessageResponse(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """A model as both SDKs read it: Anthropic's fields, then OpenAI's."""
+
     id: str
     type: Literal["model"] = "model"
     display_name: str
@@ -310,13 +312,19 @@ class ModelInfo(BaseModel):
     lifecycle: Literal["active"] = "active"
     max_input_tokens: int
     max_tokens: int
+    object: Literal["model"] = "model"
+    created: int = 0  # Unix time; the release date is unknown, as created_at says
+    owned_by: str = "preheat"
 
 
 class ModelList(BaseModel):
+    """A page of models as both SDKs read it (OpenAI's reads ``object`` and ``data``)."""
+
     data: list[ModelInfo]
     has_more: bool
     first_id: str | None
     last_id: str | None
+    object: Literal["list"] = "list"
 
 
 class TokenCount(BaseModel):

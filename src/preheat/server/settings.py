@@ -39,6 +39,9 @@ class ServerSettings:
     thread_ttl_seconds: float = FIVE_MINUTES
     max_threads: int = 256
     max_thread_tokens: int = 2_000_000
+    # On SIGTERM/SIGINT: how long running requests may finish (new ones get 529 meanwhile)
+    # before the rest are ended with an error event.
+    shutdown_grace_seconds: float = 30.0
 
     def ttl_seconds(self, ttl: str) -> float:
         """Seconds for an API TTL label ("5m" or "1h")."""

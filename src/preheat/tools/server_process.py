@@ -1,10 +1,12 @@
 """A server process for a benchmark: started on a free loopback port, ready once its
-``/health`` answers 200, stopped when the benchmark is done. Shared by the bench scripts."""
+``/health`` answers 200, stopped when the benchmark is done. Shared by ``preheat bench``
+and the scripts in ``bench/``."""
 from __future__ import annotations
 
 import contextlib
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,3 +49,10 @@ def running_server(command: list[str], port: int, log: Path | None = None) -> It
             process.wait()
         if out:
             out.close()
+
+
+def preheat_server(extra_args: list[str], log: Path | None = None):
+    """``preheat serve`` (this Python's) on a free loopback port, stopped on exit."""
+    port = free_port()
+    return running_server([sys.executable, "-m", "preheat.cli", "serve", "--port", str(port),
+                           "--log-level", "warning", *extra_args], port, log)

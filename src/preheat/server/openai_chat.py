@@ -1,0 +1,426 @@
+"""``POST /v1/chat/completions``: OpenAI's request -> the Messages API's request, run by
+``MessageService`` -> a ChatCompletion or its ``chat.completion.chunk`` SSE stream.
+
+The prompt, the cache breakpoints, the grammar a reply is held to and the parsing of
+tool calls are the Messages API's own: an OpenAI request is translated into a
+``MessagesRequest`` (system messages -> ``system``, ``tool_calls`` -> ``tool_use`` blocks,
+``tool`` messages -> ``tool_result`` blocks, ``response_format`` ->
+``output_config.format``) and prepared and submitted like any other, so a conversation
+renders to the same tokens whichever API sends it. Only the response is written anew.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from starlette.background import BackgroundTask
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from preheat.engine.errors import EngineError
+from preheat.engine.output import Finished, Started, TextDelta
+from preheat.server.cache_policy import MAX_BREAKPOINTS
+from preheat.server.errors import APIError, InternalError, NotFoundError, from_engine_error
+from preheat.server.heartbeat import with_heartbeat
+from preheat.server.messages import MessageService, PreparedMessage
+from preheat.server.openai_errors import ModelNotFoundError, ParamError, openai_error_body
+from preheat.server.openai_protocol import (AssistantMessage, ChatCompletion,
+                                            ChatCompletionRequest, ChatMessage, Choice,
+                                            CompletionUsage, FunctionDefinition,
+                                            PromptCacheOptions, PromptTokensDetails,
+                                            RefusalPart, ResponseFunctionCall, ResponseMessage,
+                                            ResponseToolCall, SystemMessage, TextPart,
+                                            ToolMessage, parse_chat_request)
+from preheat.server.protocol import (MessageResponse, MessagesRequest, TextContent,
+                                     ToolUseContent, Usage, describe_validation_error)
+from preheat.server.reply_parser import BlockEvent, BlockStart, JsonPiece, TextPiece
+from preheat.server.tool_format import dumps
+
+if TYPE_CHECKING:
+    from preheat.engine.engine_client import RequestStream
+    from preheat.server.request_record import RequestRecord
+
+log = logging.getLogger(__name__)
+
+# The Messages API's stop reasons -> OpenAI's finish reasons.
+FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls",
+                  "max_tokens": "length", "model_context_window_exceeded": "length"}
+# OpenAI's cache lifetimes are minimums; its shortest, 30m, is served by the 1h TTL.
+_CACHE_TTLS = {"30m": "1h"}
+# An SSE comment: keeps proxies from timing out a long prefill; SDKs skip it.
+PING = b": ping\n\n"
+DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True)
+class ChatCompletions:
+    """Runs Chat Completions requests on a ``MessageService``."""
+
+    service: MessageService
+
+    async def create(self, raw: bytes, namespace: str, request_id: str,
+                     is_disconnected: Callable[[], Awaitable[bool]],
+                     record: RequestRecord | None = None) -> Response | None:
+        """The response to a request body; None if the client went away first. ``record``
+        is the HTTP request's (metrics, access log)."""
+        body = parse_chat_request(raw)
+        prepared = await self._prepare(body, namespace, request_id, record)
+        stream = await self.service.submit(prepared)
+        headers = {"x-request-id": request_id}
+        completion_id = f"chatcmpl-{prepared.message_id.removeprefix('msg_')}"
+        created = int(time.time())
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            writer = ChunkWriter(completion_id, created, body.model, include_usage)
+            # abort runs after the last chunk or once the client disconnects
+            return StreamingResponse(self._chunks(prepared, stream, writer),
+                                     media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache", **headers},
+                                     background=BackgroundTask(stream.abort))
+        message = await self.service.complete(prepared, stream, is_disconnected)
+        if message is None:
+            return None
+        return JSONResponse(to_completion(completion_id, created, message).model_dump(),
+                            headers=headers)
+
+    async def _prepare(self, body: ChatCompletionRequest, namespace: str, request_id: str,
+                       record: RequestRecord | None) -> PreparedMessage:
+        context_window = self.service.engine.context_window
+        request = to_messages_request(body, context_window)
+        try:
+            prepared = await self.service.prepare(request, namespace, request_id, record)
+        except NotFoundError:  # without a thread, prepare's only 404: an unknown model
+            raise ModelNotFoundError(
+                f"The model '{body.model}' does not exist on this server") from None
+        prompt_tokens = len(prepared.prompt.token_ids)
+        if prompt_tokens >= context_window:  # one token must fit after the prompt
+            raise ParamError(
+                f"This model's maximum context length is {context_window} tokens; the "
+                f"messages are {prompt_tokens} tokens", "messages", "context_length_exceeded")
+        return _with_sampling(prepared, body)
+
+    async def _chunks(self, prepared: PreparedMessage, stream: RequestStream,
+                      writer: ChunkWriter) -> AsyncIterator[bytes]:
+        """The chunks of one completion; a failure after the start is an ``error`` chunk.
+
+        The caller aborts ``stream`` when the client disconnects.
+        """
+        parser = prepared.reply_parser()
+        message: MessageResponse | None = None
+        try:
+            async for event in with_heartbeat(stream, self.service.ping_interval):
+                if event is None:
+                    yield PING
+                elif isinstance(event, Started):
+                    message = self.service.start_message(prepared, event)
+                    yield writer.delta({"role": "assistant",
+                                        "content": None if prepared.output.calls_only else ""})
+                elif isinstance(event, TextDelta):
+                    for chunk in writer.blocks(parser.feed(event.text)):
+                        yield chunk
+                elif isinstance(event, Finished):
+                    closing = parser.finish()
+                    final = self.service.final_message(prepared, message, event, parser)
+                    for chunk in writer.blocks(closing):
+                        yield chunk
+                    yield writer.delta({}, FINISH_REASONS[final.stop_reason])
+                    if writer.include_usage:
+                        yield writer.chunk([], completion_usage(final.usage).model_dump())
+                    yield DONE
+        except APIError as err:
+            yield sse_data(openai_error_body(err))
+        except EngineError as err:
+            yield sse_data(openai_error_body(from_engine_error(err)))
+        except Exception:
+            log.exception("stream of %s failed", prepared.message_id)
+            yield sse_data(openai_error_body(InternalError("Internal server error")))
+
+
+@dataclass
+class ChunkWriter:
+    """Writes the ``chat.completion.chunk`` events of one completion."""
+
+    completion_id: str
+    created: int
+    model: str
+    include_usage: bool
+    _calls: dict[int, int] = field(default_factory=dict)  # reply block -> tool call index
+
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+        data: dict[str, Any] = {"id": self.completion_id, "object": "chat.completion.chunk",
+                                "created": self.created, "model": self.model, "choices": choices}
+        if self.include_usage:  # null on every chunk but the last, as OpenAI sends it
+            data["usage"] = usage
+        return sse_data(data)
+
+    def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return self.chunk([{"index": 0, "delta": delta, "logprobs": None,
+                            "finish_reason": finish_reason}])
+
+    def blocks(self, events: list[BlockEvent]) -> list[bytes]:
+        """The chunks for the reply parser's ``events``: text, and tool calls piece by piece."""
+        return [chunk for chunk in map(self._block, events) if chunk is not None]
+
+    def _block(self, event: BlockEvent) -> bytes | None:
+        if isinstance(event, TextPiece):
+            return self.delta({"content": event.text})
+        if isinstance(event, JsonPiece):
+            return self._call({"index": self._calls[event.index],
+                               "function": {"arguments": event.partial_json}})
+        if isinstance(event, BlockStart) and event.block["type"] == "tool_use":
+            index = self._calls.setdefault(event.index, len(self._calls))
+            return self._call({"index": index, "id": call_id(event.block["id"]),
+                               "type": "function",
+                               "function": {"name": event.block["name"], "arguments": ""}})
+        return None  # a text block opening, or any block closing: nothing to say
+
+    def _call(self, piece: dict[str, Any]) -> bytes:
+        return self.delta({"tool_calls": [piece]})
+
+
+def sse_data(data: dict[str, Any]) -> bytes:
+    """One event as OpenAI frames it: a ``data:`` line of JSON, no event name."""
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+def call_id(tool_use_id: str) -> str:
+    """OpenAI's spelling of a tool call's id."""
+    return "call_" + tool_use_id.removeprefix("toolu_")
+
+
+# ---- responses ------------------------------------------------------------------
+
+
+def to_completion(completion_id: str, created: int, message: MessageResponse) -> ChatCompletion:
+    """A finished Message as a ChatCompletion."""
+    text = "".join(b.text for b in message.content if isinstance(b, TextContent))
+    calls = [ResponseToolCall(id=call_id(b.id), function=ResponseFunctionCall(
+                 name=b.name, arguments=dumps(b.input)))
+             for b in message.content if isinstance(b, ToolUseContent)]
+    reply = ResponseMessage(content=text if text or not calls else None, tool_calls=calls or None)
+    return ChatCompletion(
+        id=completion_id, created=created, model=message.model,
+        choices=[Choice(message=reply, finish_reason=FINISH_REASONS[message.stop_reason])],
+        usage=completion_usage(message.usage))
+
+
+def completion_usage(usage: Usage) -> CompletionUsage:
+    """Anthropic's usage in OpenAI's terms: every prompt token is a prompt token, and those
+    read from the cache are ``cached_tokens``."""
+    prompt = (usage.input_tokens + usage.cache_creation_input_tokens
+              + usage.cache_read_input_tokens)
+    return CompletionUsage(
+        prompt_tokens=prompt, completion_tokens=usage.output_tokens,
+        total_tokens=prompt + usage.output_tokens,
+        prompt_tokens_details=PromptTokensDetails(
+            cached_tokens=usage.cache_read_input_tokens,
+            cache_write_tokens=usage.cache_creation_input_tokens))
+
+
+def _with_sampling(prepared: PreparedMessage, body: ChatCompletionRequest) -> PreparedMessage:
+    """OpenAI's sampling where it goes past the Messages API's: temperatures up to 2, a seed."""
+    params = replace(prepared.generation.params, seed=body.seed,
+                     temperature=body.sampling_temperature)
+    return replace(prepared, generation=replace(prepared.generation, params=params))
+
+
+# ---- requests -------------------------------------------------------------------
+
+
+def to_messages_request(body: ChatCompletionRequest, context_window: int) -> MessagesRequest:
+    """The Messages API request that renders and runs as ``body`` asks."""
+    options = body.prompt_cache_options or PromptCacheOptions()
+    ttl = _CACHE_TTLS.get(options.ttl, "5m")
+    automatic = options.mode == "implicit"
+    system, messages = _conversation(body, ttl)
+    tools = [_tool(t.function) for t in body.tools or ()]
+    _place_breakpoints([*tools, *system], [b for m in messages for b in m["content"]],
+                       ttl if automatic else None)
+    payload: dict[str, Any] = {
+        "model": body.model, "system": system, "messages": messages, "tools": tools,
+        "max_tokens": _max_tokens(body, context_window),
+        # the engine gets the real temperature (up to 2) from _with_sampling
+        "temperature": min(1.0, body.sampling_temperature),
+        "top_p": body.top_p, "stop_sequences": body.stop or [],
+        "tool_choice": _tool_choice(body), "output_config": _output_config(body),
+        "stream": bool(body.stream),
+    }
+    if automatic:  # the Messages API's automatic caching: the end of the prompt
+        payload["cache_control"] = {"type": "ephemeral", "ttl": ttl}
+    try:
+        return MessagesRequest.model_validate(payload)
+    except ValidationError as err:  # a value OpenAI allows that the Messages API doesn't
+        raise ParamError(describe_validation_error(err)) from None
+
+
+def _max_tokens(body: ChatCompletionRequest, context_window: int) -> int:
+    """The output limit; without one, the context window ends the reply."""
+    asked = body.max_output_tokens
+    if asked is None:
+        return context_window
+    if asked > context_window:
+        param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise ParamError(f"{param}: {asked} is more than the model's context window "
+                         f"({context_window} tokens)", param, "invalid_value")
+    return asked
+
+
+def _conversation(body: ChatCompletionRequest,
+                  ttl: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``system`` blocks and ``messages`` in the Messages API's shape."""
+    system: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    for i, message in enumerate(body.messages):
+        if not isinstance(message, SystemMessage):
+            messages.append(_turn(i, message, i == len(body.messages) - 1, ttl))
+        elif messages:
+            raise ParamError(
+                f"messages.{i}.role: system and developer messages must come before the "
+                "conversation (the prompt has one system turn)", f"messages.{i}.role",
+                "invalid_value")
+        else:
+            system += _text_blocks(message.content, ttl)
+    if not messages:
+        raise ParamError("messages: at least one user, assistant or tool message is required",
+                         "messages", "invalid_value")
+    if messages[-1]["role"] == "assistant":
+        _as_prefill(messages[-1])
+    return system, messages
+
+
+def _turn(i: int, message: ChatMessage, is_last: bool, ttl: str) -> dict[str, Any]:
+    """A user, assistant or tool message as a Messages API message."""
+    if isinstance(message, ToolMessage):
+        return {"role": "user", "content": [_tool_result(message, ttl)]}
+    if isinstance(message, AssistantMessage):
+        content = _assistant_blocks(i, message, ttl)
+        if not content and not is_last:  # a final one may be empty: a prefill of nothing
+            raise ParamError(f"messages.{i}.content: must hold non-whitespace text or "
+                             "tool_calls", f"messages.{i}.content", "invalid_value")
+        return {"role": "assistant", "content": content}
+    content = _text_blocks(message.content, ttl)
+    if not content:
+        raise ParamError(f"messages.{i}.content: must hold non-whitespace text",
+                         f"messages.{i}.content", "invalid_value")
+    return {"role": "user", "content": content}
+
+
+def _text_blocks(parts: list[TextPart], ttl: str) -> list[dict[str, Any]]:
+    """Text parts with something to read (whitespace-only parts say nothing)."""
+    return [{"type": "text", "text": p.text, **_cache_control(p, ttl)}
+            for p in parts if p.text.strip()]
+
+
+def _assistant_blocks(i: int, message: AssistantMessage, ttl: str) -> list[dict[str, Any]]:
+    text = [p for p in message.content if isinstance(p, TextPart)]
+    refusals = [p.refusal for p in message.content if isinstance(p, RefusalPart)]
+    refusals += [message.refusal] if message.refusal else []
+    blocks = _text_blocks(text, ttl) + [{"type": "text", "text": r} for r in refusals
+                                        if r.strip()]
+    for j, call in enumerate(message.tool_calls or ()):
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name,
+                       "input": _arguments(call.function.arguments,
+                                           f"messages.{i}.tool_calls.{j}.function.arguments")})
+    return blocks
+
+
+def _arguments(text: str, param: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise ParamError(f"{param}: must be a JSON object", param, "invalid_value")
+    return value
+
+
+def _tool_result(message: ToolMessage, ttl: str) -> dict[str, Any]:
+    marks = [_cache_control(p, ttl) for p in message.content if p.prompt_cache_breakpoint]
+    return {"type": "tool_result", "tool_use_id": message.tool_call_id,
+            "content": [{"type": "text", "text": p.text} for p in message.content],
+            **(marks[-1] if marks else {})}
+
+
+def _as_prefill(message: dict[str, Any]) -> None:
+    """A final assistant message is continued (a prefill), which may not end in whitespace."""
+    content = message["content"]
+    if content and content[-1]["type"] == "text":
+        content[-1]["text"] = content[-1]["text"].rstrip()
+
+
+def _cache_control(part: TextPart, ttl: str) -> dict[str, Any]:
+    """``{"cache_control": ...}`` for a part with a ``prompt_cache_breakpoint``, else ``{}``."""
+    mark = part.prompt_cache_breakpoint
+    if mark is None:
+        return {}
+    return {"cache_control": {"type": "ephemeral",
+                              "ttl": _CACHE_TTLS[mark.ttl] if mark.ttl else ttl}}
+
+
+def _place_breakpoints(preamble: list[dict[str, Any]], conversation: list[dict[str, Any]],
+                       automatic_ttl: str | None) -> None:
+    """Fit the explicit breakpoints to the Messages API's rules, and with automatic caching
+    (``automatic_ttl``) mark the end of the preamble, tools and system: what requests share
+    most, so a new conversation reads it though its messages differ.
+
+    There are at most four breakpoints, the automatic ones (preamble, end of the prompt)
+    included: the latest explicit ones are kept, as OpenAI keeps them. No 5m breakpoint may
+    precede a 1h one: TTLs are minimums, so an earlier one is lengthened.
+    """
+    blocks = [*preamble, *conversation]
+    marked = [b for b in blocks if "cache_control" in b]
+    room = MAX_BREAKPOINTS - (0 if automatic_ttl is None else 1 + bool(preamble))
+    for block in marked[:-room]:
+        del block["cache_control"]
+    if automatic_ttl is not None and preamble:
+        preamble[-1].setdefault("cache_control", {"type": "ephemeral", "ttl": automatic_ttl})
+    longest = "5m"
+    for block in reversed(blocks):
+        if "cache_control" in block:
+            longest = "1h" if block["cache_control"]["ttl"] == "1h" else longest
+            block["cache_control"]["ttl"] = longest
+
+
+def _tool(function: FunctionDefinition) -> dict[str, Any]:
+    return {"name": function.name, "description": function.description,
+            "input_schema": function.parameters or {"type": "object", "properties": {}},
+            "strict": function.strict}
+
+
+def _tool_choice(body: ChatCompletionRequest) -> dict[str, Any] | None:
+    """OpenAI's ``tool_choice`` and ``parallel_tool_calls`` as the Messages API's
+    ``tool_choice``: required -> any, a named function -> tool."""
+    choice = body.tool_choice.type if body.tool_choice else "auto"
+    if choice in ("required", "function") and not body.tools:
+        raise ParamError("tool_choice: only allowed when tools are given", "tool_choice",
+                         "invalid_value")
+    if choice == "function" and body.tool_choice.function.name not in {
+            t.function.name for t in body.tools}:
+        raise ParamError(f"tool_choice.function.name: no function named "
+                         f"{body.tool_choice.function.name!r} in tools",
+                         "tool_choice.function.name", "invalid_value")
+    if not body.tools:
+        return None
+    out: dict[str, Any] = {"type": {"none": "none", "auto": "auto", "required": "any",
+                                    "function": "tool"}[choice]}
+    if choice == "function":
+        out["name"] = body.tool_choice.function.name
+    if body.parallel_tool_calls is False and choice != "none":
+        out["disable_parallel_tool_use"] = True
+    return out
+
+
+def _output_config(body: ChatCompletionRequest) -> dict[str, Any] | None:
+    """``response_format`` as a JSON schema the reply is held to (json_object: any object)."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        schema: dict[str, Any] = {"type": "object"}
+    else:
+        schema = fmt.json_schema.schema_ if fmt.json_schema.schema_ is not None else {}
+    return {"format": {"type": "json_schema", "schema": schema}}
