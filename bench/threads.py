@@ -8,7 +8,7 @@ and never run through the model, so no KV of it exists anywhere. Also prints how
 tokens than the model generated (what threads avoid). Goals: turn 20's TTFT at most
 1.2x turn 2's; a continue's body holds the new turn only.
 
-    python bench/threads.py [--turns 20] [--repeats 3] [--modes threaded,unthreaded]
+    python bench/threads.py [--turns 20] [--repeats 3] [--think 0] [--modes threaded,unthreaded]
                             [--base-url URL --api-key KEY]
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ def question(turn: int, nonce: str) -> str:
     return f"Question {turn} ({nonce}): tell me one fact about the number {turn}."
 
 
-def converse(base_url: str, api_key: str, turns: int, threaded: bool) -> list[Turn]:
+def converse(base_url: str, api_key: str, turns: int, threaded: bool, think: float = 0.0) -> list[Turn]:
     sizes = BodySizes()
     client = anthropic.Anthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=600,
                                  http_client=anthropic.DefaultHttpxClient(
@@ -73,6 +73,7 @@ def converse(base_url: str, api_key: str, turns: int, threaded: bool) -> list[Tu
     previous_prompt = 0
     for turn in range(1, turns + 1):
         message = {"role": "user", "content": question(turn, nonce)}
+        time.sleep(think)  # the user reading and typing: background work (disk writes) runs then
         before = cached_tokens(base_url)
         start, first = time.perf_counter(), None
         if threaded:
@@ -130,11 +131,12 @@ def report(name: str, runs: list[list[Turn]]) -> None:
               f"lowest {min(shares):.1%}")
 
 
-def run(base_url: str, api_key: str, turns: int, repeats: int, modes: list[str]) -> None:
-    print(f"{cpu_model()}; {turns} turns, greedy, 48-token replies, {repeats} conversations each")
+def run(base_url: str, api_key: str, turns: int, repeats: int, modes: list[str], think: float) -> None:
+    print(f"{cpu_model()}; {turns} turns, greedy, 48-token replies, {repeats} conversations each, "
+          f"{think:g} s between turns")
     bodies = {}
     for mode in modes:
-        runs = [converse(base_url, api_key, turns, threaded=mode == "threaded") for _ in range(repeats)]
+        runs = [converse(base_url, api_key, turns, mode == "threaded", think) for _ in range(repeats)]
         report(LABELS[mode], runs)
         bodies[f"{mode}_bodies"] = [t.body_bytes for t in runs[0]]
         checked = [t.reply_retokenizes for t in runs[0] if t.reply_retokenizes is not None]
@@ -148,13 +150,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3, help="conversations per mode")
+    parser.add_argument("--think", type=float, default=0.0,
+                        help="seconds between a reply and the next turn (a user reading)")
     parser.add_argument("--modes", default="threaded,unthreaded",
                         help="comma list; a peer without threads (llama-server's /v1/messages) "
                              "takes --modes unthreaded")
     add_server_options(parser)
     args = parser.parse_args()
     on_server(args, lambda base_url, api_key: run(base_url, api_key, args.turns, args.repeats,
-                                                          args.modes.split(",")))
+                                                          args.modes.split(","), args.think))
 
 if __name__ == "__main__":
     main()

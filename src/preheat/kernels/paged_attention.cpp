@@ -470,27 +470,31 @@ void convert_span(const PrefillProblem<T>& pb, int64_t s0, int64_t s1, int64_t s
 }
 
 // Keys [t0, t0 + c) of the span (rows of `keys` and `values`, float32) into item's state.
-void prefill_step(PrefillItem& item, int64_t dim, int64_t t0, int64_t c, const float* keys,
+// DIM is head_dim when fixed at compile time (0: any): then every key row sits at a
+// constant offset from one pointer, where sixteen pointers spilled registers into the loop.
+template <int DIM>
+void prefill_step(PrefillItem& item, int64_t head_dim, int64_t t0, int64_t c, const float* keys,
                   const float* values) {
+  const int64_t dim = DIM ? DIM : head_dim;
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const __m512i vpos = _mm512_load_si512(item.pos);
   __m512 s[kKeys];
   for (auto& x : s) x = _mm512_setzero_ps();
+  const float* qt = item.qt.data();
   for (int64_t d = 0; d < dim; ++d) {
-    const __m512 qd = _mm512_loadu_ps(item.qt.data() + d * kRows);
+    const __m512 qd = _mm512_loadu_ps(qt + d * kRows);
+    const float* k = keys + d;
 #pragma GCC unroll 16
-    for (int j = 0; j < kKeys; ++j) s[j] = _mm512_fmadd_ps(_mm512_set1_ps(keys[j * dim + d]), qd, s[j]);
+    for (int j = 0; j < kKeys; ++j) s[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j * dim]), qd, s[j]);
   }
+  // Row r sees key t0 + j when j < c and t0 + j <= pos[r]: branch-free, so the scores stay
+  // in registers.
   const __m512 m_old = _mm512_load_ps(item.m);
   __m512 top = m_old;
 #pragma GCC unroll 16
   for (int j = 0; j < kKeys; ++j) {
-    if (j >= c) {
-      s[j] = neg_inf;
-    } else if (t0 + j > item.pos[0]) {  // hidden from some rows
-      const __mmask16 sees = _mm512_cmpge_epi32_mask(vpos, _mm512_set1_epi32(static_cast<int32_t>(t0 + j)));
-      s[j] = _mm512_mask_blend_ps(sees, neg_inf, s[j]);
-    }
+    const __mmask16 sees = _mm512_cmpge_epi32_mask(vpos, _mm512_set1_epi32(static_cast<int32_t>(t0 + j)));
+    s[j] = _mm512_mask_blend_ps(j < c ? sees : static_cast<__mmask16>(0), neg_inf, s[j]);
     top = _mm512_max_ps(top, s[j]);
   }
   // Key 0 is visible to every row, so from the first step on `top` is finite.
@@ -506,14 +510,13 @@ void prefill_step(PrefillItem& item, int64_t dim, int64_t t0, int64_t c, const f
   float* ot = item.ot.data();
   for (int64_t d0 = 0; d0 < dim; d0 += kDims) {
     __m512 acc[kDims];
+    const float* v = values + d0;
 #pragma GCC unroll 8
     for (int e = 0; e < kDims; ++e) acc[e] = _mm512_mul_ps(_mm512_loadu_ps(ot + (d0 + e) * kRows), alpha);
 #pragma GCC unroll 16
     for (int j = 0; j < kKeys; ++j) {
 #pragma GCC unroll 8
-      for (int e = 0; e < kDims; ++e) {
-        acc[e] = _mm512_fmadd_ps(s[j], _mm512_set1_ps(values[j * dim + d0 + e]), acc[e]);
-      }
+      for (int e = 0; e < kDims; ++e) acc[e] = _mm512_fmadd_ps(s[j], _mm512_set1_ps(v[j * dim + e]), acc[e]);
     }
 #pragma GCC unroll 8
     for (int e = 0; e < kDims; ++e) _mm512_storeu_ps(ot + (d0 + e) * kRows, acc[e]);
@@ -522,13 +525,22 @@ void prefill_step(PrefillItem& item, int64_t dim, int64_t t0, int64_t c, const f
 
 // The item's keys within span [s0, s1), 16 at a time. Rows past the span's end in the
 // copy hold zeros or an earlier span's finite values: masked to probability 0.
+template <int DIM>
 void prefill_span(PrefillItem& item, int64_t dim, int64_t s0, int64_t s1, int64_t span, const float* keys,
                   const float* values) {
   const int64_t stop = std::min(s1, item.end());
   for (int64_t t0 = s0; t0 < stop; t0 += kKeys) {
     const int64_t at = (item.h * span + (t0 - s0)) * dim;
-    prefill_step(item, dim, t0, std::min<int64_t>(kKeys, stop - t0), keys + at, values + at);
+    prefill_step<DIM>(item, dim, t0, std::min<int64_t>(kKeys, stop - t0), keys + at, values + at);
   }
+}
+
+using SpanFn = void (*)(PrefillItem&, int64_t, int64_t, int64_t, int64_t, const float*, const float*);
+
+SpanFn pick_span(int64_t dim) {
+  if (dim == 64) return prefill_span<64>;
+  if (dim == 128) return prefill_span<128>;
+  return prefill_span<0>;
 }
 
 template <typename T>
@@ -555,15 +567,14 @@ void run_prefill(const PrefillProblem<T>& pb, const float* q, float q_scale, flo
   // A whole number of steps, and the step past the context fits too (it reads, masked).
   const int64_t most = kSpanBytes / (2 * pb.kv_heads * dim * static_cast<int64_t>(sizeof(float)));
   const int64_t span = std::min(std::max<int64_t>(most / kKeys, 1), (pb.context + kKeys - 1) / kKeys) * kKeys;
+  const SpanFn attend = pick_span(dim);
   // Zeroed once: a short last span leaves finite rows (zeros or older keys) past its end.
   std::vector<float> keys(pb.kv_heads * span * dim, 0.f), values(pb.kv_heads * span * dim, 0.f);
   for (int64_t s0 = 0; s0 < pb.context; s0 += span) {
     const int64_t s1 = std::min(s0 + span, pb.context);
     convert_span(pb, s0, s1, span, keys.data(), values.data());
     at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t stop) {
-      for (int64_t it = begin; it < stop; ++it) {
-        prefill_span(items[it], dim, s0, s1, span, keys.data(), values.data());
-      }
+      for (int64_t it = begin; it < stop; ++it) attend(items[it], dim, s0, s1, span, keys.data(), values.data());
     });
   }
   for (const PrefillItem& item : items) write_item(pb, item, out);
