@@ -262,8 +262,9 @@ class RadixCache:
             return
         self.pool.incref([tail_block])
         self.cached_blocks += 1
-        self._drop_tail((ns, tuple(tokens[:aligned])))
-        self._tails[(ns, tuple(tokens[:aligned]))] = _Tail(tuple(tokens[aligned:]), tail_block, until)
+        key = (ns, tuple(tokens[:aligned]))
+        self._drop_tail(key)
+        self._tails[key] = _Tail(tuple(tokens[aligned:]), tail_block, until)
 
     def take_tail(self, ns: str, tokens: list[int], matched: int) -> tuple[int, int] | None:
         """The held tail that continues ``tokens[:matched]`` (block-aligned) with the next
@@ -271,10 +272,13 @@ class RadixCache:
 
         A tail goes to one taker: its block is written past its tokens from then on.
         """
-        tail = self._tails.get((ns, tuple(tokens[:matched]))) if self._tails else None
+        if not self._tails:
+            return None
+        key = (ns, tuple(tokens[:matched]))
+        tail = self._tails.get(key)
         if tail is None or tuple(tokens[matched: matched + len(tail.tokens)]) != tail.tokens:
             return None
-        del self._tails[(ns, tuple(tokens[:matched]))]
+        del self._tails[key]
         self.cached_blocks -= 1
         return tail.block, len(tail.tokens)
 

@@ -332,15 +332,13 @@ void check_tables(const at::Tensor& tables, const std::vector<int64_t>& lens, in
   }
 }
 
-// q [batch, heads, head_dim] float32; k_cache, v_cache [blocks, block_size, kv_heads, head_dim]
-// float32, float16 or bfloat16; block_tables [batch, max_blocks] and context_lens [batch]
-// int64 or int32. Returns softmax(scale q k^T) v over each sequence's context: [batch, heads, head_dim].
-at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                  const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
-  for (const at::Tensor* t : {&query, &k_cache, &v_cache, &block_tables, &context_lens}) {
-    TORCH_CHECK(t->device().is_cpu(), "paged_decode_attention runs on CPU tensors only");
+// What both ops ask of q ([rows, heads, head_dim] float32) and the caches.
+void check_query_and_caches(const char* op, const char* rows, const at::Tensor& query, const at::Tensor& k_cache,
+                            const at::Tensor& v_cache) {
+  for (const at::Tensor* t : {&query, &k_cache, &v_cache}) {
+    TORCH_CHECK(t->device().is_cpu(), op, " runs on CPU tensors only");
   }
-  TORCH_CHECK(query.dim() == 3 && query.scalar_type() == at::kFloat, "q must be [batch, heads, head_dim] float32");
+  TORCH_CHECK(query.dim() == 3 && query.scalar_type() == at::kFloat, "q must be [", rows, ", heads, head_dim] float32");
   TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes() &&
                   k_cache.scalar_type() == v_cache.scalar_type(),
               "k_cache and v_cache must both be [blocks, block_size, kv_heads, head_dim] of one dtype");
@@ -348,14 +346,34 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
   const auto dtype = k_cache.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
               "the cache must be float32, float16 or bfloat16, not ", dtype);
-  const int64_t batch = query.size(0), heads = query.size(1), dim = query.size(2);
-  const int64_t num_blocks = k_cache.size(0), block_size = k_cache.size(1), kv_heads = k_cache.size(2);
+  const int64_t heads = query.size(1), dim = query.size(2), kv_heads = k_cache.size(2);
   TORCH_CHECK(k_cache.size(3) == dim, "the cache's head_dim is ", k_cache.size(3), ", q's ", dim);
   TORCH_CHECK(dim % kLanes == 0 && dim > 0 && dim <= kMaxHeadDim,
               "head_dim must be a multiple of 16 up to 256, got ", dim);
   TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "q's ", heads, " heads must be a multiple of the cache's ",
               kv_heads, " KV heads");
-  TORCH_CHECK(block_size > 0, "the cache's block size must be positive");
+  TORCH_CHECK(k_cache.size(1) > 0, "the cache's block size must be positive");
+}
+
+// fn(T{}) for the cache's element type T.
+template <typename Fn>
+void with_cache_type(at::ScalarType dtype, Fn fn) {
+  if (dtype == at::kFloat) fn(float{});
+  else if (dtype == at::kHalf) fn(c10::Half{});
+  else fn(c10::BFloat16{});
+}
+
+// q [batch, heads, head_dim] float32; k_cache, v_cache [blocks, block_size, kv_heads, head_dim]
+// float32, float16 or bfloat16; block_tables [batch, max_blocks] and context_lens [batch]
+// int64 or int32. Returns softmax(scale q k^T) v over each sequence's context: [batch, heads, head_dim].
+at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
+  for (const at::Tensor* t : {&block_tables, &context_lens}) {
+    TORCH_CHECK(t->device().is_cpu(), "paged_decode_attention runs on CPU tensors only");
+  }
+  check_query_and_caches("paged_decode_attention", "batch", query, k_cache, v_cache);
+  const int64_t batch = query.size(0), heads = query.size(1), dim = query.size(2);
+  const int64_t num_blocks = k_cache.size(0), block_size = k_cache.size(1), kv_heads = k_cache.size(2);
   TORCH_CHECK(block_tables.dim() == 2 && block_tables.size(0) == batch,
               "block_tables must be [batch (", batch, "), max_blocks], got ", block_tables.sizes());
   TORCH_CHECK(block_tables.scalar_type() == at::kLong || block_tables.scalar_type() == at::kInt,
@@ -378,9 +396,7 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
                         tables.size(1), block_size, heads, kv_heads, dim};
     run(pb, lens, out.data_ptr<float>());
   };
-  if (dtype == at::kFloat) go(float{});
-  else if (dtype == at::kHalf) go(c10::Half{});
-  else go(c10::BFloat16{});
+  with_cache_type(k_cache.scalar_type(), go);
   return out;
 }
 
@@ -585,24 +601,11 @@ void run_prefill(const PrefillProblem<T>& pb, const float* q, float q_scale, flo
 // block_table [blocks] int64 or int32. Returns causal softmax(scale q k^T) v: [n, heads, head_dim].
 at::Tensor paged_prefill_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                    const at::Tensor& block_table, int64_t context, double scale) {
-  for (const at::Tensor* t : {&query, &k_cache, &v_cache, &block_table}) {
-    TORCH_CHECK(t->device().is_cpu(), "paged_prefill_attention runs on CPU tensors only");
-  }
-  TORCH_CHECK(query.dim() == 3 && query.scalar_type() == at::kFloat, "q must be [n, heads, head_dim] float32");
-  TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes() &&
-                  k_cache.scalar_type() == v_cache.scalar_type() && k_cache.is_contiguous() &&
-                  v_cache.is_contiguous(),
-              "k_cache and v_cache must both be contiguous [blocks, block_size, kv_heads, head_dim] of one dtype");
-  const auto dtype = k_cache.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
-              "the cache must be float32, float16 or bfloat16, not ", dtype);
+  TORCH_CHECK(block_table.device().is_cpu(), "paged_prefill_attention runs on CPU tensors only");
+  check_query_and_caches("paged_prefill_attention", "n", query, k_cache, v_cache);
+  static_assert(kLanes % kDims == 0, "a head_dim of whole registers is whole groups of kDims");
   const int64_t n = query.size(0), heads = query.size(1), dim = query.size(2);
   const int64_t num_blocks = k_cache.size(0), block_size = k_cache.size(1), kv_heads = k_cache.size(2);
-  TORCH_CHECK(k_cache.size(3) == dim, "the cache's head_dim is ", k_cache.size(3), ", q's ", dim);
-  TORCH_CHECK(dim % kDims == 0 && dim % kLanes == 0 && dim > 0 && dim <= kMaxHeadDim,
-              "head_dim must be a multiple of 16 up to 256, got ", dim);
-  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "q's ", heads, " heads must be a multiple of the cache's ",
-              kv_heads, " KV heads");
   TORCH_CHECK(block_table.dim() == 1, "block_table must be [blocks]");
   const at::Tensor table = block_table.to(at::kLong).contiguous();
   TORCH_CHECK(context >= n && n >= 0 && context <= table.size(0) * block_size,
@@ -621,9 +624,7 @@ at::Tensor paged_prefill_attention(const at::Tensor& query, const at::Tensor& k_
                                table.data_ptr<int64_t>(), n, context, block_size, heads, kv_heads, dim};
     run_prefill(pb, q.data_ptr<float>(), q_scale, out.data_ptr<float>());
   };
-  if (dtype == at::kFloat) go(float{});
-  else if (dtype == at::kHalf) go(c10::Half{});
-  else go(c10::BFloat16{});
+  with_cache_type(k_cache.scalar_type(), go);
   return out;
 }
 
