@@ -570,6 +570,21 @@ void write_item(const PrefillProblem<T>& pb, const PrefillItem& item, float* out
   }
 }
 
+// Runs fn(item) for every item, thread t taking items t, t + threads, ...: items come
+// longest first, so each thread gets an even share of the long and the short ones (a
+// causal chunk's last rows see the most keys, and contiguous halves of the items left one
+// thread with three quarters of a 512-token chunk's work).
+template <typename Fn>
+void for_each_item(std::vector<PrefillItem>& items, Fn fn) {
+  const int64_t count = static_cast<int64_t>(items.size());
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), count);
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t stop) {
+    for (int64_t t = begin; t < stop; ++t) {
+      for (int64_t it = t; it < count; it += threads) fn(items[it]);
+    }
+  });
+}
+
 template <typename T>
 void run_prefill(const PrefillProblem<T>& pb, const float* q, float q_scale, float* out) {
   const int64_t dim = pb.head_dim, per_head = (pb.n * (pb.heads / pb.kv_heads) + kRows - 1) / kRows;
@@ -589,9 +604,7 @@ void run_prefill(const PrefillProblem<T>& pb, const float* q, float q_scale, flo
   for (int64_t s0 = 0; s0 < pb.context; s0 += span) {
     const int64_t s1 = std::min(s0 + span, pb.context);
     convert_span(pb, s0, s1, span, keys.data(), values.data());
-    at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t stop) {
-      for (int64_t it = begin; it < stop; ++it) attend(items[it], dim, s0, s1, span, keys.data(), values.data());
-    });
+    for_each_item(items, [&](PrefillItem& item) { attend(item, dim, s0, s1, span, keys.data(), values.data()); });
   }
   for (const PrefillItem& item : items) write_item(pb, item, out);
 }
