@@ -55,7 +55,8 @@ def main() -> None:
     nbytes = tier.entry_bytes(len(blocks))
 
     def write_once(tag: int) -> None:
-        tier.write(f"bench-{tag}", entry.tokens, 3600.0, time.time() + 3600, lambda: offload._gather(blocks))
+        tier.write(f"bench-{tag}", entry.tokens, 3600.0, time.time() + 3600,
+                   lambda first: offload._gather(blocks[first:]))
 
     start = time.perf_counter()
     write_once(0)

@@ -85,7 +85,7 @@ def test_spilled_entries_expire_with_their_ttl(tmp_path):
     clock.now += 301
     engine.step()  # the engine notices expiry on its next step
     assert engine.offload.tier.flush(30)
-    assert engine.stats().disk_entries == 0 and not list(tmp_path.rglob("*.kv"))
+    assert engine.stats().disk_entries == 0 and not [*tmp_path.rglob("*.seg"), *tmp_path.rglob("*.pin")]
     assert ask(engine, docs[0], 2).usage.cache_read_tokens == 0
 
 
@@ -95,7 +95,7 @@ def test_a_damaged_file_is_recomputed_not_served(tmp_path, caplog):
     for doc in docs:
         ask(first, doc, 1)
     first.close()
-    for path in tmp_path.rglob("*.kv"):
+    for path in tmp_path.rglob("*.seg"):
         data = bytearray(path.read_bytes())
         data[-10] ^= 0xFF  # inside the KV bytes: only the checksum can tell
         path.write_bytes(bytes(data))
@@ -206,3 +206,22 @@ def test_reading_back_a_prefix_whose_start_is_cached_under_memory_pressure(tmp_p
     out = finished[hit.request_id]
     assert out.usage.cache_read_tokens == DOC and out.output_ids == cold_tokens(doc, 2)
     assert engine.offload.num_reads == 1 and min(engine.radix.match("", doc)) >= 0
+
+
+def test_a_breakpoint_that_moves_forward_writes_only_the_new_blocks(tmp_path):
+    doc = ids(DOC, 21)
+    longer = doc + ids(16, 22)  # the next turn: its breakpoint 4 blocks further on
+    engine = engine_at(tmp_path)
+    ask(engine, doc, 1)
+    settle(engine)
+    tier = engine.offload.tier
+    before = tier.used_bytes
+    assert ask(engine, longer, 1).usage.cache_read_tokens == DOC
+    settle(engine)
+    assert tier.num_entries == 2 and tier.num_segments == 2
+    assert tier.used_bytes - before < tier.entry_bytes(5)  # 4 blocks, not the whole prefix again
+    engine.close()
+    restarted = engine_at(tmp_path)
+    hit = ask(restarted, longer, 3)
+    assert hit.usage.cache_read_tokens == len(longer) and restarted.offload.num_reads == 1
+    assert hit.output_ids == cold_tokens(longer, 3)

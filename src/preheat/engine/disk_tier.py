@@ -1,19 +1,30 @@
 """The disk tier: pinned prefixes' KV blocks as files, so the cache outlives RAM and restarts.
 
-One file per pinned prefix, under ``root/<fingerprint>/<namespace hash>/``. The
-fingerprint names the model file, weight format, KV dtype and block size, so a
-server never reads KV another configuration wrote. A file is:
+Prefixes that share a start share its blocks on disk, as they do in RAM. KV lives in
+*segments*: a segment holds a run of whole blocks and names the segment before it, so a
+chain of segments from block 0 is a prefix's KV. A *pin* file names one pinned prefix
+(namespace, all its tokens, TTL, expiry) and the last segment of its chain. Pinning a
+prefix that extends one already on disk (a conversation whose breakpoint moves forward
+each turn, or tenants' questions after one system prompt) writes only the blocks past the
+longest segment chain it starts with, and a pin file. Both kinds of file are
 
-    magic (8 bytes) | header length (u32) | header (JSON) | token ids (int32) | KV bytes | crc32
+    magic (8 bytes) | header length (u32) | header (JSON) | token ids (int32) | [KV bytes] | crc32
 
-The crc covers everything before it: a truncated, corrupted or foreign file is
-dropped, never served. Files are written to a temporary name and renamed, so a
-crash mid-write leaves nothing that loads. A hit refreshes the entry's expiry in a
-small ``.exp`` file beside it (also renamed into place) rather than rewriting KV.
+under ``root/<fingerprint>/<namespace hash>/`` (``<key>.seg``, ``<key>.pin``). A
+segment's key is the hash of its namespace and every token through its last block, and
+its file holds its own blocks' tokens; reading a chain back checks each link's key
+against the tokens before it. The fingerprint names the model file, weight format, KV
+dtype and block size, so a server never reads KV another configuration wrote. The crc
+covers everything before it: a truncated, corrupted or foreign file is dropped, never
+served. Files are written to a temporary name and renamed, a segment before the pin that
+names it, so a crash mid-write leaves nothing that loads. A hit rewrites the small pin
+file with the new expiry, never the KV.
 
-Files are written and read on two threads of their own; the engine thread only
-queues jobs and drains ``completions()``. Over its byte quota the tier deletes the
-least recently used entries first; an entry larger than the whole quota is refused.
+A segment stays while a pin or a later segment uses it. Files are written and read on two
+threads of their own; the engine thread only queues jobs (and keeps the bookkeeping, under
+a lock) and drains ``completions()``. Over its byte quota the tier deletes the least
+recently used pins first, and with them the segments nothing else uses; a prefix larger
+than the whole quota is refused.
 """
 from __future__ import annotations
 
@@ -26,18 +37,19 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"PHKV\x00\x01\r\n"
-FORMAT_VERSION = 1
-_SUFFIX = ".kv"
-_EXPIRY = struct.Struct("<dI")  # expiry (wall clock), crc32 of those 8 bytes
+SEGMENT_MAGIC = b"PHKVSEG\x02"
+PIN_MAGIC = b"PHKVPIN\x02"
+FORMAT_VERSION = 2
+_SEGMENT, _PIN = ".seg", ".pin"
+_LOAD_ERRORS = (OSError, KeyError, TypeError, ValueError)  # CorruptEntry is a ValueError
 
 
 def prefix_key(namespace: str, tokens: tuple[int, ...]) -> str:
@@ -45,6 +57,17 @@ def prefix_key(namespace: str, tokens: tuple[int, ...]) -> str:
     h = hashlib.sha256(namespace.encode())
     h.update(np.asarray(tokens, dtype="<i4").tobytes())
     return h.hexdigest()[:40]
+
+
+def block_keys(namespace: str, tokens: tuple[int, ...], block_size: int) -> list[str]:
+    """``prefix_key`` of each whole-block prefix of ``tokens``: entry b ends after block b."""
+    h = hashlib.sha256(namespace.encode())
+    ids = np.asarray(tokens, dtype="<i4")
+    keys = []
+    for b in range(len(tokens) // block_size):
+        h.update(ids[b * block_size: (b + 1) * block_size].tobytes())
+        keys.append(h.copy().hexdigest()[:40])
+    return keys
 
 
 def namespace_dir(namespace: str) -> str:
@@ -56,13 +79,12 @@ def namespace_dir(namespace: str) -> str:
 
 @dataclass(frozen=True)
 class StoredPrefix:
-    """An entry found on disk at start (its KV is read only on a hit)."""
+    """A pinned prefix found on disk at start (its KV is read only on a hit)."""
 
     namespace: str
     tokens: tuple[int, ...]
     ttl: float
     expiry: float  # wall clock
-    nbytes: int
 
 
 @dataclass(frozen=True)
@@ -98,19 +120,58 @@ class LoadFailed:
 Completion = Written | WriteFailed | Evicted | Loaded | LoadFailed
 
 
-class CorruptEntry(Exception):
+class CorruptEntry(ValueError):
     pass
 
 
-# ---- the tier -------------------------------------------------------------------------
+class _Refused(Exception):
+    """A write the quota cannot take."""
+
+
+# ---- bookkeeping ----------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Segment:
+    key: str
+    path: Path
+    parent: _Segment | None
+    first_block: int  # its blocks are [first_block, end_block) of the prefix
+    end_block: int
+    refs: int = 0  # pins whose last segment it is, and segments that follow it
+    nbytes: int = 0  # on disk; 0 until written
+    state: str = "writing"  # "writing", "done" or "failed"
+
+    def chain(self) -> list[_Segment]:
+        """The segments from block 0 through this one."""
+        out, seg = [], self
+        while seg is not None:
+            out.append(seg)
+            seg = seg.parent
+        return out[::-1]
+
+
+@dataclass(eq=False)
+class _Pin:
+    key: str
+    path: Path
+    namespace: str
+    tokens: tuple[int, ...]
+    ttl: float
+    expiry: float  # wall clock
+    tip: _Segment | None  # None: the prefix has no whole block
+    last_used: float
+    nbytes: int = 0  # on disk; 0 until written
+    complete: bool = False
 
 
 @dataclass
-class _File:
-    path: Path
-    nbytes: int
-    last_used: float
-    complete: bool = True  # False while its write is under way
+class _Write:
+    """A queued write: the pin, and the segment it adds (None when its chain exists)."""
+
+    pin: _Pin
+    segment: _Segment | None
+    gather: Callable[[int], np.ndarray] = field(repr=False)
 
 
 class DiskTier:
@@ -127,10 +188,12 @@ class DiskTier:
         self.quota_bytes = quota_bytes
         self.num_layers = num_layers
         self.block_shape = tuple(block_shape)
+        self.block_size = self.block_shape[0]
         self.wall_clock = wall_clock
-        self._lock = threading.Lock()  # guards _files and used_bytes
-        self._files: dict[str, _File] = {}
-        self.used_bytes = 0
+        self._lock = threading.Lock()  # guards the bookkeeping below, used by every thread
+        self._segments: dict[str, _Segment] = {}
+        self._pins: dict[str, _Pin] = {}
+        self.used_bytes = 0  # files written and not yet deleted
         self._done: queue.SimpleQueue[Completion] = queue.SimpleQueue()
         self._ready = threading.Condition()
         self._writes: queue.Queue = queue.Queue()
@@ -148,67 +211,45 @@ class DiskTier:
 
     @property
     def num_entries(self) -> int:
-        """Entries whose file is complete."""
+        """Pinned prefixes whose files are complete."""
         with self._lock:
-            return sum(f.complete for f in self._files.values())
+            return sum(p.complete for p in self._pins.values())
 
-    def scan(self) -> list[StoredPrefix]:
-        """Entries left by an earlier run that are whole and unexpired; drops the rest."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        now = self.wall_clock()
-        found: list[StoredPrefix] = []
-        for path in sorted(self.root.glob("*/*")):
-            if path.name.startswith("."):  # a write that never finished
-                path.unlink(missing_ok=True)
-            elif path.suffix == _SUFFIX:
-                entry = self._scan_one(path, now)
-                if entry is not None:
-                    found.append(entry)
-        for path in self.root.glob(f"*/*.exp"):
-            if not path.with_suffix(_SUFFIX).exists():
-                path.unlink(missing_ok=True)
-        return found
-
-    def _scan_one(self, path: Path, now: float) -> StoredPrefix | None:
-        try:
-            header, tokens = _read_head(path)
-            self._check_header(header, path)
-            expiry = max(header["expiry"], _read_expiry(path.with_suffix(".exp")))
-        except (OSError, CorruptEntry, KeyError, TypeError, ValueError) as err:
-            log.warning("dropping cache file %s: %s", path, err)
-            self._unlink(path)
-            return None
-        if expiry <= now:
-            self._unlink(path)
-            return None
-        entry = StoredPrefix(header["namespace"], tokens, header["ttl"], expiry, path.stat().st_size)
-        if path.parent.name != namespace_dir(entry.namespace) or path.stem != prefix_key(entry.namespace, tokens):
-            log.warning("dropping cache file %s: it is not where its entry belongs", path)
-            self._unlink(path)
-            return None
+    @property
+    def num_segments(self) -> int:
         with self._lock:
-            self._files[path.stem] = _File(path, entry.nbytes, expiry - entry.ttl)
-            self.used_bytes += entry.nbytes
-        return entry
+            return sum(s.state == "done" for s in self._segments.values())
 
     def entry_bytes(self, num_blocks: int) -> int:
-        """About what a prefix of ``num_blocks`` blocks takes on disk (its KV)."""
+        """At most what a prefix of ``num_blocks`` blocks takes on disk (its KV)."""
         return self.num_layers * 2 * num_blocks * int(np.prod(self.block_shape))
 
     def write(self, namespace: str, tokens: tuple[int, ...], ttl: float, expiry: float,
-              gather: Callable[[], np.ndarray]) -> str:
-        """Queue a write of a prefix; ``gather`` (called on the writer thread) returns its KV
-        bytes, ``[layers, 2, blocks, *block_shape]``. Returns the entry's key."""
+              gather: Callable[[int], np.ndarray]) -> str:
+        """Queue a write of a pinned prefix. ``gather(first)`` (called on the writer thread)
+        returns the KV bytes of its blocks from block ``first`` on, ``[layers, 2, blocks,
+        *block_shape]``: the blocks before it are on disk already. Returns the pin's key."""
         key = prefix_key(namespace, tokens)
-        self._writes.put((self._write, (key, namespace, tokens, ttl, expiry, gather)))
+        keys = block_keys(namespace, tokens, self.block_size)
+        with self._lock:
+            tip, segment = self._tip_for(namespace, keys)
+            unlink = self._drop_pin(key)  # a pin written again replaces the old one
+            pin = _Pin(key, self._path(key, namespace, _PIN), namespace, tuple(tokens), ttl, expiry, tip,
+                       last_used=self.wall_clock())
+            self._pins[key] = pin
+        self._writes.put((self._unlink_all, (unlink,)))
+        self._writes.put((self._write, (_Write(pin, segment, gather),)))
         return key
 
     def refresh(self, key: str, expiry: float) -> None:
-        """Queue a new expiry (wall clock) for a stored entry."""
+        """Queue a new expiry (wall clock) for a stored pin."""
         self._writes.put((self._refresh, (key, expiry)))
 
     def delete(self, key: str) -> None:
-        self._writes.put((self._remove, (key,)))
+        """Forget a pin now; its file, and segments nothing else uses, go on the writer thread."""
+        with self._lock:
+            unlink = self._drop_pin(key)
+        self._writes.put((self._unlink_all, (unlink,)))
 
     def load(self, key: str) -> None:
         """Queue a read; a ``Loaded`` or ``LoadFailed`` completion follows."""
@@ -241,6 +282,52 @@ class DiskTier:
         for jobs in (self._writes, self._reads):
             jobs.put((None, ()))
 
+    # ---- bookkeeping (callers hold the lock) ------------------------------------------
+
+    def _tip_for(self, namespace: str, keys: list[str]) -> tuple[_Segment | None, _Segment | None]:
+        """The last segment of a prefix whose whole-block keys are ``keys``, referenced for
+        its pin, and the new segment to write (None when the chain is on disk or queued)."""
+        if not keys:
+            return None, None
+        tip = self._segments.get(keys[-1])
+        if tip is not None and tip.state != "failed":
+            tip.refs += 1
+            return tip, None
+        parent = next((s for k in reversed(keys[:-1])
+                       if (s := self._segments.get(k)) is not None and s.state != "failed"), None)
+        first = parent.end_block if parent is not None else 0
+        if parent is not None:
+            parent.refs += 1
+        tip = _Segment(keys[-1], self._path(keys[-1], namespace, _SEGMENT), parent, first, len(keys), refs=1)
+        self._segments[tip.key] = tip
+        return tip, tip
+
+    def _drop_pin(self, key: str) -> list[Path]:
+        """Forget pin ``key``; returns the files that go with it."""
+        pin = self._pins.pop(key, None)
+        if pin is None:
+            return []
+        self.used_bytes -= pin.nbytes
+        return [pin.path, *self._release(pin.tip)]
+
+    def _release(self, segment: _Segment | None) -> list[Path]:
+        """Drop one reference to ``segment``; returns the files of segments nothing uses now."""
+        paths = []
+        while segment is not None:
+            segment.refs -= 1
+            if segment.refs > 0:
+                break
+            if self._segments.get(segment.key) is segment:
+                del self._segments[segment.key]
+            self.used_bytes -= segment.nbytes
+            if segment.nbytes:
+                paths.append(segment.path)
+            segment = segment.parent
+        return paths
+
+    def _path(self, key: str, namespace: str, suffix: str) -> Path:
+        return self.root / namespace_dir(namespace) / f"{key}{suffix}"
+
     # ---- worker threads ------------------------------------------------------------
 
     def _serve(self, jobs: queue.Queue, idle: bool) -> None:
@@ -263,128 +350,282 @@ class DiskTier:
         with self._ready:
             self._ready.notify_all()
 
-    def _path(self, key: str, namespace: str) -> Path:
-        return self.root / namespace_dir(namespace) / f"{key}{_SUFFIX}"
+    def _unlink_all(self, paths: list[Path]) -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
 
-    def _write(self, key: str, namespace: str, tokens: tuple[int, ...], ttl: float, expiry: float,
-               gather: Callable[[], np.ndarray]) -> None:
-        kv = np.ascontiguousarray(gather())
-        header = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "namespace": namespace,
-                  "ttl": ttl, "expiry": expiry, "num_tokens": len(tokens), "kv_shape": list(kv.shape)}
-        head = json.dumps(header).encode()
-        ids = np.asarray(tokens, dtype="<i4").tobytes()
-        size = len(MAGIC) + 4 + len(head) + len(ids) + kv.nbytes + 4
-        path = self._path(key, namespace)
-        if not self._make_room(key, path, size):
-            self._post(WriteFailed(key, f"{size} bytes is more than the disk quota of {self.quota_bytes}"))
-            return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    def _write(self, job: _Write) -> None:
+        pin = job.pin
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                crc = 0
-                for part in (MAGIC, struct.pack("<I", len(head)), head, ids, memoryview(kv).cast("B")):
-                    f.write(part)
-                    crc = zlib.crc32(part, crc)
-                f.write(struct.pack("<I", crc))
-            os.replace(tmp, path)
-            path.with_suffix(".exp").unlink(missing_ok=True)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            self._forget(key)
-            self._post(WriteFailed(key, str(err)))
+            failure = (self._write_segment(job) if job.segment is not None else None) or self._write_pin(pin)
+        except Exception as err:  # the quota, gather or the file system: the pin is not stored
+            if not isinstance(err, _Refused):
+                log.exception("writing a pinned prefix to disk failed")
+            failure = str(err) or type(err).__name__
+            with self._lock:
+                if job.segment is not None and job.segment.state == "writing":
+                    job.segment.state = "failed"  # what was queued after it must not build on it
+        if failure is None:
+            self._post(Written(pin.key))
             return
         with self._lock:
-            if key in self._files:
-                self._files[key].complete = True
-        self._post(Written(key))
+            unlink = self._drop_pin(pin.key) if self._pins.get(pin.key) is pin else []
+        self._unlink_all(unlink)
+        self._post(WriteFailed(pin.key, failure))
 
-    def _make_room(self, key: str, path: Path, size: int) -> bool:
-        """Account ``size`` bytes to ``key``, deleting least recently used entries first."""
-        if size > self.quota_bytes:
-            return False
-        self._forget(key)  # a rewrite replaces the old file's bytes
+    def _write_segment(self, job: _Write) -> str | None:
+        """Write the job's new segment (while any pin needs it); a reason if it fails."""
+        seg = job.segment
+        with self._lock:
+            if self._segments.get(seg.key) is not seg:
+                return "deleted before it was written"
+            if seg.parent is not None and seg.parent.state == "failed":
+                # the blocks before it never reached the disk: this segment holds them too
+                self._release(seg.parent)
+                seg.parent, seg.first_block = None, 0
+            chain_bytes = sum(s.nbytes for s in seg.chain()[:-1])
+        kv = np.ascontiguousarray(job.gather(seg.first_block))
+        if kv.shape[2] != seg.end_block - seg.first_block:
+            raise ValueError(f"gather gave {kv.shape[2]} blocks for {seg.end_block - seg.first_block}")
+        bs = self.block_size
+        header = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "namespace": job.pin.namespace,
+                  "parent": seg.parent.key if seg.parent is not None else None,
+                  "first_block": seg.first_block, "num_tokens": (seg.end_block - seg.first_block) * bs,
+                  "kv_shape": list(kv.shape)}
+        parts = _file_parts(SEGMENT_MAGIC, header, job.pin.tokens[seg.first_block * bs: seg.end_block * bs], kv)
+        size = sum(len(p) for p in parts) + 4
+        if chain_bytes + size > self.quota_bytes:
+            raise _Refused(f"{chain_bytes + size} bytes is more than the disk quota of {self.quota_bytes}")
+        self._make_room(size, keep=job.pin)
+        _write_file(seg.path, parts)
+        with self._lock:
+            seg.state = "done"
+            if self._segments.get(seg.key) is seg:
+                seg.nbytes = size
+                self.used_bytes += size
+                return None
+        seg.path.unlink(missing_ok=True)  # every pin using it went while it was written
+        return None
+
+    def _write_pin(self, pin: _Pin) -> str | None:
+        with self._lock:
+            if self._pins.get(pin.key) is not pin:
+                return "deleted before it was written"
+            if pin.tip is not None and pin.tip.state != "done":
+                return "its blocks could not be written"
+            parts = _pin_parts(self.fingerprint, pin)
+        size = sum(len(p) for p in parts) + 4
+        self._make_room(size, keep=pin)
+        _write_file(pin.path, parts)
+        with self._lock:
+            if self._pins.get(pin.key) is not pin:  # deleted while written: the delete unlinks it
+                return "deleted before it was written"
+            pin.nbytes, pin.complete = size, True
+            self.used_bytes += size
+        return None
+
+    def _make_room(self, size: int, keep: _Pin) -> None:
+        """Delete least recently used pins (and segments nothing else uses) until ``size``
+        more bytes fit the quota, or no other complete pin is left."""
         while True:
             with self._lock:
-                if self.used_bytes + size <= self.quota_bytes or not self._files:
-                    self._files[key] = _File(path, size, self.wall_clock(), complete=False)
-                    self.used_bytes += size
-                    return True
-                victim = min(self._files, key=lambda k: self._files[k].last_used)
-            self._remove(victim)
-            self._post(Evicted(victim))
+                if self.used_bytes + size <= self.quota_bytes:
+                    return
+                victims = [p for p in self._pins.values() if p.complete and p is not keep]
+                if not victims:
+                    return
+                victim = min(victims, key=lambda p: p.last_used)
+                unlink = self._drop_pin(victim.key)
+            self._unlink_all(unlink)
+            self._post(Evicted(victim.key))
 
     def _refresh(self, key: str, expiry: float) -> None:
         with self._lock:
-            file = self._files.get(key)
-            if file is None:
+            pin = self._pins.get(key)
+            if pin is None or not pin.complete:
                 return
-            file.last_used = self.wall_clock()
-        payload = struct.pack("<d", expiry)
-        exp = file.path.with_suffix(".exp")
-        tmp = exp.with_name(f".{exp.name}.{os.getpid()}.tmp")
+            pin.last_used = self.wall_clock()
+            pin.expiry = expiry
+            parts = _pin_parts(self.fingerprint, pin)
         try:
-            tmp.write_bytes(_EXPIRY.pack(expiry, zlib.crc32(payload)))
-            os.replace(tmp, exp)
+            _write_file(pin.path, parts)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             log.warning("could not record a cache entry's new expiry: %s", err)
-
-    def _remove(self, key: str) -> None:
-        with self._lock:
-            file = self._files.get(key)
-        if file is not None:
-            self._unlink(file.path)
-            self._forget(key)
-
-    def _forget(self, key: str) -> None:
-        with self._lock:
-            file = self._files.pop(key, None)
-            if file is not None:
-                self.used_bytes -= file.nbytes
-
-    def _unlink(self, path: Path) -> None:
-        path.unlink(missing_ok=True)
-        path.with_suffix(".exp").unlink(missing_ok=True)
 
     def _load(self, key: str) -> None:
         with self._lock:
-            file = self._files.get(key)
-        if file is None:
+            pin = self._pins.get(key)
+            chain = pin.tip.chain() if pin is not None and pin.tip is not None else []
+        if pin is None or not pin.complete:
             self._post(LoadFailed(key, "no longer on disk"))
             return
         try:
-            kv = self._read_verified(file.path)
-        except (OSError, CorruptEntry, KeyError, TypeError, ValueError) as err:
-            log.warning("dropping cache file %s: %s", file.path, err)
-            self._remove(key)
+            kv = self._read_chain(pin, chain)
+        except _LOAD_ERRORS as err:
+            log.warning("dropping cache file of %s: %s", key, err)
+            with self._lock:
+                unlink = self._drop_pin(key) if self._pins.get(key) is pin else []
+            self._unlink_all(unlink)
             self._post(LoadFailed(key, str(err)))
             return
         self._post(Loaded(key, kv))
 
-    def _read_verified(self, path: Path) -> np.ndarray:
-        data = np.fromfile(path, dtype=np.uint8)
-        if data.size < len(MAGIC) + 8:
-            raise CorruptEntry("truncated")
-        body, (crc,) = data[:-4], struct.unpack("<I", data[-4:].tobytes())
-        if zlib.crc32(memoryview(body)) != crc:
-            raise CorruptEntry("checksum mismatch")
-        header, tokens, at = _parse_head(memoryview(body))
-        self._check_header(header, path)
-        if prefix_key(header["namespace"], tokens) != path.stem:
-            raise CorruptEntry("it is not the entry its name says")
-        shape = tuple(header["kv_shape"])
-        kv = body[at:]
-        if kv.size != int(np.prod(shape)):
-            raise CorruptEntry("KV size does not match its header")
-        return kv.reshape(shape)
+    def _read_chain(self, pin: _Pin, chain: list[_Segment]) -> np.ndarray:
+        """The KV of ``pin``'s blocks, each segment's crc and key checked."""
+        parts = []
+        keys = block_keys(pin.namespace, pin.tokens, self.block_size)
+        bs = self.block_size
+        for seg in chain:
+            header, tokens, kv = self._read_segment(seg.path)
+            if (header["first_block"] != seg.first_block or keys[seg.end_block - 1] != seg.key
+                    or tokens != pin.tokens[seg.first_block * bs: seg.end_block * bs]):
+                raise CorruptEntry(f"{seg.path.name} is not the segment its name says")
+            parts.append(kv)
+        if not parts:
+            return np.zeros((self.num_layers, 2, 0, *self.block_shape), dtype=np.uint8)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
 
-    def _check_header(self, header: dict, path: Path) -> None:
+    def _read_segment(self, path: Path) -> tuple[dict, tuple[int, ...], np.ndarray]:
+        data = np.fromfile(path, dtype=np.uint8)
+        header, tokens, at = _verified(memoryview(data), SEGMENT_MAGIC)
+        self._check_header(header)
+        shape = tuple(header["kv_shape"])
+        kv = data[at: len(data) - 4]
+        if kv.size != int(np.prod(shape)) or shape[2] * self.block_size != len(tokens):
+            raise CorruptEntry("KV size does not match its header")
+        return header, tokens, kv.reshape(shape)
+
+    def _check_header(self, header: dict) -> None:
         if header.get("version") != FORMAT_VERSION or header.get("fingerprint") != self.fingerprint:
             raise CorruptEntry("written by another model, format or cache configuration")
-        shape = tuple(header["kv_shape"])
-        if len(shape) != 6 or shape[0] != self.num_layers or shape[1] != 2 or shape[3:] != self.block_shape:
+        shape = header.get("kv_shape")
+        if shape is not None and (len(shape) != 6 or shape[0] != self.num_layers or shape[1] != 2
+                                  or tuple(shape[3:]) != self.block_shape):
             raise CorruptEntry("KV shape does not match this cache")
+
+    # ---- start ---------------------------------------------------------------------
+
+    def scan(self) -> list[StoredPrefix]:
+        """Pins an earlier run left that are whole and unexpired, with their segments; drops
+        the rest, and segments no pin uses."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for path in self.root.glob("*/.*"):  # a write that never finished
+            path.unlink(missing_ok=True)
+        heads = dict(self._scan_segments())
+        now = self.wall_clock()
+        found = []
+        for path in sorted(self.root.glob(f"*/*{_PIN}")):
+            try:
+                pin = self._scan_pin(path, heads, now)
+            except _LOAD_ERRORS as err:
+                log.warning("dropping cache file %s: %s", path, err)
+                path.unlink(missing_ok=True)
+                continue
+            if pin is None:  # expired
+                path.unlink(missing_ok=True)
+                continue
+            with self._lock:
+                self._pins[pin.key] = pin
+                self.used_bytes += pin.nbytes
+            found.append(StoredPrefix(pin.namespace, pin.tokens, pin.ttl, pin.expiry))
+        with self._lock:
+            for key, (path, *_) in heads.items():
+                if key not in self._segments:  # no pin uses it: a crash between its write and its pin's
+                    path.unlink(missing_ok=True)
+        return found
+
+    def _scan_segments(self) -> Iterator[tuple[str, tuple[Path, dict, tuple[int, ...], int]]]:
+        """Segment files that read (header, tokens, size checked; not the crc), by key."""
+        for path in self.root.glob(f"*/*{_SEGMENT}"):
+            try:
+                header, tokens = _read_head(path, SEGMENT_MAGIC)
+                self._check_header(header)
+                if len(tokens) != header["kv_shape"][2] * self.block_size:
+                    raise CorruptEntry("token count does not match its blocks")
+            except _LOAD_ERRORS as err:
+                log.warning("dropping cache file %s: %s", path, err)
+                path.unlink(missing_ok=True)
+                continue
+            yield path.stem, (path, header, tokens, path.stat().st_size)
+
+    def _scan_pin(self, path: Path, heads: dict, now: float) -> _Pin | None:
+        """A pin file read whole, its chain of segments linked and checked against its
+        tokens; None when it has expired."""
+        data = memoryview(path.read_bytes())
+        header, tokens, _ = _verified(data, PIN_MAGIC)
+        self._check_header(header)
+        if header["expiry"] <= now:
+            return None
+        namespace = header["namespace"]
+        if path.parent.name != namespace_dir(namespace) or path.stem != prefix_key(namespace, tokens):
+            raise CorruptEntry("it is not where its entry belongs")
+        keys = block_keys(namespace, tokens, self.block_size)
+        tip = self._link(keys, len(keys), namespace, heads) if keys else None
+        with self._lock:
+            if tip is not None:
+                tip.refs += 1
+        return _Pin(path.stem, path, namespace, tokens, header["ttl"], header["expiry"], tip,
+                    last_used=header["expiry"] - header["ttl"], nbytes=len(data), complete=True)
+
+    def _link(self, keys: list[str], end: int, namespace: str, heads: dict) -> _Segment:
+        """The segment ending after block ``end`` of a prefix with whole-block keys ``keys``,
+        and those before it, registered (found on disk at start)."""
+        key = keys[end - 1]
+        with self._lock:
+            known = self._segments.get(key)
+        if known is not None:
+            return known
+        if key not in heads:
+            raise CorruptEntry(f"a segment of it is missing ({key})")
+        seg_path, header, ids, size = heads[key]
+        first = header["first_block"]
+        if seg_path.parent.name != namespace_dir(namespace) or header["namespace"] != namespace \
+                or first + len(ids) // self.block_size != end or first >= end:
+            raise CorruptEntry(f"segment {key} does not continue its prefix")
+        parent_key = header["parent"]
+        if (first == 0) != (parent_key is None) or (first and keys[first - 1] != parent_key):
+            raise CorruptEntry(f"segment {key} names the wrong segment before it")
+        parent = self._link(keys, first, namespace, heads) if first else None
+        with self._lock:
+            seg = _Segment(key, seg_path, parent, first, end, nbytes=size, state="done")
+            if parent is not None:
+                parent.refs += 1
+            self._segments[key] = seg
+            self.used_bytes += size
+        return seg
+
+
+# ---- file format ----------------------------------------------------------------------
+
+def _file_parts(magic: bytes, header: dict, tokens: tuple[int, ...], kv: np.ndarray | None = None) -> list:
+    head = json.dumps(header).encode()
+    parts = [magic, struct.pack("<I", len(head)), head, np.asarray(tokens, dtype="<i4").tobytes()]
+    if kv is not None:
+        parts.append(memoryview(kv).cast("B"))
+    return parts
+
+
+def _pin_parts(fingerprint: str, pin: _Pin) -> list:
+    header = {"version": FORMAT_VERSION, "fingerprint": fingerprint, "namespace": pin.namespace,
+              "ttl": pin.ttl, "expiry": pin.expiry, "num_tokens": len(pin.tokens)}
+    return _file_parts(PIN_MAGIC, header, pin.tokens)
+
+
+def _write_file(path: Path, parts: list) -> None:
+    """Write ``parts`` and their crc32 to a temporary name, then rename it to ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            crc = 0
+            for part in parts:
+                f.write(part)
+                crc = zlib.crc32(part, crc)
+            f.write(struct.pack("<I", crc))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _run_on_idle_cpu() -> None:
@@ -399,11 +640,11 @@ def _run_on_idle_cpu() -> None:
             log.info("the disk tier's writer runs at normal priority")
 
 
-def _parse_head(data: memoryview) -> tuple[dict, tuple[int, ...], int]:
-    """(header, tokens, offset of the KV bytes) from the start of a file."""
-    if bytes(data[: len(MAGIC)]) != MAGIC:
-        raise CorruptEntry("not a preheat KV file")
-    at = len(MAGIC)
+def _parse_head(data: memoryview, magic: bytes) -> tuple[dict, tuple[int, ...], int]:
+    """(header, tokens, offset of what follows the tokens) from the start of a file."""
+    if bytes(data[: len(magic)]) != magic:
+        raise CorruptEntry("not a preheat KV file of this kind")
+    at = len(magic)
     (head_len,) = struct.unpack("<I", data[at: at + 4])
     at += 4
     header = json.loads(bytes(data[at: at + head_len]))
@@ -415,30 +656,30 @@ def _parse_head(data: memoryview) -> tuple[dict, tuple[int, ...], int]:
     return header, tokens, at + 4 * n
 
 
-def _read_head(path: Path) -> tuple[dict, tuple[int, ...]]:
-    """Header and tokens of a file, checking its size against the header (not its crc)."""
+def _verified(data: memoryview, magic: bytes) -> tuple[dict, tuple[int, ...], int]:
+    """``_parse_head`` of a whole file whose crc32 matches."""
+    if len(data) < len(magic) + 8:
+        raise CorruptEntry("truncated")
+    (crc,) = struct.unpack("<I", data[-4:])
+    if zlib.crc32(data[:-4]) != crc:
+        raise CorruptEntry("checksum mismatch")
+    return _parse_head(data[:-4], magic)
+
+
+def _read_head(path: Path, magic: bytes) -> tuple[dict, tuple[int, ...]]:
+    """Header and tokens of a segment file, checking its size against the header (not its crc)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
-        start = f.read(len(MAGIC) + 4)
-        if len(start) < len(MAGIC) + 4:
+        start = f.read(len(magic) + 4)
+        if len(start) < len(magic) + 4:
             raise CorruptEntry("truncated")
-        (head_len,) = struct.unpack("<I", start[len(MAGIC):])
+        (head_len,) = struct.unpack("<I", start[len(magic):])
         head = f.read(head_len)
-        header = json.loads(head)
-        ids = f.read(4 * int(header["num_tokens"]))
-    header, tokens, at = _parse_head(memoryview(start + head + ids))
+        ids = f.read(4 * int(json.loads(head)["num_tokens"]))
+    header, tokens, at = _parse_head(memoryview(start + head + ids), magic)
     if size != at + int(np.prod(header["kv_shape"])) + 4:
         raise CorruptEntry("truncated or padded")
     return header, tokens
-
-
-def _read_expiry(path: Path) -> float:
-    """A refreshed expiry, or 0 when there is none (or it is damaged)."""
-    try:
-        expiry, crc = _EXPIRY.unpack(path.read_bytes())
-    except (OSError, struct.error):
-        return 0.0
-    return expiry if zlib.crc32(struct.pack("<d", expiry)) == crc else 0.0
 
 
 def cache_fingerprint(**parts: object) -> str:

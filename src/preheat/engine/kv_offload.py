@@ -74,7 +74,9 @@ class KVOffload:
         self._word = next(d for d in (torch.int64, torch.int32, torch.int16, torch.uint8)
                           if self._kv.shape[-1] % d.itemsize == 0)
         self._entries: dict[str, PinEntry] = {}  # disk key -> entry, for entries on or going to disk
-        self._held: dict[str, deque[list[int]]] = {}  # blocks held until their write is done
+        # per disk key, the writes under way (FIFO, as the tier does them): the entry and
+        # the blocks held until its write is done
+        self._held: dict[str, deque[tuple[PinEntry, list[int]]]] = {}
         self._waiting: dict[str, list[Sequence]] = {}  # sequences waiting for a read
         self._loaded: dict[str, np.ndarray] = {}  # reads done, not yet in the pool
         self.num_reads = 0  # prefixes read back from disk into the pool
@@ -107,9 +109,9 @@ class KVOffload:
         elif not entry.writing:
             entry.writing = True
             self.pool.incref(blocks)
-            self._held.setdefault(key, deque()).append(blocks)
+            self._held.setdefault(key, deque()).append((entry, blocks))
             self.tier.write(entry.namespace, entry.tokens, entry.ttl, self._wall(entry.expiry),
-                            lambda: self._gather(blocks))
+                            lambda first: self._gather(blocks[first:]))
 
     def hit(self, entry: PinEntry) -> None:
         if entry.on_disk:
@@ -170,13 +172,12 @@ class KVOffload:
     # ---- helpers --------------------------------------------------------------------
 
     def _written(self, done: Written | WriteFailed) -> None:
-        held = self._held.get(done.key)
-        if held:
-            self.pool.decref(held.popleft())
-            if not held:
-                del self._held[done.key]
-        entry = self._entries.get(done.key)
-        if entry is None:
+        held = self._held[done.key]
+        entry, blocks = held.popleft()
+        self.pool.decref(blocks)
+        if not held:
+            del self._held[done.key]
+        if self._entries.get(done.key) is not entry:  # dropped (and maybe pinned anew) since
             return
         entry.writing = False
         if isinstance(done, Written):
