@@ -169,3 +169,21 @@ def test_a_thread_continue_keeps_the_stored_ids_and_tokenizes_only_the_new_turn(
                                                             - whole.blocks[-1].end)
     assert threaded.blocks[-1].cache_control == whole.blocks[-1].cache_control
     assert len(threaded.token_ids) == len(history) + new
+
+
+def test_a_thread_continue_checks_its_new_messages_not_the_stored_replies(tokenizer):
+    first = build_prompt(request(messages=[{"role": "user", "content": "Hi"}]), tokenizer)
+    reply = [tokenizer.encode(ch)[0] for ch in "  "]  # the model answered with whitespace
+    history = first.token_ids + reply
+    history_blocks = [*first.blocks, PromptBlock("messages", len(history), None)]
+
+    def turn(new: str) -> dict:
+        return request(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "},
+                                 {"role": "user", "content": new}])
+
+    threaded = continue_prompt(turn("More"), tokenizer, HERMES, history, history_blocks)
+    assert threaded.token_ids[:len(history)] == history
+    with pytest.raises(InvalidRequestError, match="^messages.1.content.0: text content blocks"):
+        build_prompt(turn("More"), tokenizer)  # sent whole, the same history is refused
+    with pytest.raises(InvalidRequestError, match="^messages.2.content.0: text content blocks"):
+        continue_prompt(turn(" "), tokenizer, HERMES, history, history_blocks)

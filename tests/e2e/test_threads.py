@@ -214,3 +214,18 @@ def test_the_beta_surface(client):
     with pytest.raises(anthropic.BadRequestError, match="context_management"):
         client.beta.messages.create(model=ALIAS, max_tokens=4, messages=[
             {"role": "user", "content": "Hi"}], context_management={"edits": []})
+
+
+def test_an_empty_reply_is_continued_not_replayed(server, client):
+    """A reply the API would refuse in a replayed history (here empty: a stop sequence at
+    its first character) still continues from the thread's tokens."""
+    question = {"role": "user", "content": "Name a colour."}
+    first = client.messages.create(model=ALIAS, max_tokens=8, messages=[question], extra_body=GREEDY)
+    threaded, sent = recording_client(server)
+    thread = threaded.beta.messages.thread(model=ALIAS, max_tokens=8)
+    empty = thread.send(question, extra_body={**GREEDY, "stop_sequences": [first.content[0].text[0]]})
+    assert empty.stop_reason == "stop_sequence" and "".join(b.text for b in empty.content).strip() == ""
+    reply = thread.send({"role": "user", "content": "Name another."}, extra_body=GREEDY)
+    assert [b["thread"]["type"] for b in sent.bodies] == ["create", "continue"]
+    assert sent.bodies[1]["thread"]["previous_message_id"] == empty.id
+    assert reply.content[0].text.strip()

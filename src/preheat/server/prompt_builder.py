@@ -91,13 +91,16 @@ def continue_prompt(request: PromptRequest, tokenizer: ChatTokenizer, tool_form:
     then the rest of ``request`` (the whole conversation) rendered and tokenized.
 
     ``history_blocks`` are the first blocks of ``request``, at their positions in
-    ``history_ids``. If the template rewrote the history's last block (so where it ends
-    can't be found), the whole prompt is tokenized afresh instead.
+    ``history_ids``. Only the new messages are checked: the history passed its checks when
+    it arrived, and its replies are the model's own (a whitespace-only reply is kept as
+    generated). If the template rewrote the history's last block (so where it ends can't be
+    found), the whole prompt is tokenized afresh instead.
     """
-    rendered = _render_request(request, tokenizer, tool_form)
     k = len(history_blocks)
+    history = len(request.messages) - _new_messages(request, k)
+    rendered = _render_request(request, tokenizer, tool_form, checked_from=history)
     cut = rendered.block_chars[k - 1]
-    last = _block_text(request.messages[-1 - _new_messages(request, k)].content[-1], tool_form)
+    last = _block_text(request.messages[history - 1].content[-1], tool_form)
     if not rendered.text.startswith(last, cut - len(last)):
         return _placed(rendered, *tokenizer.encode_prompt(rendered.text))
     ids, offsets = tokenizer.encode_prompt(rendered.text[cut:], bos=False)
@@ -106,9 +109,10 @@ def continue_prompt(request: PromptRequest, tokenizer: ChatTokenizer, tool_form:
 
 
 def _render_request(request: PromptRequest, tokenizer: ChatTokenizer,
-                    tool_form: ToolCallForm) -> BuiltPrompt:
-    """The prompt's text and blocks (at ``block_chars``), not yet tokenized."""
-    _check_messages(request.messages)
+                    tool_form: ToolCallForm, checked_from: int = 0) -> BuiltPrompt:
+    """The prompt's text and blocks (at ``block_chars``), not yet tokenized; messages from
+    ``checked_from`` on are checked."""
+    _check_messages(request.messages, checked_from)
     _check_text_blocks("system", request.system)
     tool_pieces = _tool_pieces(request.tools, request.tool_choice, tool_form)
     system_pieces = [_Piece(b.text, "system", b.cache_control) for b in request.system]
@@ -162,9 +166,9 @@ def _join(pieces) -> str:
 # ---- validation -----------------------------------------------------------------
 
 
-def _check_messages(messages: list[InputMessage]) -> None:
+def _check_messages(messages: list[InputMessage], first: int = 0) -> None:
     last = len(messages) - 1
-    for i, message in enumerate(messages):
+    for i, message in enumerate(messages[first:], start=first):
         is_prefill = i == last and message.role == "assistant"
         if not message.content and not is_prefill:
             raise InvalidRequestError(

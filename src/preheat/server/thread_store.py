@@ -78,9 +78,10 @@ class ThreadStore:
         ``request`` is the whole conversation it answered (a continue's included) and
         ``reply_ids`` the reply's tokens as generated, without an end-of-turn token.
         """
-        reply = [b for b in reply if b["type"] != "text" or b["text"].strip()]
-        if not reply:
-            return  # nothing to continue from: a continue is not found, and the SDK replays
+        # Kept as generated, whitespace-only text included: a reply the API would refuse
+        # in a replayed history still continues here, from its exact tokens. An empty reply
+        # is one empty text block, so the history's last block has a place.
+        reply = reply or [{"type": "text", "text": ""}]
         token_ids = prompt.token_ids + reply_ids
         self.store(ThreadTurn(
             message_id=message_id, namespace=namespace, system=request.system,
