@@ -187,3 +187,23 @@ def test_a_thread_continue_checks_its_new_messages_not_the_stored_replies(tokeni
         build_prompt(turn("More"), tokenizer)  # sent whole, the same history is refused
     with pytest.raises(InvalidRequestError, match="^messages.2.content.0: text content blocks"):
         continue_prompt(turn(" "), tokenizer, HERMES, history, history_blocks)
+
+
+def test_blocks_stay_right_where_a_template_trims_some_contents(tokenizer):
+    import copy
+
+    from preheat.tokenizer.chat_template import ChatTemplate
+    trimming = copy.copy(tokenizer)  # Llama 3's templates trim every message's content
+    trimming._template = ChatTemplate(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    prompt = build_prompt(request(messages=[
+        {"role": "user", "content": [{"type": "text", "text": " padded ", "cache_control": CC}]},
+        {"role": "assistant", "content": "Sure."},
+        {"role": "user", "content": [{"type": "text", "text": "Next", "cache_control": CC}]}]), trimming)
+    padded, sure, nxt = prompt.blocks
+    # the trimmed content can't be found: its block keeps the last known end (caches less);
+    # the turns after it are found again
+    assert text_before(trimming, prompt, sure).endswith("<|im_start|>assistant\nSure.")
+    assert text_before(trimming, prompt, nxt).endswith("<|im_start|>user\nNext")
+    assert padded.end <= sure.end
