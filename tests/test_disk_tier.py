@@ -267,3 +267,22 @@ def test_a_chain_missing_a_segment_is_dropped_at_start(tmp_path, caplog):
     first.unlink()
     assert tier_at(tmp_path).scan() == [] and "missing" in caplog.text
     assert not list(tier.root.glob("*/*.*"))
+
+
+def test_blocks_only_a_failed_write_still_used_are_deleted_with_it(tmp_path):
+    gate = threading.Event()
+
+    def broken(first: int) -> np.ndarray:
+        gate.wait(10)
+        raise RuntimeError("the blocks went away")
+
+    tier = tier_at(tmp_path)
+    doc = store(tier, "", tuple(range(16)), kv_for(4, 16))
+    tier.write("", tuple(range(24)), 300.0, time.time() + DAY, broken)  # builds on doc's blocks
+    kv = kv_for(8, 17)
+    turn = tier.write("", tuple(range(32)), 300.0, time.time() + DAY, lambda first: kv[:, :, first:])
+    tier.delete(doc)  # now only the failing write uses doc's blocks
+    gate.set()
+    assert [type(d) for d in settle(tier, 2)] == [WriteFailed, Written]
+    assert tier.flush(10) and tier.num_segments == 1 and len(list(tier.root.glob("*/*.seg"))) == 1
+    assert np.array_equal(load(tier, turn).kv, kv)

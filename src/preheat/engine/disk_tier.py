@@ -368,22 +368,27 @@ class DiskTier:
         if failure is None:
             self._post(Written(pin.key))
             return
+        self._discard(pin)
+        self._post(WriteFailed(pin.key, failure))
+
+    def _discard(self, pin: _Pin) -> None:
+        """Drop ``pin`` (unless it was replaced meanwhile) and delete what only it used."""
         with self._lock:
             unlink = self._drop_pin(pin.key) if self._pins.get(pin.key) is pin else []
         self._unlink_all(unlink)
-        self._post(WriteFailed(pin.key, failure))
 
     def _write_segment(self, job: _Write) -> str | None:
         """Write the job's new segment (while any pin needs it); a reason if it fails."""
-        seg = job.segment
+        seg, unlink = job.segment, []
         with self._lock:
             if self._segments.get(seg.key) is not seg:
                 return "deleted before it was written"
             if seg.parent is not None and seg.parent.state == "failed":
                 # the blocks before it never reached the disk: this segment holds them too
-                self._release(seg.parent)
+                unlink = self._release(seg.parent)
                 seg.parent, seg.first_block = None, 0
             chain_bytes = sum(s.nbytes for s in seg.chain()[:-1])
+        self._unlink_all(unlink)  # runs before the failed one that only it still used
         kv = np.ascontiguousarray(job.gather(seg.first_block))
         if kv.shape[2] != seg.end_block - seg.first_block:
             raise ValueError(f"gather gave {kv.shape[2]} blocks for {seg.end_block - seg.first_block}")
@@ -463,9 +468,7 @@ class DiskTier:
             kv = self._read_chain(pin, chain)
         except _LOAD_ERRORS as err:
             log.warning("dropping cache file of %s: %s", key, err)
-            with self._lock:
-                unlink = self._drop_pin(key) if self._pins.get(key) is pin else []
-            self._unlink_all(unlink)
+            self._discard(pin)
             self._post(LoadFailed(key, str(err)))
             return
         self._post(Loaded(key, kv))
