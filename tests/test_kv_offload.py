@@ -7,7 +7,7 @@ import pytest
 
 from engine_driver import GREEDY, FakeClock, ids, run
 from preheat.engine.output import Finished
-from preheat.engine.request import CacheBreakpoint, GenerationRequest
+from preheat.engine.request import CacheBreakpoint, GenerationRequest, SamplingParams
 from tiny import tiny_engine
 
 BS = 4
@@ -225,3 +225,76 @@ def test_a_breakpoint_that_moves_forward_writes_only_the_new_blocks(tmp_path):
     hit = ask(restarted, longer, 3)
     assert hit.usage.cache_read_tokens == len(longer) and restarted.offload.num_reads == 1
     assert hit.output_ids == cold_tokens(longer, 3)
+
+
+def prewarm(engine, doc: list[int], namespace: str = "") -> None:
+    """``max_tokens: 0`` with an hour's breakpoint: the prefix is written, nothing generated."""
+    req = GenerationRequest(list(doc), SamplingParams(max_tokens=0, temperature=0), namespace=namespace,
+                            breakpoints=(CacheBreakpoint(len(doc), 3600.0),))
+    run(engine, [req])
+
+
+def bounded_run(engine, requests: list[GenerationRequest], max_steps: int = 400) -> list[Finished]:
+    """``run``, but a request that never ends fails the test instead of hanging it."""
+    seqs = [engine.prepare(r) for r in requests]
+    for s in seqs:
+        engine.enqueue(s)
+    done: dict[str, Finished] = {}
+    for _ in range(max_steps):
+        if not engine.has_work:
+            return [done[r.request_id] for r in requests]
+        done.update((rid, ev) for rid, ev in engine.step() if isinstance(ev, Finished))
+    stats = engine.stats()
+    raise AssertionError(f"still not done after {max_steps} steps: running {stats.running}, waiting "
+                         f"{stats.waiting}, free {stats.free_blocks}, pinned {stats.pinned_blocks}")
+
+
+# The issue's sequence at tiny scale: 32 blocks, pins may hold 24 (two 11-block documents,
+# which leaves 10 blocks free), six documents pre-warmed.
+BIG_DOC = 44
+
+
+@pytest.mark.parametrize("order", ["newest first", "oldest first", "all at once"])
+def test_hits_on_spilled_prefixes_whose_read_back_needs_pinned_ram_all_end(tmp_path, order):
+    engine = engine_at(tmp_path, max_pinned_fraction=0.75)
+    docs = [ids(BIG_DOC, 40 + seed) for seed in range(6)]
+    for doc in docs:
+        prewarm(engine, doc)
+        settle(engine)
+    assert engine.stats().disk_entries == 6
+    questions = [GenerationRequest(doc + ids(5, 9), GREEDY, breakpoints=(CacheBreakpoint(BIG_DOC, 3600.0),))
+                 for doc in docs]
+    if order == "all at once":
+        outs = bounded_run(engine, questions)
+    else:
+        seq = questions[::-1] if order == "newest first" else questions
+        outs = [bounded_run(engine, [q])[0] for q in seq]
+        outs = outs[::-1] if order == "newest first" else outs
+    for doc, out in zip(docs, outs, strict=True):
+        assert out.usage.cache_read_tokens == BIG_DOC
+        assert out.output_ids == run(tiny_engine(), [GenerationRequest(doc + ids(5, 9), GREEDY)])[0].output_ids
+    stats = engine.stats()
+    assert stats.running == stats.waiting == 0 and engine.offload.num_reads >= 4
+    assert stats.free_blocks + stats.cached_blocks == stats.total_blocks  # nothing leaked
+
+
+def test_a_read_back_that_only_undisked_pins_could_make_room_for_is_recomputed(tmp_path):
+    doc = ids(BIG_DOC, 50)
+    engine = engine_at(tmp_path, max_pinned_fraction=1.0)
+    prewarm(engine, doc)
+    settle(engine)
+    [entry] = engine.radix.pins()
+    engine.radix.unpin_ram(entry)
+    engine.radix.evict(engine.pool.num_blocks)  # on disk only
+    # pins with no disk copy (their writes failed, say) hold all but 6 blocks; nothing runs
+    listener, engine.radix.listener = engine.radix.listener, None
+    filler = ids(engine.pool.num_free * BS, 51)[: (engine.pool.num_free - 6) * BS]
+    blocks = engine.pool.allocate(len(filler) // BS)
+    engine.radix.insert("", filler, blocks)
+    engine.pool.decref(blocks)
+    assert engine.radix.pin("", filler, 3600.0)
+    engine.radix.listener = listener
+    out = bounded_run(engine, [GenerationRequest(doc + ids(5, 9), GREEDY, breakpoints=(
+        CacheBreakpoint(BIG_DOC, 3600.0),))])[0]
+    assert out.usage.cache_read_tokens == BIG_DOC and engine.offload.num_reads == 0
+    assert out.output_ids == run(tiny_engine(), [GenerationRequest(doc + ids(5, 9), GREEDY)])[0].output_ids

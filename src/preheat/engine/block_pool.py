@@ -21,6 +21,7 @@ class BlockPool:
         self.block_size = block_size
         self._free: deque[int] = deque(range(num_blocks))
         self._refs = [0] * num_blocks
+        self.total_refs = 0  # references held, all blocks together
 
     @property
     def num_free(self) -> int:
@@ -36,6 +37,7 @@ class BlockPool:
         blocks = [self._free.popleft() for _ in range(n)]
         for b in blocks:
             self._refs[b] = 1
+        self.total_refs += n
         return blocks
 
     def incref(self, blocks: list[int]) -> None:
@@ -43,12 +45,14 @@ class BlockPool:
             if self._refs[b] <= 0:
                 raise ValueError(f"block {b} is free; cannot share it")
             self._refs[b] += 1
+            self.total_refs += 1
 
     def decref(self, blocks: list[int]) -> None:
         for b in blocks:
             if self._refs[b] <= 0:
                 raise ValueError(f"block {b} released more often than held")
             self._refs[b] -= 1
+            self.total_refs -= 1
             if self._refs[b] == 0:
                 self._free.append(b)
 

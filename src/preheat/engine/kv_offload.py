@@ -151,7 +151,11 @@ class KVOffload:
         self.tier.wait(timeout)
 
     def poll(self) -> None:
-        """Once per step: take the tier's news, put loaded prefixes back, spill over budget."""
+        """Once per step: take the tier's news, put loaded prefixes back, spill over budget.
+
+        A read that finds no room waits for blocks to come free; when the tree alone holds
+        blocks (no sequence, no write), none will, and the read is given up: its requests
+        recompute the prefix."""
         for done in self.tier.completions():
             if isinstance(done, Written | WriteFailed):
                 self._written(done)
@@ -164,7 +168,9 @@ class KVOffload:
                 self._lost(done.key)
                 self._release_waiters(done.key)
         for key in list(self._loaded):
-            if self._install(key):
+            if self._install(key) or self.pool.total_refs == self.radix.cached_blocks:
+                if key in self._loaded:
+                    log.warning("no room to read a cached prefix back; recomputing it")
                 del self._loaded[key]
                 self._release_waiters(key)
         self._spill()
@@ -213,6 +219,10 @@ class KVOffload:
         need = kv.shape[2] - self.radix.cached_len(entry.namespace, tokens) // self.pool.block_size
         if need > self.pool.num_free:
             self.radix.evict(need - self.pool.num_free)
+        if need > self.pool.num_free:
+            # Other pins that live on disk make room: left to themselves they hold their
+            # blocks for their whole TTL, and this read would wait for them all along.
+            self.radix.release_pins(need - self.pool.num_free, keep_undisked=True)
         # look again: evicting may have taken the blocks of this prefix that were cached
         cached = self.radix.match(entry.namespace, list(tokens))
         need = kv.shape[2] - len(cached)

@@ -398,18 +398,20 @@ class RadixCache:
             self.listener.hit(entry)
         return length, entry
 
-    def release_pins(self, num_blocks: int) -> int:
+    def release_pins(self, num_blocks: int, keep_undisked: bool = False) -> int:
         """Take pinned prefixes out of RAM until evicting has freed ``num_blocks`` blocks or
         none is left in RAM; returns the blocks freed.
 
         For a request that fits the pool but finds it held by pins: it must not wait
         for them to expire (minutes, or an hour). Entries with a disk copy go first and
         live on there; then those being written, which live on too (their blocks free up
-        once written); the others, least recently used first, are dropped.
+        once written); the others, least recently used first, are dropped, unless
+        ``keep_undisked``.
         """
         now = self.clock()
         with self._pin_lock:
-            order = sorted((e for e in self._pins.values() if e.alive(now) and e.in_ram),
+            order = sorted((e for e in self._pins.values() if e.alive(now) and e.in_ram
+                            and (e.on_disk or e.writing or not keep_undisked)),
                            key=lambda e: (not e.on_disk, not e.writing, e.last_used))
         freed = 0
         for entry in order:
