@@ -286,3 +286,43 @@ def test_a_held_reply_is_found_by_the_next_turn_and_counted():
     computed = len(prompt) + len(first.output_ids) - 1
     assert computed % engine.pool.block_size  # the case a tail serves
     assert after.prompt_tokens_cached - before.prompt_tokens_cached == computed
+
+
+def poison(engine, where: str, bad: str) -> None:
+    """Make the engine fail wherever request ``bad`` takes part in ``where``."""
+    if where == "forward":
+        real = engine.runner.run
+
+        def run_unless_bad(batch, sample_from):
+            if any(s.id == bad for s, _ in batch.items()):
+                raise RuntimeError("injected forward failure")
+            return real(batch, sample_from)
+        engine.runner.run = run_unless_bad
+    else:
+        real = engine._sample_batch
+
+        def sample_unless_bad(seqs, logits):
+            if any(s.id == bad for s in seqs):
+                raise RuntimeError("injected sampling failure")
+            return real(seqs, logits)
+        engine._sample_batch = sample_unless_bad
+
+
+@pytest.mark.parametrize("where", ["forward", "sampling"])
+def test_a_failure_of_one_sequence_fails_it_alone(where):
+    prompts = [ids(30, 70 + i) for i in range(4)]
+    want = [run_one(tiny_engine(), p).output_ids for p in prompts]
+    engine = tiny_engine()
+    reqs = [GenerationRequest(p, GREEDY) for p in prompts]
+    poison(engine, where, reqs[1].request_id)
+    for r in reqs:
+        engine.enqueue(engine.prepare(r))
+    done = {}
+    while engine.has_work:
+        for rid, ev in engine.step():
+            if isinstance(ev, Finished | Exception):
+                done[rid] = ev
+    assert isinstance(done[reqs[1].request_id], Exception)
+    assert [done[r.request_id].output_ids for r in (reqs[0], *reqs[2:])] == [want[0], *want[2:]]
+    assert engine.stats().failed == 1 and held_only_by_tree(engine)
+    assert run_one(engine, prompts[0]).output_ids == want[0]  # and the engine serves on

@@ -28,14 +28,15 @@ from preheat.engine.output import CacheUsage, EngineEvent, Finished, StopReason,
 from preheat.engine.radix_cache import RadixCache
 from preheat.engine.request import CacheBreakpoint, GenerationRequest
 from preheat.engine.sampler import make_generator, sample, sample_constrained
-from preheat.engine.scheduler import Scheduler
+from preheat.engine.scheduler import ScheduledBatch, Scheduler
 from preheat.engine.sequence import Sequence
 from preheat.kernels.quant_matmul import load_quant_kernel
 from preheat.models.llama import LlamaModel
 
 log = logging.getLogger(__name__)
 
-Emitted = list[tuple[str, EngineEvent]]
+# (request id, event); an EngineError ends that request's stream
+Emitted = list[tuple[str, EngineEvent | EngineError]]
 
 
 def cache_usage(prompt_len: int, breakpoints: tuple[CacheBreakpoint, ...], hit: int) -> CacheUsage:
@@ -59,6 +60,7 @@ class EngineStats:
     pinned_blocks: int
     preemptions: int
     aborted: int  # requests stopped by their caller (e.g. a client that hung up)
+    failed: int  # requests ended by a failure of their own in the engine
     block_size: int
     pool_bytes: int
     pinned_entries: int  # live pinned prefixes, in RAM or on disk
@@ -104,6 +106,7 @@ class LLMEngine:
         self.grammars = GrammarCompiler(grammar_tokenizer or (lambda: hf_grammar_tokenizer(tokenizer)),
                                         num_threads=torch.get_num_threads())
         self.num_aborted = 0
+        self.num_failed = 0
 
     # ---- any thread ---------------------------------------------------------
 
@@ -157,6 +160,7 @@ class LLMEngine:
         return EngineStats(len(s.running), len(s.waiting) + len(self._inbox), self.pool.num_free,
                            self.pool.num_blocks, self.radix.cached_blocks,
                            self.radix.pinned_blocks, s.num_preemptions, self.num_aborted,
+                           self.num_failed,
                            self.pool.block_size, self.pool_bytes,
                            sum(e.alive(now) for e in self.radix.pins()),
                            tier.num_entries if tier else 0, tier.used_bytes if tier else 0,
@@ -184,20 +188,67 @@ class LLMEngine:
                 # sleep until it has news rather than spin
                 self.offload.wait(0.05)
             return out
+        try:
+            ran, logits = self._forward(batch)
+        except Exception:
+            log.exception("a batch of %d sequences failed; running each alone", len(batch.items()))
+            ran, logits = self._forward_each(batch, out)
+        sampled = [s for s in ran if s.request.params.max_tokens > 0 and s.num_computed == s.num_tokens]
+        for seq, token in zip(sampled, self._sample(sampled, logits), strict=True):
+            out.extend(self._append(seq, token) if token is not None else [self._fail(seq)])
+        for seq in ran:
+            if seq.request.params.max_tokens == 0 and seq.num_computed == seq.num_tokens:
+                out.append(self._finish(seq, StopReason.MAX_TOKENS))  # pre-warm done
+        return out
+
+    def _forward(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
+        """Run ``batch`` and commit it: its sequences, and logits for those that sample."""
         sample_from = [s for s, n in batch.items()
                        if s.num_computed + n == s.num_tokens and s.request.params.max_tokens > 0]
         logits = self.runner.run(batch, sample_from)
         self.scheduler.commit(batch)
-        params, generators = [s.request.params for s in sample_from], [s.generator for s in sample_from]
-        grammars = [s.grammar for s in sample_from]
-        tokens = (sample_constrained(logits, params, generators, grammars, self.grammars)
-                  if any(g is not None for g in grammars) else sample(logits, params, generators))
-        for seq, token in zip(sample_from, tokens, strict=True):
-            out.extend(self._append(seq, token))
-        for seq, _ in batch.items():
-            if seq.request.params.max_tokens == 0 and seq.num_computed == seq.num_tokens:
-                out.append(self._finish(seq, StopReason.MAX_TOKENS))  # pre-warm done
-        return out
+        return [s for s, _ in batch.items()], logits
+
+    def _forward_each(self, batch: ScheduledBatch, out: Emitted) -> tuple[list[Sequence], torch.Tensor]:
+        """After a failed batch: each sequence alone, so only one that fails alone fails.
+
+        Nothing was committed, and KV written for the failed batch is written again."""
+        ran, rows = [], []
+        for seq, n in batch.items():
+            alone = ScheduledBatch(decodes=[seq]) if n == 1 else ScheduledBatch(prefills=[(seq, n)])
+            try:
+                done, logits = self._forward(alone)
+            except Exception:
+                log.exception("request %s failed in the engine", seq.id)
+                out.append(self._fail(seq))
+                continue
+            ran += done
+            rows.append(logits)
+        return ran, torch.cat(rows) if rows else torch.empty(0)
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int | None]:
+        """The next token of each sequence; None for one whose sampling failed."""
+        if not seqs:
+            return []
+        try:
+            return self._sample_batch(seqs, logits)
+        except Exception:
+            log.exception("sampling a batch of %d failed; sampling each alone", len(seqs))
+        tokens: list[int | None] = []
+        for i, seq in enumerate(seqs):
+            try:
+                tokens += self._sample_batch([seq], logits[i:i + 1])
+            except Exception:
+                log.exception("request %s could not be sampled", seq.id)
+                tokens.append(None)
+        return tokens
+
+    def _sample_batch(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+        params, generators = [s.request.params for s in seqs], [s.generator for s in seqs]
+        grammars = [s.grammar for s in seqs]
+        if any(g is not None for g in grammars):
+            return sample_constrained(logits, params, generators, grammars, self.grammars)
+        return sample(logits, params, generators)
 
     def abort_all(self, reason: str) -> Emitted:
         """Drop every request (after a failed step); the engine stays usable."""
@@ -222,10 +273,23 @@ class LLMEngine:
                 out.append(self._finish(seq, StopReason.ABORTED))
         return out
 
+    def _fail(self, seq: Sequence) -> tuple[str, EngineError]:
+        """End ``seq`` with an error after a failure of its own; the others go on."""
+        self.num_failed += 1
+        self.scheduler.finish(seq)
+        return seq.id, EngineError("internal error in the engine")
+
     def _can_pin(self, new_blocks: int) -> bool:
         return self.offload.can_pin(new_blocks) if self.offload else self.radix.can_pin(new_blocks)
 
     def _append(self, seq: Sequence, token: int) -> Emitted:
+        try:
+            return self._advance(seq, token)
+        except Exception:  # a detokenizer or grammar failure is this sequence's alone
+            log.exception("request %s failed after sampling", seq.id)
+            return [self._fail(seq)]
+
+    def _advance(self, seq: Sequence, token: int) -> Emitted:
         seq.token_ids.append(token)
         params = seq.request.params
         complete = seq.grammar is not None and self._advance_grammar(seq, token)

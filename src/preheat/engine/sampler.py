@@ -25,11 +25,25 @@ def _filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if params.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        # Drop tokens once the mass before them already reaches top_p; the first always stays.
-        drop = (cum - sorted_logits.softmax(-1)) >= params.top_p
+        probs = sorted_logits.softmax(-1)
+        # Drop tokens once the mass before them already reaches top_p. The first always
+        # stays, however small top_p is (one below float32's range compares as 0).
+        drop = (probs.cumsum(-1) - probs) >= params.top_p
+        drop[0] = False
         logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
     return logits
+
+
+def _sample_row(logits: torch.Tensor, params: SamplingParams,
+                generator: torch.Generator | None) -> int:
+    """One token from one row's distribution at ``params.temperature``."""
+    # Scale after subtracting the maximum: the best token's logit becomes 0 and the rest
+    # non-positive, so a temperature near 0 gives -inf (probability 0), never inf or NaN.
+    scaled = (logits - logits.max()) / params.temperature
+    probs = _filter(scaled, params).softmax(-1)
+    if not torch.isfinite(probs).all() or probs.sum() <= 0:
+        return int(logits.argmax())  # nothing left to sample from (every token masked)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
 def sample(logits: torch.Tensor, params: list[SamplingParams],
@@ -47,8 +61,7 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
     for i, (p, gen) in enumerate(zip(params, generators, strict=True)):
         if p.greedy:
             continue
-        probs = _filter(logits[i] / p.temperature, p).softmax(-1)
-        out[i] = int(torch.multinomial(probs, 1, generator=gen).item())
+        out[i] = _sample_row(logits[i], p, gen)
     return out
 
 

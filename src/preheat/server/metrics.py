@@ -153,6 +153,8 @@ class EngineStatsCollector:
                        s.preemptions)
         yield _counter("preheat_aborts", "requests stopped by their caller (a client hung up, "
                        "a shutdown ended them)", s.aborted)
+        yield _counter("preheat_engine_failures", "requests ended by a failure of their own in "
+                       "the engine (the others in the batch went on)", s.failed)
         yield _counter("preheat_kv_disk_reads", "cache hits read back from the disk tier",
                        s.disk_reads)
         yield _counter("preheat_engine_prompt_tokens", "prompt tokens of admitted requests",
