@@ -372,3 +372,53 @@ def test_models_carry_both_sdks_fields(tokenizer):
     assert page["has_more"] is False and page["first_id"] == "smol"
     assert one["object"] == "model" and one["type"] == "model" and one["owned_by"]
     assert isinstance(one["created"], int) and one["display_name"] == "gpt-4o (served by smol)"
+
+
+@pytest.mark.parametrize("raw, status, where", [
+    (b'{"model": "gpt-4o", "messages": [{"role": []}]}', 400, "messages.0"),
+    (b'{"model": "gpt-4o", "messages": [{"role": {"a": 1}}]}', 400, "messages.0"),
+    (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": []}]}]}', 400,
+     "messages.0.content.0"),
+    (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi \\ud800"}]}', 400,
+     "messages.0.content"),
+    # a lone surrogate inside the arguments' own JSON text, and one in the body's string
+    (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant",'
+     b' "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments":'
+     b' "{\\"city\\": \\"\\\\ud800\\"}"}}]}, {"role": "tool", "tool_call_id": "c", "content": "x"}]}',
+     400, "messages.1.tool_calls.0.function.arguments"),
+    (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant",'
+     b' "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments":'
+     b' "{\\"city\\": \\"\\ud800\\"}"}}]}, {"role": "tool", "tool_call_id": "c", "content": "x"}]}',
+     400, "messages.1.tool_calls.0.function.arguments"),
+    # a whole pair is one character, and fine
+    (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi \\ud83d\\ude00"}]}', 200, None),
+])
+def test_odd_values_are_400s_in_openai_shape_never_500s(tokenizer, raw, status, where):
+    with client_for(ScriptedEngine(tokenizer, Started(USAGE), finished("ok"))) as client:
+        response = client.post("/v1/chat/completions", content=raw,
+                               headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    if where is not None:
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["message"].startswith(where)
+
+
+def test_a_lone_surrogate_in_a_messages_request_is_a_400(tokenizer):
+    raw = (b'{"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "a"},'
+           b' {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f",'
+           b' "input": {"city": "\\udc00"}}]}]}')
+    with client_for(ScriptedEngine(tokenizer)) as client:
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            response = client.post(path, content=raw, headers={"content-type": "application/json"})
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["message"].startswith("messages.1.content.0.input.city")
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/health/"), ("POST", "/v1/messages/"),
+                                          ("POST", "/v1/chat/completions/"), ("GET", "/v1/models/")])
+def test_trailing_slashes_are_404s_not_redirects(tokenizer, method, path):
+    with client_for(ScriptedEngine(tokenizer)) as client:
+        response = client.request(method, path, json={}, follow_redirects=False)
+    assert response.status_code == 404
+    body = response.json()
+    assert body["error"]["type"] in ("not_found_error", "invalid_request_error")

@@ -71,7 +71,8 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
 
     metrics, drain = ServerMetrics(), Drain()
     app = FastAPI(title="preheat", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None, dependencies=[Depends(drain.admit)])  # 529 while draining
+                  openapi_url=None, dependencies=[Depends(drain.admit)],  # 529 while draining
+                  redirect_slashes=False)  # Anthropic answers /v1/messages/ with a 404, not a 307
     app.state.drain = drain  # `preheat serve` drains it on SIGTERM/SIGINT
     app.add_middleware(RequestTracker, metrics=metrics, drain=drain)  # inside the request id
     app.add_middleware(RequestIdMiddleware)

@@ -14,6 +14,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, Validati
                       ValidationInfo, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
+from preheat.server.lone_surrogates import lone_surrogate_message, lone_surrogate_path
 from preheat.server.openai_errors import ParamError
 from preheat.server.protocol import describe_validation_error
 
@@ -31,7 +32,8 @@ def _tagged_by(key: str, known: dict[str, str]) -> Discriminator:
     """Tell a union's members apart by ``value[key]``; unknown values go to ``other``."""
     def tag(value: Any) -> str:
         kind = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
-        return f"{key}={known.get(kind, 'other')}"
+        # a list or object where a name belongs is no name: unhashable, so not a lookup key
+        return f"{key}={known.get(kind, 'other') if isinstance(kind, str) else 'other'}"
     return Discriminator(tag)
 
 
@@ -338,6 +340,8 @@ _ERROR_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unk
 
 def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
     """Validate a JSON body; any problem is a 400 naming the field (``param``)."""
+    if (path := lone_surrogate_path(raw)) is not None:
+        raise ParamError(lone_surrogate_message(path), path, "invalid_value")
     try:
         return ChatCompletionRequest.model_validate_json(raw)
     except ValidationError as err:

@@ -13,6 +13,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, Validati
 from pydantic_core import PydanticCustomError
 
 from preheat.server.errors import InvalidRequestError
+from preheat.server.lone_surrogates import lone_surrogate_message, lone_surrogate_path
 
 # ---- requests -----------------------------------------------------------------
 
@@ -244,6 +245,8 @@ class MessagesRequest(PromptRequest):
 
 def parse_request(model: type[_Strict], raw: bytes) -> Any:
     """Validate a JSON body; any problem is a 400 naming the offending field."""
+    if (path := lone_surrogate_path(raw)) is not None:
+        raise InvalidRequestError(lone_surrogate_message(path))
     try:
         return model.model_validate_json(raw)
     except ValidationError as err:
