@@ -170,3 +170,41 @@ def test_objects_without_a_word_on_other_keys_get_none_but_allof_branches_stay_o
 ])
 def test_bad_and_unsupported_schemas_are_400s_that_say_where(fields, expected):
     assert error_of(**fields).startswith(expected)
+
+
+def prefix_allowed(grammar: str, text: str) -> bool:
+    """Whether a reply may start with ``text``."""
+    ids = list(text.encode())
+    return llguidance.LLMatcher(byte_grammar_tokenizer(), grammar).validate_tokens(ids) == len(ids)
+
+
+CITY = {"type": "object", "properties": {"name": {"type": "string"}, "population": {"type": "integer"},
+                                         "area": {"type": "number"}},
+        "required": ["name", "population", "area"]}
+
+
+def test_numbers_the_schema_does_not_bound_still_end():
+    grammar = plan_output(request(output_config={"format": {"type": "json_schema", "schema": CITY}})).grammar
+    assert accepts(grammar, '{"name": "Paris", "population": 2102650, "area": 105.4}')
+    assert accepts(grammar, '{"name": "P", "population": -999999999999999999, "area": -0.0000000001}')
+    assert not prefix_allowed(grammar, '{"name": "Paris", "population": ' + "1" * 19)  # past int64
+    assert not prefix_allowed(grammar, '{"name": "Paris", "population": 1, "area": ' + "1" * 17)
+    assert not prefix_allowed(grammar, '{"name": "Paris", "population": 1, "area": 3.' + "1" * 11)
+
+
+def test_a_schema_s_own_bounds_and_steps_win():
+    schema = {"type": "object", "properties": {
+        "big": {"type": "integer", "minimum": 10**17},
+        "tiny": {"type": "number", "multipleOf": 0.25, "maximum": 1}}, "required": ["big", "tiny"]}
+    grammar = plan_output(request(output_config={"format": {"type": "json_schema", "schema": schema}})).grammar
+    assert accepts(grammar, '{"big": 100000000000000000, "tiny": -999999999999999.75}')
+    assert not accepts(grammar, '{"big": 5, "tiny": 0.5}')
+    assert not accepts(grammar, '{"big": 100000000000000000, "tiny": 0.1}')
+
+
+def test_parallel_calls_must_be_distinct_and_one_call_needs_no_rule():
+    assert plan_output(request(tools=[WEATHER], tool_choice={"type": "any"})).distinct_calls is not None
+    single = plan_output(request(tools=[WEATHER], tool_choice={
+        "type": "any", "disable_parallel_tool_use": True}))
+    assert single.distinct_calls is None
+    assert plan_output(request(tools=[WEATHER])).distinct_calls.opening == HERMES.trigger

@@ -55,10 +55,15 @@ def test_any_with_several_tools_picks_one_of_them(client):
                                      tool_choice={"type": "any"}, messages=ASK, extra_body=GREEDY)
     calls = [b for b in message.content if b.type == "tool_use"]
     assert calls and all(b.type == "tool_use" for b in message.content)
-    complete = calls if message.stop_reason == "tool_use" else calls[:-1]
-    assert message.stop_reason in ("tool_use", "max_tokens")  # parallel calls may run long
-    for block in complete:
+    assert message.stop_reason == "tool_use"  # parallel calls end: none repeats another
+    assert_distinct(calls)
+    for block in calls:
         validate(block, tools)
+
+
+def assert_distinct(calls) -> None:
+    seen = [(b.name, json.dumps(b.input, sort_keys=True)) for b in calls]
+    assert len(set(seen)) == len(seen), seen
 
 
 def test_a_named_tool_is_the_one_called(client):
@@ -252,3 +257,80 @@ def test_cached_tools_hit_across_tool_choices_and_the_call_repeats(client):
     assert hit.usage.cache_read_input_tokens == written
     assert hit.usage.cache_creation_input_tokens == 0
     assert [(b.name, b.input) for b in hit.content] == [(b.name, b.input) for b in cold.content]
+
+
+ORDER = {"name": "place_order", "description": "Place an order for an item",
+         "input_schema": {"type": "object", "properties": {
+             "item": {"type": "string"}, "quantity": {"type": "integer"},
+             "price": {"type": "number"}}, "required": ["item", "quantity"]}}
+
+
+@pytest.mark.parametrize(("tools", "choice", "question"), [
+    ([WEATHER], {"type": "tool", "name": "get_weather"}, "What's the weather in Paris?"),
+    ([ORDER], {"type": "any"}, "Order 3 apples at 0.5 dollars each."),
+    ([ORDER, WEATHER], {"type": "any"}, "Buy 12 pears, then tell me the weather in Oslo."),
+    ([WEATHER, TIME], {"type": "auto"}, "What's the time in Europe/Paris and the weather in Rome?"),
+])
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_parallel_calls_end_with_tool_use_and_never_repeat(client, tools, choice, question, stream):
+    kwargs = dict(model=ALIAS, max_tokens=300, tools=tools, tool_choice=choice,
+                  messages=[{"role": "user", "content": question}], extra_body=GREEDY)
+    if stream:
+        with client.messages.stream(**kwargs) as events:
+            starts = [e for e in events if e.type == "content_block_start"]
+            message = events.get_final_message()
+        assert len(starts) == len(message.content)  # a held-back repeat never reached the client
+    else:
+        message = client.messages.create(**kwargs)
+    calls = [b for b in message.content if b.type == "tool_use"]
+    if choice["type"] != "auto" or calls:
+        assert message.stop_reason == "tool_use" and calls
+    assert_distinct(calls)
+    for block in calls:
+        validate(block, tools)
+    assert message.usage.output_tokens < 300
+
+
+class City(BaseModel):
+    name: str
+    country: str
+    population: int
+    area_km2: float
+
+
+def test_a_structured_reply_with_unbounded_numbers_ends_as_valid_json(client):
+    parsed = client.messages.parse(model=ALIAS, max_tokens=300, output_format=City,
+                                   messages=[{"role": "user", "content": "Tell me about Paris as JSON."}],
+                                   extra_body=GREEDY)
+    assert parsed.stop_reason == "end_turn"
+    city = parsed.parsed_output
+    assert isinstance(city, City) and abs(city.population) < 2**63
+
+
+def test_the_tool_runner_runs_its_tool_with_parallel_calls_allowed(client):
+    asked = []
+
+    @anthropic.beta_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city.
+
+        Args:
+            city: the city's name
+        """
+        asked.append(city)
+        return f"Sunny, 21 degrees in {city}."
+
+    runner = client.beta.messages.tool_runner(
+        model=ALIAS, max_tokens=200, tools=[get_weather], max_iterations=3,
+        messages=[{"role": "user", "content": "What's the weather in Paris?"}],
+        tool_choice={"type": "any"}, extra_body=GREEDY)
+    replies = list(runner)
+    assert replies[0].stop_reason == "tool_use" and asked  # the tool ran
+    assert all(r.stop_reason in ("tool_use", "end_turn") for r in replies)
+
+
+def test_a_call_cut_off_by_max_tokens_says_max_tokens(client):
+    message = client.messages.create(model=ALIAS, max_tokens=12, tools=[ORDER],
+                                     tool_choice={"type": "any"}, extra_body=GREEDY,
+                                     messages=[{"role": "user", "content": "Order 3 apples."}])
+    assert message.stop_reason == "max_tokens"  # never presented as a finished turn of calls

@@ -26,6 +26,7 @@ from preheat.engine.kv_offload import open_disk_tier
 from preheat.engine.model_runner import ModelRunner, kv_bytes_per_block
 from preheat.engine.output import CacheUsage, EngineEvent, Finished, StopReason, TextDelta
 from preheat.engine.radix_cache import RadixCache
+from preheat.engine.repeat_guard import RepeatGuard
 from preheat.engine.request import CacheBreakpoint, GenerationRequest
 from preheat.engine.sampler import make_generator, sample, sample_constrained
 from preheat.engine.scheduler import ScheduledBatch, Scheduler
@@ -139,7 +140,9 @@ class LLMEngine:
             pinned_hit=entry,
             request=request,
             usage=cache_usage(n, bps, hit),
-            detokenizer=IncrementalDetokenizer(self.tokenizer.decode, request.prompt_ids, params.stop),
+            detokenizer=IncrementalDetokenizer(
+                self.tokenizer.decode, request.prompt_ids, params.stop,
+                RepeatGuard(params.distinct_segments) if params.distinct_segments else None),
             generator=make_generator(params),
             max_total_tokens=self.context_window,
         )
@@ -298,7 +301,7 @@ class LLMEngine:
         out = self._text(seq, seq.detokenizer.push(token))
         if seq.detokenizer.stop_sequence is not None:
             reason = StopReason.STOP_SEQUENCE
-        elif complete:
+        elif complete or seq.detokenizer.repeated:
             reason = StopReason.EOS  # the grammar allows nothing more: the reply is whole
         elif seq.num_output >= params.max_tokens:
             reason = StopReason.MAX_TOKENS
@@ -328,8 +331,10 @@ class LLMEngine:
             self.radix.hold(seq.namespace, seq.token_ids[:seq.num_computed], seq.request.hold_seconds,
                             seq.block_table[seq.num_computed // self.pool.block_size] if partial else None)
         self.scheduler.finish(seq)
+        # a reply the guard ended keeps only the tokens before the repeat (what a thread stores)
+        kept = seq.output_ids[:seq.detokenizer.kept_tokens]
         return seq.id, Finished(reason, seq.detokenizer.stop_sequence, seq.usage, seq.num_output,
-                                seq.output_ids, seq.detokenizer.text)
+                                kept, seq.detokenizer.text)
 
 
 FOUR_BIT_TYPES = frozenset({"Q4_0", "Q4_1", "Q4_K"})

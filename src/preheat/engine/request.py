@@ -6,6 +6,17 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class DistinctSegments:
+    """The reply holds segments that must differ (tool calls): the first starts at
+    ``opening``, each later one at ``separator + opening``. A segment that repeats an
+    earlier one ends the reply before it, as a natural end: a model that would start the
+    same call again has said all it has to say. See ``repeat_guard.py``."""
+
+    opening: str
+    separator: str
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens. ``temperature == 0`` means greedy.
 
@@ -22,6 +33,7 @@ class SamplingParams:
     ignore_eos: bool = False
     # llguidance grammar text (Lark, inline %json schemas) the output must match; see grammar.py
     grammar: str | None = None
+    distinct_segments: DistinctSegments | None = None
 
     @property
     def greedy(self) -> bool:

@@ -141,7 +141,8 @@ class MessageService:
                 "tool_choice or output_config.format: the reply's shape is fixed from its start")
         params = SamplingParams(max_tokens=body.max_tokens, temperature=body.temperature,
                                 top_k=body.top_k or 0, top_p=body.top_p or 1.0,
-                                stop=tuple(body.stop_sequences), grammar=output.grammar)
+                                stop=tuple(body.stop_sequences), grammar=output.grammar,
+                                distinct_segments=output.distinct_calls)
         message_id = new_message_id()
         generation = GenerationRequest(
             prompt.token_ids, params, namespace, breakpoints, message_id,

@@ -11,6 +11,7 @@ them.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
 
 from preheat.engine.grammar import check_grammar
+from preheat.engine.request import DistinctSegments
 from preheat.server.errors import InvalidRequestError
 from preheat.server.protocol import PromptRequest, Tool
 from preheat.server.tool_format import HERMES, ITEM_SEPARATOR, KEY_SEPARATOR, ToolCallForm
@@ -36,6 +38,9 @@ class OutputPlan:
     grammar: str | None  # None: free text
     tool_calls: bool  # the reply may hold calls in the model's tool-call form (parse them out)
     calls_only: bool  # tool_choice any/tool: the reply is calls and nothing else
+    # several calls may come: each must differ from the others (the engine ends the reply
+    # before a repeat, so a turn of calls closes instead of writing the same call again)
+    distinct_calls: DistinctSegments | None = None
 
 
 FREE_TEXT = OutputPlan(grammar=None, tool_calls=False, calls_only=False)
@@ -64,7 +69,8 @@ def plan_output(request: PromptRequest, form: ToolCallForm = HERMES) -> OutputPl
     calls_only = choice in ("any", "tool")
     return OutputPlan(_calls_grammar([_tool_schema(i, t) for i, t in enumerate(tools)], tools,
                                      form, parallel, calls_only, reply_schema),
-                      tool_calls=True, calls_only=calls_only)
+                      tool_calls=True, calls_only=calls_only,
+                      distinct_calls=DistinctSegments(form.trigger, form.separator) if parallel else None)
 
 
 def _calls_grammar(schemas: list[dict], tools: list[Tool], form: ToolCallForm, parallel: bool,
@@ -135,6 +141,9 @@ def _checked_schema(schema: dict, where: str) -> dict:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.path)
         raise InvalidRequestError(f"{where}{path}: invalid JSON schema: {err.message}") from None
     schema = _closed_objects(_without_text_format(schema))
+    bounded = _bounded_numbers(schema)
+    if not check_grammar(f"start: {_json_rule(bounded)}\n"):
+        schema = bounded  # else the schema's own numbers are beyond what bounds can combine with
     problem = check_grammar(f"start: {_json_rule(schema)}\n")
     if problem:
         raise InvalidRequestError(f"{where}: this JSON schema uses features that constrained "
@@ -150,6 +159,21 @@ _SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions",
                    "dependentSchemas")
 
 
+def _subschemas_mapped(schema: dict, fn: Callable[[Any, str], Any]) -> dict:
+    """A copy of ``schema`` with ``fn(subschema, keyword)`` applied to each direct subschema."""
+    out = dict(schema)
+    for key in _SUBSCHEMA:
+        if key in out:
+            out[key] = fn(out[key], key)
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [fn(s, key) for s in out[key]]
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: fn(s, key) for name, s in out[key].items()}
+    return out
+
+
 def _closed_objects(schema: Any, close: bool = True) -> Any:
     """Objects with ``properties`` and nothing said about other keys get no other keys.
 
@@ -160,20 +184,59 @@ def _closed_objects(schema: Any, close: bool = True) -> Any:
     """
     if not isinstance(schema, dict):
         return schema
-    out = dict(schema)
-    for key in _SUBSCHEMA:
-        if key in out:
-            out[key] = _closed_objects(out[key])
-    for key in _SUBSCHEMA_LISTS:
-        if isinstance(out.get(key), list):
-            out[key] = [_closed_objects(s, close=key != "allOf") for s in out[key]]
-    for key in _SUBSCHEMA_MAPS:
-        if isinstance(out.get(key), dict):
-            out[key] = {name: _closed_objects(s) for name, s in out[key].items()}
+    out = _subschemas_mapped(schema, lambda s, key: _closed_objects(s, close=key != "allOf"))
     open_keys = ("additionalProperties", "patternProperties", "unevaluatedProperties", "allOf")
     if close and "properties" in out and not any(k in out for k in open_keys):
         out["additionalProperties"] = False
     return out
+
+
+# Bounds for numbers whose schema sets none: every literal then ends. An integer fits an
+# int64 (18 digits; llguidance builds no range regex for the full int64 range); a number
+# stays within 1e15 with at most 10 decimals, both well inside what a float64 holds.
+INTEGER_BOUND = 10**18 - 1
+NUMBER_BOUND = 1e15
+NUMBER_STEP = 1e-10
+
+
+def _bounded_numbers(schema: Any) -> Any:
+    """Integers and numbers get the bounds above where the schema says nothing.
+
+    Unbounded, a greedy small model writes ``"population": 11111111…`` until
+    ``max_tokens`` (llguidance allows any length of digits). A schema's own
+    ``minimum``/``maximum``/``multipleOf`` always win; a reply within these bounds is
+    still valid against the schema as given.
+    """
+    if not isinstance(schema, dict):
+        return schema
+    # under "not" or "if" a bound would widen what the schema allows, not narrow it
+    out = _subschemas_mapped(schema, lambda s, key: s if key in ("not", "if") else _bounded_numbers(s))
+    types = out.get("type")
+    types = set(types) if isinstance(types, list) else {types}
+    if "number" in types:
+        _default_bounds(out, NUMBER_BOUND)
+        if "integer" not in types:
+            out.setdefault("multipleOf", NUMBER_STEP)
+    elif "integer" in types:
+        _default_bounds(out, INTEGER_BOUND)
+    return out
+
+
+def _default_bounds(schema: dict, bound: float) -> None:
+    """Add the missing side(s); none where the schema's own side lies beyond ``bound``
+    (its number is then as long as it says)."""
+    low, high = schema.get("minimum", schema.get("exclusiveMinimum")), schema.get(
+        "maximum", schema.get("exclusiveMaximum"))
+    if _is_number(low) and not -bound <= low <= bound or _is_number(high) and not -bound <= high <= bound:
+        return
+    if not _is_number(low):
+        schema["minimum"] = -bound
+    if not _is_number(high):
+        schema["maximum"] = bound
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _without_text_format(node: Any) -> Any:
