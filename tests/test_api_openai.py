@@ -43,6 +43,7 @@ class ScriptedEngine:
 
     model_id = "smol"
     context_window = CONTEXT_WINDOW
+    restarting, restarts = False, 0
 
     def __init__(self, tokenizer: Tokenizer, *events, refusal: Exception | None = None):
         self.tokenizer = tokenizer

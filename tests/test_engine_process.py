@@ -10,7 +10,8 @@ import pytest
 from engine_driver import run
 from preheat.config import EngineConfig
 from preheat.engine.engine_process import EngineProcess, EngineStartError
-from preheat.engine.errors import EngineStoppedError, PromptTooLongError, RequestTooLargeError
+from preheat.engine.errors import (EngineOverloadedError, EngineStoppedError, PromptTooLongError,
+                                   RequestTooLargeError)
 from preheat.engine.llm_engine import build_engine
 from preheat.engine.output import Finished, Started, TextDelta
 from preheat.engine.request import CacheBreakpoint, GenerationRequest, SamplingParams
@@ -88,8 +89,8 @@ async def test_abort_frees_the_sequence(core):
     assert stats.running == 0 and stats.waiting == 0 and stats.aborted == aborted_before + 1
 
 
-async def test_a_dead_core_ends_streams_with_an_error():
-    engine = EngineProcess.start(CONFIG)
+async def test_without_restart_a_dead_core_ends_streams_and_the_engine():
+    engine = EngineProcess.start(CONFIG, restart=False)
     failures = []
     engine.on_failure = lambda: failures.append(True)
     try:
@@ -111,3 +112,35 @@ async def test_a_model_that_cannot_load_is_reported(tmp_path):
     bad.write_bytes(b"not a gguf file")
     with pytest.raises(EngineStartError):
         EngineProcess.start(EngineConfig(model=str(bad), kv_disk_bytes=0))
+
+
+async def test_a_dead_core_is_restarted_in_place_and_pinned_prefixes_come_back(tmp_path):
+    config = EngineConfig(kv_cache_tokens=4096, max_step_tokens=128, kv_disk_dir=tmp_path,
+                          kv_disk_bytes=1 << 30, cache_dir=None)
+    engine = EngineProcess.start(config)
+    failures = []
+    engine.on_failure = lambda: failures.append(True)
+    try:
+        ids = prompt(engine.tokenizer, "Summarise: " + "the dog ran in the park. " * 30)
+        bp = (CacheBreakpoint(len(ids) - 4, 3600.0),)
+        _, cold = await collect(await engine.submit(GenerationRequest(ids, GREEDY, breakpoints=bp)))
+        await asyncio.sleep(1)  # the pin's disk copy is written on idle CPU
+        stream = await engine.submit(GenerationRequest(prompt(engine.tokenizer, "Tell me a story."),
+                                                       SamplingParams(max_tokens=4000, temperature=0)))
+        os.kill(engine._process.pid, signal.SIGKILL)
+        with pytest.raises(EngineStoppedError, match="restarting"):
+            async for _ in stream:
+                pass
+        assert engine.restarting and not failures
+        with pytest.raises(EngineOverloadedError):  # refused while the new core loads (a 529)
+            await engine.submit(GenerationRequest([1, 2, 3], GREEDY))
+        for _ in range(1200):
+            if not engine.restarting:
+                break
+            await asyncio.sleep(0.1)
+        assert not engine.restarting and engine.restarts == 1 and not engine.failed
+        _, hit = await collect(await engine.submit(GenerationRequest(ids, GREEDY, breakpoints=bp)))
+        assert hit.usage.cache_read_tokens == len(ids) - 4 and hit.output_ids == cold.output_ids
+        assert (await engine.stats()).disk_reads == 1  # read back from the disk tier
+    finally:
+        engine.shutdown()

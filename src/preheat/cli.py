@@ -164,6 +164,10 @@ def add_serve_parser(commands) -> None:
     add_option(parser, "--engine-process", switch=True, default=True,
                help="run the engine in a process of its own, off the HTTP server's GIL "
                     "(--no-engine-process: on a thread of the server's process)")
+    add_option(parser, "--engine-restart", switch=True, default=True,
+               help="if the engine process dies, start a new one in its place (in-flight "
+                    "requests get an error; new ones 529 until it is back); "
+                    "--no-engine-restart: exit with status 1 for a supervisor instead")
     add_engine_options(parser)
     parser.set_defaults(func=serve)
 
@@ -191,8 +195,8 @@ def serve(args: argparse.Namespace) -> int:
         shutdown_grace_seconds=args.shutdown_grace_seconds)
     config = engine_config(args)
     try:
-        engine = (EngineProcess.start(config, args.log_level) if args.engine_process
-                  else AsyncEngine.from_config(config))
+        engine = (EngineProcess.start(config, args.log_level, restart=args.engine_restart)
+                  if args.engine_process else AsyncEngine.from_config(config))
     except EngineStartError as err:
         raise SystemExit(f"preheat: the engine could not start: {err}") from None
     server: GracefulServer | None = None
@@ -203,8 +207,9 @@ def serve(args: argparse.Namespace) -> int:
                                                log_level=args.log_level, timeout_graceful_shutdown=5),
                                 app.state.drain, settings.shutdown_grace_seconds)
         if isinstance(engine, EngineProcess):
-            # Without its engine the server can only fail: stop it (in-flight streams have
-            # had their error event) and exit non-zero so a supervisor restarts it.
+            # Without its engine (not restarted, or unable to start again) the server can
+            # only fail: stop it (in-flight streams have had their error event) and exit
+            # non-zero so a supervisor restarts it.
             engine.on_failure = lambda: setattr(server, "should_exit", True)
         log.info("serving %s on http://%s:%d", engine.model_id, settings.host, settings.port)
         server.run()

@@ -34,6 +34,8 @@ class AsyncEngine:
         self.tokenizer = engine.tokenizer
         self.config = engine.config
         self.context_window = engine.context_window
+        self.restarting = False  # a failed step fails its requests; the thread goes on
+        self.restarts = 0
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, RequestStream]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()

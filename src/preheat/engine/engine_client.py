@@ -57,6 +57,8 @@ class EngineClient(Protocol):
     model_id: str
     tokenizer: Tokenizer
     context_window: int
+    restarting: bool  # a new engine is starting in place of one that failed
+    restarts: int  # engines started in place of failed ones
 
     async def submit(self, request: GenerationRequest) -> RequestStream:
         """Admit a request (its ``Started`` event is first in the stream); raises

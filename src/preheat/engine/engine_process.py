@@ -13,6 +13,7 @@ import itertools
 import logging
 import multiprocessing
 from collections.abc import Callable
+from functools import partial
 from multiprocessing.connection import Connection
 
 from preheat.config import EngineConfig
@@ -20,7 +21,7 @@ from preheat.engine.engine_client import RequestStream
 from preheat.engine.engine_core import (AbortRequest, AddRequest, Admitted, Ready, Refused,
                                         Shutdown, StartFailed, StatsQuery, StatsReply, StepOutput,
                                         run_engine_core)
-from preheat.engine.errors import EngineError, EngineStoppedError
+from preheat.engine.errors import EngineError, EngineOverloadedError, EngineStoppedError
 from preheat.engine.llm_engine import EngineStats
 from preheat.engine.output import Finished, Started
 from preheat.engine.request import GenerationRequest
@@ -36,40 +37,21 @@ class EngineStartError(RuntimeError):
     """The engine process could not load the model (the message says why)."""
 
 
-class EngineProcess:
-    """An ``EngineClient`` whose engine core runs in a child process."""
+_Core = tuple[multiprocessing.process.BaseProcess, Connection, Ready]
 
-    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection,
-                 ready: Ready, tokenizer: Tokenizer):
-        self._process = process
-        self._conn = conn
-        self.model_id = ready.model_id
-        self.context_window = ready.context_window
-        self.tokenizer = tokenizer
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._streams: dict[str, RequestStream] = {}
-        self._admissions: dict[str, asyncio.Future[RequestStream]] = {}
-        self._calls: dict[int, asyncio.Future[EngineStats]] = {}
-        self._call_ids = itertools.count()
-        self._stopped = False
-        self.failed = False  # the core exited without being asked to
-        # Called on the loop when the core dies: a server without its engine should exit.
-        self.on_failure: Callable[[], None] | None = None
 
-    @classmethod
-    def start(cls, config: EngineConfig, log_level: str = "INFO") -> EngineProcess:
-        """Spawn the core and wait until its model is loaded; raises EngineStartError."""
-        # spawn, not fork: the child must not inherit this process's threads or torch state.
-        ctx = multiprocessing.get_context("spawn")
-        ours, theirs = ctx.Pipe()
-        process = ctx.Process(target=run_engine_core, args=(config, theirs, log_level),
-                              name="preheat-engine", daemon=True)
-        process.start()
-        theirs.close()
-        try:  # while the core loads the model
-            tokenizer: Tokenizer | None = load_tokenizer(config.model)
-        except Exception:  # the core reports what is wrong with the model
-            tokenizer = None
+def _start_core(config: EngineConfig, log_level: str, wait: bool = True):
+    """Spawn a core process; with ``wait``, wait for its model and return (process, pipe,
+    Ready), else return (process, pipe, a function that waits). Raises EngineStartError."""
+    # spawn, not fork: the child must not inherit this process's threads or torch state.
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    process = ctx.Process(target=run_engine_core, args=(config, theirs, log_level),
+                          name="preheat-engine", daemon=True)
+    process.start()
+    theirs.close()
+
+    def ready() -> Ready:
         try:
             first = ours.recv()
         except EOFError:
@@ -78,17 +60,67 @@ class EngineProcess:
         if isinstance(first, StartFailed):
             process.join(_JOIN_SECONDS)
             raise EngineStartError(first.message)
+        return first
+
+    return (process, ours, ready()) if wait else (process, ours, ready)
+
+
+class EngineProcess:
+    """An ``EngineClient`` whose engine core runs in a child process.
+
+    If the core dies, every request in flight ends with an error and, with ``restart``
+    (the default), a new core starts in its place: meanwhile ``restarting`` is True and
+    new requests are refused as overloaded (529, which the SDKs retry); pinned prefixes
+    come back from the disk tier. A core that cannot start again, or ``restart=False``,
+    leaves the engine stopped and calls ``on_failure`` (the server then exits with 1 for
+    a supervisor).
+    """
+
+    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection,
+                 ready: Ready, tokenizer: Tokenizer, start_core: Callable[[], _Core] | None = None):
+        self._process = process
+        self._conn = conn
+        self.model_id = ready.model_id
+        self.context_window = ready.context_window
+        self.tokenizer = tokenizer
+        self._start_core = start_core  # None: a dead core is not restarted
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._streams: dict[str, RequestStream] = {}
+        self._admissions: dict[str, asyncio.Future[RequestStream]] = {}
+        self._calls: dict[int, asyncio.Future[EngineStats]] = {}
+        self._call_ids = itertools.count()
+        self._stopped = False
+        self.failed = False  # the core exited without being asked to, and is not coming back
+        self.restarting = False  # a new core is starting in place of one that died
+        self.restarts = 0  # cores started in place of dead ones
+        self._restarter: asyncio.Task | None = None
+        # Called on the loop when the engine is gone for good: a server without it should exit.
+        self.on_failure: Callable[[], None] | None = None
+
+    @classmethod
+    def start(cls, config: EngineConfig, log_level: str = "INFO", *,
+              restart: bool = True) -> EngineProcess:
+        """Spawn the core and wait until its model is loaded; raises EngineStartError."""
+        start_core = partial(_start_core, config, log_level)
+        process, conn, waiting = start_core(wait=False)
+        try:  # while the core loads the model
+            tokenizer: Tokenizer | None = load_tokenizer(config.model)
+        except Exception:  # the core reports what is wrong with the model
+            tokenizer = None
+        ready = waiting()
         if tokenizer is None:
-            ours.send(Shutdown())
+            conn.send(Shutdown())
             process.join(_JOIN_SECONDS)
             raise EngineStartError("the model's tokenizer could not be loaded")
-        return cls(process, ours, first, tokenizer)
+        return cls(process, conn, ready, tokenizer, start_core if restart else None)
 
     # ---- EngineClient ---------------------------------------------------------------------
 
     async def submit(self, request: GenerationRequest) -> RequestStream:
         """Send the request to the core and wait for its admission (a step at most)."""
         self._attach()
+        if self.restarting:
+            raise EngineOverloadedError("the engine is restarting after a failure; retry shortly")
         future = self._loop.create_future()
         self._admissions[request.request_id] = future
         self._send(AddRequest(request))
@@ -102,6 +134,8 @@ class EngineProcess:
 
     async def stats(self) -> EngineStats:
         self._attach()
+        if self.restarting:
+            raise EngineOverloadedError("the engine is restarting after a failure")
         call_id = next(self._call_ids)
         future = self._loop.create_future()
         self._calls[call_id] = future
@@ -116,8 +150,8 @@ class EngineProcess:
         if not self._stopped:
             try:
                 self._conn.send(Shutdown())
-            except OSError:
-                pass  # already gone
+            except (OSError, ValueError):
+                pass  # already gone (ValueError: its pipe was closed when it died)
             self._close(EngineStoppedError("the engine has stopped"))
         self._process.join(_JOIN_SECONDS)
         if self._process.is_alive():
@@ -143,7 +177,7 @@ class EngineProcess:
 
     def _abort(self, request_id: str) -> None:
         self._streams.pop(request_id, None)
-        if not self._stopped:
+        if not self._stopped and not self.restarting:
             self._send(AbortRequest(request_id))
 
     def _on_readable(self) -> None:
@@ -157,12 +191,43 @@ class EngineProcess:
         self._dispatch(message)
 
     def _fail(self) -> None:
-        if self.failed:  # a failed send and the pipe's EOF both report it
+        if self.failed or self.restarting or self._stopped:  # a failed send and EOF both report it
             return
         self._process.join(1.0)
         log.error("the engine process exited unexpectedly (code %s)", self._process.exitcode)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._conn.fileno())
+        self._conn.close()
+        if self._start_core is None:
+            self._give_up(EngineStoppedError("the engine process has exited"))
+            return
+        self.restarting = True
+        self._end_requests(EngineStoppedError("the engine failed and is restarting; retry the request"))
+        self._restarter = self._loop.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        log.warning("starting a new engine process")
+        try:
+            process, conn, ready = await asyncio.to_thread(self._start_core)
+        except EngineStartError as err:
+            log.error("the engine could not start again: %s", err)
+            self.restarting = False
+            self._give_up(EngineStoppedError("the engine process has exited"))
+            return
+        if self._stopped:  # shut down while it started
+            conn.send(Shutdown())
+            await asyncio.to_thread(process.join, _JOIN_SECONDS)
+            return
+        self._process, self._conn = process, conn
+        self.restarts += 1
+        self.restarting = False
+        self._loop.add_reader(conn.fileno(), self._on_readable)
+        log.warning("the engine process is back (%s); restarts so far: %d", ready.model_id,
+                    self.restarts)
+
+    def _give_up(self, error: EngineError) -> None:
         self.failed = True
-        self._close(EngineStoppedError("the engine process has exited"))
+        self._close(error)
         if self.on_failure is not None:
             self.on_failure()
 
@@ -200,8 +265,11 @@ class EngineProcess:
     def _close(self, error: EngineError) -> None:
         """No more messages: every waiter and stream gets ``error``."""
         self._stopped = True
-        if self._loop is not None and not self._loop.is_closed():
+        if self._loop is not None and not self._loop.is_closed() and not self._conn.closed:
             self._loop.remove_reader(self._conn.fileno())
+        self._end_requests(error)
+
+    def _end_requests(self, error: EngineError) -> None:
         for future in [*self._admissions.values(), *self._calls.values()]:
             if not future.done():
                 future.set_exception(error)

@@ -130,7 +130,11 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
         if drain.draining:  # probes take this instance out of rotation
             return JSONResponse({"status": "shutting_down", "model": engine.model_id},
                                 status_code=503)
-        return JSONResponse({"status": "ok", "model": engine.model_id, **asdict(await engine.stats())})
+        if engine.restarting:  # its engine failed; a new one is loading the model
+            return JSONResponse({"status": "restarting", "model": engine.model_id,
+                                 "engine_restarts": engine.restarts}, status_code=503)
+        return JSONResponse({"status": "ok", "model": engine.model_id,
+                             "engine_restarts": engine.restarts, **asdict(await engine.stats())})
 
     return app
 

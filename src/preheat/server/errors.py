@@ -73,5 +73,5 @@ def from_engine_error(err: EngineError) -> APIError:
     if isinstance(err, EngineOverloadedError):
         return OverloadedError(str(err) or "the server is overloaded; retry later")
     if isinstance(err, EngineStoppedError):
-        return InternalError("the engine has stopped")
+        return InternalError(str(err) or "the engine has stopped")
     return InternalError(str(err) or "internal error in the engine")
