@@ -20,8 +20,9 @@ from e2e_helpers import ALIAS, KEY_A, MAIN_SERVER_ARGS, Server, start_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-EXAMPLES = int(os.environ.get("PREHEAT_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("PREHEAT_FUZZ_EXAMPLES", "150"))
 TIMEOUT_S = 120.0  # a request that takes longer counts as a hang
+DEEP = "\u2063deep\u2063"  # where a deeply nested value goes
 
 WEATHER = {"name": "get_weather", "description": "Weather in a city", "input_schema": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -120,13 +121,14 @@ def mutated(draw) -> tuple[str, bytes]:
                 del holder[where[-1]]
             elif kind == "extra" and isinstance(holder, dict):
                 holder[draw(st.text(min_size=1, max_size=10))] = draw(VALUE)
-            elif kind == "nest":
-                deep: Any = draw(LEAF)
-                for _ in range(draw(st.integers(10, 3000))):
-                    deep = [deep] if draw(st.booleans()) else {"a": deep}
-                holder[where[-1]] = deep
+            elif kind == "nest":  # spliced in as text below: too deep for json.dumps
+                depth = draw(st.integers(10, 5000))
+                holder[where[-1]] = DEEP
+                deep = ("[" * depth + "1" + "]" * depth if draw(st.booleans())
+                        else '{"a": ' * depth + "1" + "}" * depth)
+                return path, json.dumps(body).replace(json.dumps(DEEP), deep, 1).encode()
             elif kind == "schema":
-                schema = dict(draw(st.lists(SCHEMA_KEYWORDS, min_size=1, max_size=5)))
+                schema = copy.deepcopy(dict(draw(st.lists(SCHEMA_KEYWORDS, min_size=1, max_size=5))))
                 target = body.setdefault("tools", [copy.deepcopy(WEATHER)]) if "/chat/" not in path else None
                 if target and isinstance(target, list) and isinstance(target[0], dict):
                     target[0]["input_schema"] = {"type": "object", "properties": {"x": schema}}

@@ -20,10 +20,9 @@ def lone_surrogate_path(raw: bytes) -> str | None:
     if not _SURROGATE_ESCAPE.search(raw):
         return None
     try:
-        value = json.loads(raw)
-    except ValueError:
+        return _find(json.loads(raw), [])
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
         return None
-    return _find(value, [])
 
 
 def _find(value: Any, path: list[str]) -> str | None:

@@ -333,7 +333,7 @@ def _arguments(text: str, param: str) -> dict[str, Any]:
     raw = (text or "{}").encode("utf-8", "surrogatepass")
     try:
         value = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         value = None
     if not isinstance(value, dict):
         raise ParamError(f"{param}: must be a JSON object", param, "invalid_value")
