@@ -61,6 +61,10 @@ CITY = {"type": "object", "properties": {"name": {"type": "string"}, "country": 
 GREEDY = {"temperature": 0}
 
 
+class StatusError(Exception):
+    """An HTTP error status from a request the SDK did not send."""
+
+
 @dataclass
 class Outcome:
     scenario: str
@@ -76,7 +80,11 @@ class Soak:
     deadline: float
     rng: random.Random
     outcomes: list[Outcome] = field(default_factory=list)
-    written: set[tuple[str, int]] = field(default_factory=set)  # (tenant, doc) pinned so far
+    # (tenant, doc) -> when a reply that pinned it was complete: a request sent later must hit
+    written: dict[tuple[str, int], float] = field(default_factory=dict)
+    # pinned before the kill: on disk (a hit after the restart) or still being written (lost)
+    before_kill: set[tuple[str, int]] = field(default_factory=set)
+    kill_survivors: Counter = field(default_factory=Counter)  # "read back" / "lost": first asks after it
     replays: list[tuple[str, dict, str]] = field(default_factory=list)  # (key, body, text) to redo alone
     kill_window: tuple[float, float] | None = None  # from the kill until /health is ok again
 
@@ -102,7 +110,7 @@ async def pinned_question(soak: Soak, key: str) -> None:
         {"type": "text", "text": document(key, doc), "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
         "messages": [{"role": "user", "content": soak.rng.choice(
             ["Who may copy it?", "What is this about?", "Summarise it.", "Can I sell copies?"])}]}
-    client = soak.client(key)
+    client, sent = soak.client(key), time.monotonic()
     if soak.rng.random() < 0.5:
         async with client.messages.stream(**body, extra_body=GREEDY) as stream:
             message = await stream.get_final_message()
@@ -111,9 +119,13 @@ async def pinned_question(soak: Soak, key: str) -> None:
         if soak.rng.random() < 0.3:
             soak.replays.append((key, body, message.content[0].text))
     await check_usage(soak, client, body, message.usage)
-    if (key, doc) in soak.written:
-        assert message.usage.cache_read_input_tokens > 0, f"a pinned document missed: {message.usage}"
-    soak.written.add((key, doc))
+    hit = message.usage.cache_read_input_tokens > 0
+    if (key, doc) in soak.before_kill:
+        soak.before_kill.discard((key, doc))
+        soak.kill_survivors["read back" if hit else "lost"] += 1
+    elif soak.written.get((key, doc), sent) < sent:
+        assert hit, f"a pinned document missed ({key}, {doc}): {message.usage}"
+    soak.written.setdefault((key, doc), time.monotonic())
 
 
 async def prewarm(soak: Soak, key: str) -> None:
@@ -122,7 +134,7 @@ async def prewarm(soak: Soak, key: str) -> None:
         model=MODEL, max_tokens=0, messages=[{"role": "user", "content": "."}], system=[
             {"type": "text", "text": document(key, doc), "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
     assert message.content == [] and message.usage.output_tokens == 0
-    soak.written.add((key, doc))
+    soak.written.setdefault((key, doc), time.monotonic())
 
 
 async def conversation(soak: Soak, key: str) -> None:
@@ -132,8 +144,9 @@ async def conversation(soak: Soak, key: str) -> None:
         for m in messages:  # the newest user turn alone carries the moving breakpoint
             if m["role"] == "user":
                 m["content"] = [{"type": "text", "text": m["content"][0]["text"]}]
-        messages.append({"role": "user", "content": [{
-            "type": "text", "text": f"({nonce}) Tell me fact number {turn} about rivers, " + "please. " * 40,
+        start = soak.rng.randrange(4000)
+        messages.append({"role": "user", "content": [{  # ~400 tokens: past --min-cache-tokens
+            "type": "text", "text": f"({nonce}) About this, fact {turn}: " + " ".join(DOCUMENT[start:start + 300]),
             "cache_control": {"type": "ephemeral"}}]})
         message = await client.messages.create(model=MODEL, max_tokens=16, messages=messages, extra_body=GREEDY)
         if turn > 0:
@@ -191,7 +204,8 @@ async def openai_chat(soak: Soak, key: str) -> None:
         reply = await http.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json={
             "model": MODEL, "max_tokens": 12, "temperature": 0,
             "messages": [{"role": "user", "content": "Name a planet."}]})
-    assert reply.status_code == 200, f"{reply.status_code} {reply.text[:200]}"
+    if reply.status_code != 200:
+        raise StatusError(f"{reply.status_code} (OpenAI) {reply.json()['error']['type']}")
     assert reply.json()["choices"][0]["message"]["content"] is not None
 
 
@@ -222,8 +236,11 @@ async def user(soak: Soak) -> None:
             soak.outcomes.append(Outcome(scenario.__name__, start, time.monotonic() - start, False,
                                          f"wrong answer: {str(err)[:160]}"))
         except anthropic.APIStatusError as err:
+            what = err.body.get("error", {}).get("type") if isinstance(err.body, dict) else None
             soak.outcomes.append(Outcome(scenario.__name__, start, time.monotonic() - start, False,
-                                         f"{err.status_code} {type(err).__name__}"))
+                                         f"{err.status_code} {what or type(err).__name__}"))
+        except StatusError as err:
+            soak.outcomes.append(Outcome(scenario.__name__, start, time.monotonic() - start, False, str(err)))
         except (anthropic.APIError, httpx.HTTPError) as err:
             soak.outcomes.append(Outcome(scenario.__name__, start, time.monotonic() - start, False,
                                          f"{type(err).__name__}: {str(err)[:80]}"))
@@ -264,6 +281,8 @@ async def chaos_and_watch(soak: Soak, api_pid: int, kill_at: float, samples: lis
             if kill_time is not None and time.monotonic() >= kill_time:
                 kill_time = None
                 killed = time.monotonic()
+                soak.before_kill = set(soak.written)
+                soak.written.clear()  # each is known again once a reply after the restart has it
                 subprocess.run(["kill", "-9", str(engine_pid(api_pid))], check=True)
                 while (await http.get("/health")).status_code != 200:
                     await asyncio.sleep(0.2)
@@ -289,7 +308,7 @@ async def replay(soak: Soak) -> list[str]:
     return differ
 
 
-async def soak_run(base_url: str, args: argparse.Namespace, api_pid: int) -> None:
+async def soak_run(base_url: str, args: argparse.Namespace, api_pid: int, log: Path) -> None:
     soak = Soak(base_url, time.monotonic() + args.minutes * 60, random.Random(args.seed))
     samples: list[tuple[float, float, float]] = []
     print(f"soak: {args.users} users for {args.minutes} min on {cpu_model()}", flush=True)
@@ -301,6 +320,10 @@ async def soak_run(base_url: str, args: argparse.Namespace, api_pid: int) -> Non
     idle_rss = rss_mb(api_pid)
     differ = await replay(soak)
     report(soak, samples, health, idle_rss, differ, args)
+    said = Counter(line.split(": ", 1)[-1][:150] for line in log.read_text(errors="replace").splitlines()
+                   if " WARNING " in line or " ERROR " in line)
+    print("\nthe server's warnings and errors:" + ("".join(f"\n  {n}x {what}" for what, n in said.most_common(12))
+                                                   or " none"))
 
 
 def in_window(outcome: Outcome, window: tuple[float, float] | None) -> bool:
@@ -325,6 +348,9 @@ def report(soak: Soak, samples, health: dict, idle_rss: float, differ: list[str]
     if soak.kill_window:
         print(f"\nkill window ({soak.kill_window[1] - soak.kill_window[0]:.1f} s): users saw "
               + (", ".join(f"{n}x {p}" for p, n in seen_in_kill.most_common()) or "nothing"))
+        print("pinned documents asked again after the restart: "
+              + (", ".join(f"{n} {k}" for k, n in soak.kill_survivors.items()) or "none")
+              + " (lost: still being written to disk when the core died)")
     for problem, n in bad.most_common(10):
         print(f"  FAILED {n}x: {problem}")
     warm = [s for s in samples if s[0] >= 0.2 * args.minutes * 60] or samples
@@ -362,9 +388,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as disk:
         serve = ["--kv-cache-tokens", "8192", "--min-cache-tokens", "256", "--kv-disk-dir", disk,
                  *(a for t in TENANTS for a in ("--api-key", t)), *args.serve_arg]
-        with preheat_server(serve, log=Path(disk) / "server.log") as base_url:
+        log = Path(disk) / "server.log"
+        with preheat_server(serve, log=log) as base_url:
             port = int(base_url.rsplit(":", 1)[1])
-            asyncio.run(soak_run(base_url, args, server_pid(port)))
+            asyncio.run(soak_run(base_url, args, server_pid(port), log))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Runs on the engine thread, except ``hit`` (a listener call that only queues a jo
 """
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections import deque
@@ -36,6 +37,15 @@ from preheat.loader.weight_cache import resolve_cache_dir
 from preheat.models.llama import LlamaModel
 
 log = logging.getLogger(__name__)
+
+
+class _Install(enum.Enum):
+    """How putting a loaded prefix back into the pool went."""
+
+    DONE = "done"
+    UNNEEDED = "unneeded"  # expired, dropped, or its requests ended meanwhile
+    WAIT = "wait"  # no room yet: try again next step
+    NO_ROOM = "no room"  # nor will there be: its requests recompute the prefix
 
 
 def open_disk_tier(config: EngineConfig, model: LlamaModel, kv_cache: torch.Tensor, radix: RadixCache,
@@ -167,12 +177,16 @@ class KVOffload:
                 log.warning("a cached prefix could not be read back (%s); recomputing it", done.reason)
                 self._lost(done.key)
                 self._release_waiters(done.key)
+        installed = False
         for key in list(self._loaded):
-            if self._install(key) or self.pool.total_refs == self.radix.cached_blocks:
-                if key in self._loaded:
-                    log.warning("no room to read a cached prefix back; recomputing it")
-                del self._loaded[key]
-                self._release_waiters(key)
+            # After one install, the next may not take RAM from pins: it could take the one
+            # just installed, before its requests hold its blocks (they do from this step on).
+            outcome = self._install(key, may_release=not installed)
+            if outcome is _Install.WAIT:
+                continue
+            installed |= outcome is _Install.DONE
+            del self._loaded[key]
+            self._release_waiters(key)
         self._spill()
 
     # ---- helpers --------------------------------------------------------------------
@@ -208,26 +222,22 @@ class KVOffload:
         for seq in self._waiting.pop(key, []):
             seq.pending_load = None
 
-    def _install(self, key: str) -> bool:
-        """Copy a loaded prefix into free blocks, back into the tree, pinned; False to retry later."""
+    def _install(self, key: str, may_release: bool) -> _Install:
+        """Copy a loaded prefix into free blocks, back into the tree, pinned."""
         entry = self._entries.get(key)
         if entry is None or not entry.alive(self.clock()) or all(
                 s.status is SeqStatus.FINISHED for s in self._waiting.get(key, [])):
-            return True  # nobody needs it any more
+            return _Install.UNNEEDED
         kv = self._loaded[key]
-        tokens = entry.tokens[: self._aligned(entry)]
-        need = kv.shape[2] - self.radix.cached_len(entry.namespace, tokens) // self.pool.block_size
-        if need > self.pool.num_free:
-            self.radix.evict(need - self.pool.num_free)
-        if need > self.pool.num_free:
-            # Other pins that live on disk make room: left to themselves they hold their
-            # blocks for their whole TTL, and this read would wait for them all along.
-            self.radix.release_pins(need - self.pool.num_free, keep_undisked=True)
-        # look again: evicting may have taken the blocks of this prefix that were cached
-        cached = self.radix.match(entry.namespace, list(tokens))
+        tokens = list(entry.tokens[: self._aligned(entry)])
+        cached = self._make_room(entry.namespace, tokens, kv.shape[2], may_release)
+        if cached is None:
+            if not may_release or self.pool.total_refs > self.radix.cached_blocks:
+                return _Install.WAIT  # running requests or writes will give blocks back
+            log.warning("no room to read a cached prefix back (%d blocks; %d free, the rest "
+                        "pinned without a disk copy); recomputing it", kv.shape[2], self.pool.num_free)
+            return _Install.NO_ROOM
         need = kv.shape[2] - len(cached)
-        if need > self.pool.num_free:
-            return False
         if need > 0:
             blocks = self.pool.allocate(need)
             self.copy_in(blocks, kv[:, :, len(cached):])
@@ -235,7 +245,24 @@ class KVOffload:
             self.pool.decref(blocks)  # the tree holds them now
             self.num_reads += 1
         self.radix.repin(entry)
-        return True
+        return _Install.DONE
+
+    def _make_room(self, namespace: str, tokens: list[int], num_blocks: int,
+                   may_release: bool) -> list[int] | None:
+        """The cached start of ``tokens`` and free blocks for the rest of its ``num_blocks``;
+        None when no more can be freed. Evicts the cache, then (``may_release``) takes other
+        pins that live on disk out of RAM: left to themselves they would hold their blocks
+        for their whole TTL, and this read would wait for them all along."""
+        while True:
+            # look each time: evicting may take blocks of this very prefix that were cached
+            cached = self.radix.match(namespace, tokens)
+            short = num_blocks - len(cached) - self.pool.num_free
+            if short <= 0:
+                return cached
+            if self.radix.evict(short) > 0:
+                continue
+            if not may_release or self.radix.release_pins(short, keep_undisked=True) == 0:
+                return None
 
     def _spill(self) -> None:
         """Take the least recently used entries with a disk copy out of RAM until pins fit their share."""

@@ -13,6 +13,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from preheat.engine.errors import EngineError
 from preheat.server.auth import Authenticator
 from preheat.server.cache_policy import CachePolicy
 from preheat.server.diagnostics import DiagnosticsStore
@@ -130,11 +131,16 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
         if drain.draining:  # probes take this instance out of rotation
             return JSONResponse({"status": "shutting_down", "model": engine.model_id},
                                 status_code=503)
-        if engine.restarting:  # its engine failed; a new one is loading the model
-            return JSONResponse({"status": "restarting", "model": engine.model_id,
-                                 "engine_restarts": engine.restarts}, status_code=503)
+        try:
+            stats = None if engine.restarting else await engine.stats()
+        except EngineError:  # the engine died while it was asked
+            stats = None
+        if stats is None:  # a new engine is loading the model, or there is none
+            return JSONResponse({"status": "restarting" if engine.restarting else "stopped",
+                                 "model": engine.model_id, "engine_restarts": engine.restarts},
+                                status_code=503)
         return JSONResponse({"status": "ok", "model": engine.model_id,
-                             "engine_restarts": engine.restarts, **asdict(await engine.stats())})
+                             "engine_restarts": engine.restarts, **asdict(stats)})
 
     return app
 
