@@ -207,3 +207,30 @@ def test_blocks_stay_right_where_a_template_trims_some_contents(tokenizer):
     assert text_before(trimming, prompt, sure).endswith("<|im_start|>assistant\nSure.")
     assert text_before(trimming, prompt, nxt).endswith("<|im_start|>user\nNext")
     assert padded.end <= sure.end
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting how many characters it was asked to tokenize."""
+
+    def __init__(self, real: Tokenizer):
+        self.real, self.chars = real, 0
+        self.max_token_chars = real.max_token_chars
+
+    def encode_prompt(self, text, *, bos=True):
+        self.chars += len(text)
+        return self.real.encode_prompt(text, bos=bos)
+
+    def render_chat(self, *args, **kwargs):
+        return self.real.render_chat(*args, **kwargs)
+
+
+def test_a_prompt_sure_to_be_over_the_limit_is_refused_before_it_is_tokenized(tokenizer):
+    counting = CountingTokenizer(tokenizer)
+    huge = request(messages=[{"role": "user", "content": "word " * 200_000}])
+    with pytest.raises(InvalidRequestError, match="prompt is too long: at least"):
+        build_prompt(huge, counting, max_tokens=2048)
+    assert counting.chars == 0
+    exact = build_prompt(huge, counting)  # counting tokens has no limit
+    assert len(exact.token_ids) > 200_000 and counting.chars > 1_000_000
+    small = request(messages=[{"role": "user", "content": "word " * 100}])
+    assert build_prompt(small, counting, max_tokens=2048).token_ids == build_prompt(small, tokenizer).token_ids

@@ -20,6 +20,7 @@ from preheat.server.diagnostics import DiagnosticsStore
 from preheat.server.drain import Drain
 from preheat.server.errors import (APIError, InvalidRequestError, MethodNotAllowedError,
                                    NotFoundError, RequestTooLarge)
+from preheat.server.memory_trim import MemoryTrimmer
 from preheat.server.messages import MessageService
 from preheat.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from preheat.server.metrics import ServerMetrics
@@ -57,20 +58,21 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
     auth = Authenticator(settings.api_keys)
     chat = ChatCompletions(service)
 
+    metrics, drain = ServerMetrics(), Drain()
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        if settings.preheat_file is None:
-            yield
-            return
-        prewarmer = Prewarmer(service, settings, settings.preheat_file.read_text())
-        await prewarmer.warm()  # pinned before the server takes requests
-        refresher = asyncio.create_task(prewarmer.keep_warm())
+        tasks = [asyncio.create_task(MemoryTrimmer(lambda: len(drain)).run())]
+        if settings.preheat_file is not None:
+            prewarmer = Prewarmer(service, settings, settings.preheat_file.read_text())
+            await prewarmer.warm()  # pinned before the server takes requests
+            tasks.append(asyncio.create_task(prewarmer.keep_warm()))
         try:
             yield
         finally:
-            refresher.cancel()
+            for task in tasks:
+                task.cancel()
 
-    metrics, drain = ServerMetrics(), Drain()
     app = FastAPI(title="preheat", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None, dependencies=[Depends(drain.admit)],  # 529 while draining
                   redirect_slashes=False)  # Anthropic answers /v1/messages/ with a 404, not a 307

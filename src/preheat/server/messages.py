@@ -90,10 +90,12 @@ class MessageService:
         self.ping_interval = ping_interval
         self.tool_form = tool_form  # how the model writes tool calls
 
-    async def build(self, body: PromptRequest) -> BuiltPrompt:
-        """Resolve the model and render the prompt (off the event loop: long prompts take ms)."""
+    async def build(self, body: PromptRequest, max_tokens: int | None = None) -> BuiltPrompt:
+        """Resolve the model and render the prompt (off the event loop: long prompts take
+        ms); one sure to be over ``max_tokens`` is a 400 before it is tokenized."""
         self.registry.resolve(body.model)
-        return await asyncio.to_thread(build_prompt, body, self.engine.tokenizer, self.tool_form)
+        return await asyncio.to_thread(build_prompt, body, self.engine.tokenizer, self.tool_form,
+                                       max_tokens)
 
     async def count_tokens(self, body: PromptRequest) -> int:
         prompt = await self.build(body)
@@ -123,13 +125,14 @@ class MessageService:
     async def _prepare(self, body: MessagesRequest, namespace: str, request_id: str,
                        turn: ThreadTurn | None, record: RequestRecord | None) -> PreparedMessage:
         if turn is None:
-            prompt = await self.build(body)
+            prompt = await self.build(body, self.engine.context_window)
         else:
             body = body.model_copy(update={"system": turn.system, "tools": turn.tools,
                                            "messages": turn.messages + body.messages})
             self.registry.resolve(body.model)
             prompt = await asyncio.to_thread(continue_prompt, body, self.engine.tokenizer,
-                                             self.tool_form, turn.token_ids, turn.blocks)
+                                             self.tool_form, turn.token_ids, turn.blocks,
+                                             self.engine.context_window)
         breakpoints = self.policy.breakpoints(body, prompt)
         output = await asyncio.to_thread(plan_output, body, self.tool_form)
         if body.max_tokens == 0:

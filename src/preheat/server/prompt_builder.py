@@ -33,6 +33,8 @@ _SENTINEL = "\x00preheat-content\x00"
 
 
 class ChatTokenizer(Protocol):
+    max_token_chars: int
+
     def encode_prompt(self, text: str, *,
                       bos: bool = True) -> tuple[list[int], list[tuple[int, int]]]: ...
 
@@ -78,15 +80,29 @@ class _Piece:
 
 
 def build_prompt(request: PromptRequest, tokenizer: ChatTokenizer,
-                 tool_form: ToolCallForm = HERMES) -> BuiltPrompt:
+                 tool_form: ToolCallForm = HERMES, max_tokens: int | None = None) -> BuiltPrompt:
     """Render and tokenize a request, tool calls in ``tool_form``; malformed conversations
-    are a 400."""
+    are a 400, and so is a prompt sure to be over ``max_tokens`` (see ``_refuse_oversized``)."""
     rendered = _render_request(request, tokenizer, tool_form)
+    _refuse_oversized(rendered.text, tokenizer, max_tokens)
     return _placed(rendered, *tokenizer.encode_prompt(rendered.text))
 
 
+def _refuse_oversized(text: str, tokenizer: ChatTokenizer, max_tokens: int | None) -> None:
+    """A 400 for a text too long to be ``max_tokens`` tokens, counted without tokenizing:
+    tokenizing megabytes costs hundreds of MB for a moment (ids, offsets, pieces), for a
+    prompt the engine would refuse anyway."""
+    if max_tokens is None:
+        return
+    at_least = -(-len(text) // tokenizer.max_token_chars)
+    if at_least > max_tokens:
+        raise InvalidRequestError(f"prompt is too long: at least {at_least} tokens > "
+                                  f"{max_tokens} maximum ({len(text)} characters)")
+
+
 def continue_prompt(request: PromptRequest, tokenizer: ChatTokenizer, tool_form: ToolCallForm,
-                    history_ids: list[int], history_blocks: list[PromptBlock]) -> BuiltPrompt:
+                    history_ids: list[int], history_blocks: list[PromptBlock],
+                    max_tokens: int | None = None) -> BuiltPrompt:
     """A thread's next prompt: the stored token ids of its history, never re-tokenized,
     then the rest of ``request`` (the whole conversation) rendered and tokenized.
 
@@ -99,6 +115,7 @@ def continue_prompt(request: PromptRequest, tokenizer: ChatTokenizer, tool_form:
     k = len(history_blocks)
     history = len(request.messages) - _new_messages(request, k)
     rendered = _render_request(request, tokenizer, tool_form, checked_from=history)
+    _refuse_oversized(rendered.text, tokenizer, max_tokens)
     cut = rendered.block_chars[k - 1]
     last = _block_text(request.messages[history - 1].content[-1], tool_form)
     if not rendered.text.startswith(last, cut - len(last)):

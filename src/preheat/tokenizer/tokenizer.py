@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -101,6 +103,12 @@ class Tokenizer:
     def template_supports_tools(self) -> bool:
         """True when the chat template references `tools` (so tool definitions reach the model)."""
         return self._template.supports_tools
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token decodes to (at most its vocabulary string's length,
+        byte-level or not): a text of n characters is at least n / this many tokens."""
+        return max(map(len, self.backend.get_vocab(with_added_tokens=True)), default=1)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; special tokens written in the text map to their ids. Never adds BOS."""
