@@ -93,7 +93,7 @@ class EngineProcess:
         self.failed = False  # the core exited without being asked to, and is not coming back
         self.restarting = False  # a new core is starting in place of one that died
         self.restarts = 0  # cores started in place of dead ones
-        self._restarter: asyncio.Task | None = None
+        self._restarter: asyncio.Task | None = None  # held: the loop keeps only weak references
         # Called on the loop when the engine is gone for good: a server without it should exit.
         self.on_failure: Callable[[], None] | None = None
 
