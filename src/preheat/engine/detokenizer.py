@@ -30,7 +30,7 @@ class IncrementalDetokenizer:
         self._read = len(self._ids)
         self._stops = tuple(s for s in stop if s)
         self._guard = guard
-        self._ends: list[int] = []  # per token pushed: the length of the text decoded so far
+        self._ends: list[int] = []  # with a guard, per token pushed: the text's length so far
         self._pending = ""  # decoded text not yet released
         self.text = ""  # everything released so far
         self.stop_sequence: str | None = None
@@ -42,14 +42,14 @@ class IncrementalDetokenizer:
         self._ids.append(token_id)
         before = self._decode(self._ids[self._prefix: self._read])
         after = self._decode(self._ids[self._prefix:])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
+        grew = len(after) > len(before) and not after.endswith("\ufffd")
+        if grew:
+            self._prefix, self._read = self._read, len(self._ids)
+            # Keep the window short: decode cost stays constant per token.
+            self._pending += after[len(before):]
+        if self._guard is not None:
             self._ends.append(len(self.text) + len(self._pending))
-            return ""
-        self._prefix, self._read = self._read, len(self._ids)
-        # Keep the window short: decode cost stays constant per token.
-        self._pending += after[len(before):]
-        self._ends.append(len(self.text) + len(self._pending))
-        return self._release()
+        return self._release() if grew else ""
 
     def flush(self) -> str:
         """Release what was held back (the request ended without a stop string)."""

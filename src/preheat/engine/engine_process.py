@@ -40,9 +40,9 @@ class EngineStartError(RuntimeError):
 _Core = tuple[multiprocessing.process.BaseProcess, Connection, Ready]
 
 
-def _start_core(config: EngineConfig, log_level: str, wait: bool = True):
-    """Spawn a core process; with ``wait``, wait for its model and return (process, pipe,
-    Ready), else return (process, pipe, a function that waits). Raises EngineStartError."""
+def _spawn_core(config: EngineConfig, log_level: str) -> tuple[multiprocessing.process.BaseProcess,
+                                                                  Connection]:
+    """Start a core process; it loads the model and then says ``Ready`` (see ``_await_ready``)."""
     # spawn, not fork: the child must not inherit this process's threads or torch state.
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
@@ -50,19 +50,25 @@ def _start_core(config: EngineConfig, log_level: str, wait: bool = True):
                           name="preheat-engine", daemon=True)
     process.start()
     theirs.close()
+    return process, ours
 
-    def ready() -> Ready:
-        try:
-            first = ours.recv()
-        except EOFError:
-            process.join(_JOIN_SECONDS)
-            raise EngineStartError(f"the engine process exited (code {process.exitcode})") from None
-        if isinstance(first, StartFailed):
-            process.join(_JOIN_SECONDS)
-            raise EngineStartError(first.message)
-        return first
 
-    return (process, ours, ready()) if wait else (process, ours, ready)
+def _await_ready(process: multiprocessing.process.BaseProcess, conn: Connection) -> Ready:
+    """Wait until the core has loaded its model; raises EngineStartError."""
+    try:
+        first = conn.recv()
+    except EOFError:
+        process.join(_JOIN_SECONDS)
+        raise EngineStartError(f"the engine process exited (code {process.exitcode})") from None
+    if isinstance(first, StartFailed):
+        process.join(_JOIN_SECONDS)
+        raise EngineStartError(first.message)
+    return first
+
+
+def _start_core(config: EngineConfig, log_level: str) -> _Core:
+    process, conn = _spawn_core(config, log_level)
+    return process, conn, _await_ready(process, conn)
 
 
 class EngineProcess:
@@ -101,18 +107,18 @@ class EngineProcess:
     def start(cls, config: EngineConfig, log_level: str = "INFO", *,
               restart: bool = True) -> EngineProcess:
         """Spawn the core and wait until its model is loaded; raises EngineStartError."""
-        start_core = partial(_start_core, config, log_level)
-        process, conn, waiting = start_core(wait=False)
+        process, conn = _spawn_core(config, log_level)
         try:  # while the core loads the model
             tokenizer: Tokenizer | None = load_tokenizer(config.model)
         except Exception:  # the core reports what is wrong with the model
             tokenizer = None
-        ready = waiting()
+        ready = _await_ready(process, conn)
         if tokenizer is None:
             conn.send(Shutdown())
             process.join(_JOIN_SECONDS)
             raise EngineStartError("the model's tokenizer could not be loaded")
-        return cls(process, conn, ready, tokenizer, start_core if restart else None)
+        return cls(process, conn, ready, tokenizer,
+                   partial(_start_core, config, log_level) if restart else None)
 
     # ---- EngineClient ---------------------------------------------------------------------
 

@@ -20,9 +20,14 @@ def lone_surrogate_path(raw: bytes) -> str | None:
     if not _SURROGATE_ESCAPE.search(raw):
         return None
     try:
-        return _find(json.loads(raw), [])
+        return lone_surrogate_in(json.loads(raw))
     except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
         return None
+
+
+def lone_surrogate_in(value: Any) -> str | None:
+    """``lone_surrogate_path`` of a value already parsed."""
+    return _find(value, [])
 
 
 def _find(value: Any, path: list[str]) -> str | None:

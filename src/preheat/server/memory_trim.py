@@ -12,22 +12,16 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import logging
 from collections.abc import Callable
-
-log = logging.getLogger(__name__)
 
 IDLE_SECONDS = 2.0  # quiet this long before trimming: never mid-burst
 
 
 def _malloc_trim() -> Callable[[], object] | None:
-    name = ctypes.util.find_library("c")
+    """glibc's ``malloc_trim(0)``; None where the C library has none."""
     try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = libc.malloc_trim if libc is not None else None
-    except (OSError, AttributeError):
-        return None
-    if trim is None:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda: trim(0)

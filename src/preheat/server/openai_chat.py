@@ -26,7 +26,7 @@ from preheat.engine.output import Finished, Started, TextDelta
 from preheat.server.cache_policy import MAX_BREAKPOINTS
 from preheat.server.errors import APIError, InternalError, NotFoundError, from_engine_error
 from preheat.server.heartbeat import with_heartbeat
-from preheat.server.lone_surrogates import lone_surrogate_message, lone_surrogate_path
+from preheat.server.lone_surrogates import lone_surrogate_in, lone_surrogate_message
 from preheat.server.messages import MessageService, PreparedMessage
 from preheat.server.openai_errors import ModelNotFoundError, ParamError, openai_error_body
 from preheat.server.openai_protocol import (AssistantMessage, ChatCompletion,
@@ -330,14 +330,13 @@ def _assistant_blocks(i: int, message: AssistantMessage, ttl: str) -> list[dict[
 
 
 def _arguments(text: str, param: str) -> dict[str, Any]:
-    raw = (text or "{}").encode("utf-8", "surrogatepass")
     try:
-        value = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        value = json.loads(text or "{}")
+    except (json.JSONDecodeError, RecursionError):
         value = None
     if not isinstance(value, dict):
         raise ParamError(f"{param}: must be a JSON object", param, "invalid_value")
-    if (inner := lone_surrogate_path(raw)) is not None:
+    if (inner := lone_surrogate_in(value)) is not None:
         raise ParamError(lone_surrogate_message(f"{param} ({inner})"), param, "invalid_value")
     return value
 

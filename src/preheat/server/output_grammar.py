@@ -142,9 +142,11 @@ def _checked_schema(schema: dict, where: str) -> dict:
         raise InvalidRequestError(f"{where}{path}: invalid JSON schema: {err.message}") from None
     schema = _closed_objects(_without_text_format(schema))
     bounded = _bounded_numbers(schema)
-    if not check_grammar(f"start: {_json_rule(bounded)}\n"):
-        schema = bounded  # else the schema's own numbers are beyond what bounds can combine with
-    problem = check_grammar(f"start: {_json_rule(schema)}\n")
+    problem = check_grammar(f"start: {_json_rule(bounded)}\n")
+    if problem:  # maybe the schema's own numbers are beyond what the bounds combine with
+        problem = check_grammar(f"start: {_json_rule(schema)}\n")
+    else:
+        schema = bounded
     if problem:
         raise InvalidRequestError(f"{where}: this JSON schema uses features that constrained "
                                   f"decoding cannot enforce: {_first_line(problem)}")
