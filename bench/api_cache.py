@@ -22,7 +22,7 @@ from pathlib import Path
 
 import anthropic
 
-from preheat.tools.server_process import preheat_server
+from preheat.client.bench.server_process import preheat_server
 
 DOCUMENT = Path("/usr/share/common-licenses/GPL-3")
 MODEL = "claude-bench"  # any claude-* id is served by the loaded model

@@ -49,8 +49,8 @@ from pathlib import Path
 
 import httpx
 
+from preheat.client.bench.server_process import free_port, running_server
 from preheat.loader.embedded import embedded_model_path
-from preheat.tools.server_process import free_port, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 GPL = Path("/usr/share/common-licenses/GPL-3")

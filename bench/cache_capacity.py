@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 from api_peer import HEADERS, Request, body, cpu_model, stream
 
-from preheat.tools.server_process import free_port, running_server
+from preheat.client.bench.server_process import free_port, running_server
 
 DOCUMENT = Path("/usr/share/common-licenses/GPL-3")
 QUESTION = "Summarise the text in one sentence."

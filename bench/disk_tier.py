@@ -21,7 +21,8 @@ from api_peer import cpu_model
 from engine import drive, greedy, random_ids
 
 from preheat.config import EngineConfig
-from preheat.engine.disk_tier import Loaded, Written, prefix_key
+from preheat.engine.kv.disk_format import prefix_key
+from preheat.engine.kv.disk_tier import Loaded, Written
 from preheat.engine.llm_engine import build_engine
 from preheat.engine.request import CacheBreakpoint, GenerationRequest
 
@@ -50,7 +51,7 @@ def main() -> None:
     # a pinned prefix to copy around
     drive(engine, [GenerationRequest(random_ids(args.tokens + 1, 0), greedy(1),
                                      breakpoints=(CacheBreakpoint(args.tokens, 3600.0),))])
-    [entry] = engine.radix.pins()
+    [entry] = engine.radix.pins.entries()
     blocks = engine.radix.match("", list(entry.tokens))
     nbytes = tier.entry_bytes(len(blocks))
 

@@ -24,7 +24,7 @@ from engine import drive, greedy, random_ids
 from preheat.config import EngineConfig
 from preheat.engine.llm_engine import build_engine
 from preheat.engine.request import GenerationRequest, SamplingParams
-from preheat.loader import load_model
+from preheat.loader.model_loader import load_model
 from preheat.loader.embedded import embedded_model_path
 from preheat.server.output_grammar import plan_output
 from preheat.server.protocol import MessagesRequest

@@ -17,7 +17,7 @@ from engine import drive, greedy, random_ids
 from preheat.config import EngineConfig
 from preheat.engine.llm_engine import build_engine
 from preheat.engine.request import GenerationRequest
-from preheat.loader import load_model
+from preheat.loader.model_loader import load_model
 
 DECODE_TOKENS = 100
 

@@ -41,7 +41,7 @@ import httpx
 import jsonschema
 from api_peer import cpu_model
 
-from preheat.tools.server_process import preheat_server
+from preheat.client.bench.server_process import preheat_server
 
 DOCUMENT = Path("/usr/share/common-licenses/GPL-3").read_text().split()
 MODEL = "claude-soak"

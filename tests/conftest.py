@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 @pytest.fixture(scope="session")
 def embedded_model():
     """The embedded SmolLM2 (converted weights cached across runs)."""
-    from preheat.loader import load_model
+    from preheat.loader.model_loader import load_model
 
     return load_model()
 

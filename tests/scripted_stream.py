@@ -1,4 +1,5 @@
-"""An engine stream that replays fixed events: API tests without a model."""
+"""An engine stream that replays fixed events, and an engine that hands it out: API tests
+without a model."""
 from __future__ import annotations
 
 
@@ -18,3 +19,20 @@ class ScriptedStream:
 
     def abort(self) -> None:
         self.aborted = True
+
+
+class ScriptedEngine:
+    """An engine client whose request gets ``stream``: a ``MessageService`` without a model."""
+
+    model_id = "scripted"
+    context_window = 8192
+    restarting = False
+    restarts = 0
+
+    def __init__(self, stream: ScriptedStream):
+        self.stream = stream
+        self.submitted = []
+
+    async def submit(self, request):
+        self.submitted.append(request)
+        return self.stream

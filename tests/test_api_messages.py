@@ -15,14 +15,16 @@ from preheat.engine.request import GenerationRequest, SamplingParams
 from preheat.loader.embedded import embedded_model_path
 from preheat.server.cache_policy import CachePolicy
 from preheat.server.diagnostics import DiagnosticsStore
+from preheat.server.message_sse import message_sse
 from preheat.server.messages import MessageService, PreparedMessage
 from preheat.server.model_registry import ModelRegistry
 from preheat.server.output_grammar import plan_output
 from preheat.server.tool_format import HERMES
 from preheat.server.prompt_builder import build_prompt
-from preheat.server.protocol import MessagesRequest
+from preheat.server.protocol import MessageResponse, MessagesRequest
+from preheat.server.whole_reply import whole_reply
 from preheat.tokenizer.tokenizer import Tokenizer
-from scripted_stream import ScriptedStream
+from scripted_stream import ScriptedEngine, ScriptedStream
 
 USAGE = CacheUsage(prompt_tokens=30, cache_read_tokens=0, cache_write_tokens=0)
 
@@ -32,8 +34,8 @@ def tokenizer() -> Tokenizer:
     return Tokenizer.from_gguf(embedded_model_path())
 
 
-def service() -> MessageService:
-    return MessageService(engine=None, registry=ModelRegistry("smol", 8192),
+def service(stream: ScriptedStream) -> MessageService:
+    return MessageService(engine=ScriptedEngine(stream), registry=ModelRegistry("smol", 8192),
                           policy=CachePolicy(1024, 300.0, 3600.0),
                           diagnostics=DiagnosticsStore(8), ping_interval=60)
 
@@ -52,10 +54,14 @@ def prepared(tokenizer, max_tokens: int = 8, **fields) -> PreparedMessage:
 
 async def events_of(stream, prep) -> list[tuple[str, dict]]:
     out = []
-    async for frame in service().stream_events(prep, stream):
+    async for frame in message_sse(await service(stream).run(prep), prep.request_id):
         event, data = frame.decode().strip().split("\n")
         out.append((event.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
     return out
+
+
+async def whole(stream, prep) -> MessageResponse | None:
+    return await whole_reply(await service(stream).run(prep), _connected)
 
 
 def finished(reason=StopReason.EOS, text="Hello!", output_tokens=3) -> Finished:
@@ -64,7 +70,7 @@ def finished(reason=StopReason.EOS, text="Hello!", output_tokens=3) -> Finished:
 
 async def test_event_sequence(tokenizer):
     stream = ScriptedStream(Started(USAGE), TextDelta("Hel", 1), TextDelta("lo!", 2), finished())
-    events = await events_of(stream, prepared(tokenizer))
+    events = await events_of(stream, prepared(tokenizer, stream=True))
     assert [e for e, _ in events] == ["message_start", "content_block_start", "content_block_delta",
                                       "content_block_delta", "content_block_stop", "message_delta",
                                       "message_stop"]
@@ -77,7 +83,7 @@ async def test_event_sequence(tokenizer):
 async def test_a_failure_after_the_start_is_an_error_event(tokenizer):
     failure = EngineError("internal error in the engine")
     stream = ScriptedStream(Started(USAGE), TextDelta("Hel", 1), failure)
-    events = await events_of(stream, prepared(tokenizer))
+    events = await events_of(stream, prepared(tokenizer, stream=True))
     assert [e for e, _ in events][-1] == "error"
     assert events[-1][1] == {"type": "error", "request_id": "req_1", "error": {
         "type": "api_error", "message": "internal error in the engine"}}
@@ -85,13 +91,13 @@ async def test_a_failure_after_the_start_is_an_error_event(tokenizer):
 
 async def test_an_aborted_request_is_an_error_not_a_stop_reason(tokenizer):
     stream = ScriptedStream(Started(USAGE), finished(StopReason.ABORTED))
-    events = await events_of(stream, prepared(tokenizer))
+    events = await events_of(stream, prepared(tokenizer, stream=True))
     assert events[-1][0] == "error"
 
 
 async def test_context_window_stop_reason(tokenizer):
     stream = ScriptedStream(Started(USAGE), finished(StopReason.CONTEXT_WINDOW))
-    message = await service().complete(prepared(tokenizer), stream, is_disconnected=_connected)
+    message = await whole(stream, prepared(tokenizer))
     assert message.stop_reason == "model_context_window_exceeded"
     assert message.content[0].text == "Hello!" and message.usage.output_tokens == 3
     assert not stream.aborted
@@ -100,7 +106,7 @@ async def test_context_window_stop_reason(tokenizer):
 async def test_prewarm_has_no_content(tokenizer):
     done = finished(StopReason.MAX_TOKENS, text="", output_tokens=0)
     stream = ScriptedStream(Started(USAGE), done)
-    message = await service().complete(prepared(tokenizer, max_tokens=0), stream, _connected)
+    message = await whole(stream, prepared(tokenizer, max_tokens=0))
     assert message.content == [] and message.stop_reason == "max_tokens"
 
 
@@ -113,7 +119,7 @@ async def test_a_call_streams_as_a_tool_use_block_after_the_text(tokenizer):
     pieces = ["Let me ", "check. ", CALL[:14], CALL[14:40], CALL[40:]]
     stream = ScriptedStream(Started(USAGE), *[TextDelta(p, i) for i, p in enumerate(pieces)],
                             finished(text="".join(pieces)))
-    events = await events_of(stream, prepared(tokenizer, tools=[WEATHER]))
+    events = await events_of(stream, prepared(tokenizer, stream=True, tools=[WEATHER]))
     names = [e for e, _ in events]
     assert names[:2] == ["message_start", "content_block_start"]
     assert events[1][1]["content_block"] == {"type": "text", "text": ""}
@@ -135,8 +141,7 @@ async def test_a_call_streams_as_a_tool_use_block_after_the_text(tokenizer):
 async def test_a_forced_call_is_the_whole_message(tokenizer):
     text = CALL + "\n" + CALL.replace("Oslo", "Bergen")
     stream = ScriptedStream(Started(USAGE), finished(text=text))
-    message = await service().complete(
-        prepared(tokenizer, tools=[WEATHER], tool_choice={"type": "any"}), stream, _connected)
+    message = await whole(stream, prepared(tokenizer, tools=[WEATHER], tool_choice={"type": "any"}))
     assert message.stop_reason == "tool_use"
     assert [(b.type, b.name, b.input) for b in message.content] == [
         ("tool_use", "weather", {"city": "Oslo"}), ("tool_use", "weather", {"city": "Bergen"})]
@@ -146,8 +151,7 @@ async def test_a_forced_call_is_the_whole_message(tokenizer):
 async def test_a_call_cut_off_by_max_tokens_keeps_what_it_got(tokenizer):
     cut = CALL[:CALL.index("Oslo") + 5]  # the arguments' closing brace is missing
     stream = ScriptedStream(Started(USAGE), finished(StopReason.MAX_TOKENS, text=cut))
-    message = await service().complete(
-        prepared(tokenizer, tools=[WEATHER], tool_choice={"type": "any"}), stream, _connected)
+    message = await whole(stream, prepared(tokenizer, tools=[WEATHER], tool_choice={"type": "any"}))
     assert message.stop_reason == "max_tokens"
     assert [(b.type, b.input) for b in message.content] == [("tool_use", {"city": "Oslo"})]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preheat.engine.disk_tier import (DiskTier, Evicted, Loaded, LoadFailed, WriteFailed, Written,
-                                      cache_fingerprint, prefix_key)
+from preheat.engine.kv.disk_format import cache_fingerprint, prefix_key
+from preheat.engine.kv.disk_tier import DiskTier, Evicted, Loaded, LoadFailed, WriteFailed, Written
 
 LAYERS, BLOCK_SHAPE = 2, (4, 2, 32)  # 4 tokens a block, 2 kv heads, 16 fp16 dims
 FP = cache_fingerprint(model="m1", kv_dtype="float16", block_size=4)

@@ -4,7 +4,7 @@ import torch
 
 from engine_driver import GREEDY, FakeClock, ids, last_logits, run, run_one, sequence_refs
 from preheat.engine.errors import EngineOverloadedError, PromptTooLongError, RequestTooLargeError
-from preheat.engine.kv_dtype import resolve_kv_dtype
+from preheat.engine.kv.kv_dtype import resolve_kv_dtype
 from preheat.engine.output import Finished, StopReason, TextDelta
 from preheat.engine.request import CacheBreakpoint, GenerationRequest, SamplingParams
 from tiny import tiny_engine
@@ -171,7 +171,7 @@ def test_breakpoints_over_the_pin_budget_are_reported_as_plain_input():
     assert engine.radix.pinned_blocks == 10
     u = run(engine, [GenerationRequest(other + [1], GREEDY, breakpoints=(CacheBreakpoint(40, 300.0),))])
     assert (u[0].usage.cache_write_tokens, u[0].usage.input_tokens) == (0, 41)
-    assert engine.radix.pinned_blocks == 10 and engine.radix.lookup_pin("", other, 40) == 0
+    assert engine.radix.pinned_blocks == 10 and engine.radix.pins.lookup_pin("", other, 40) == 0
     u = run(engine, [GenerationRequest(doc + [2], GREEDY, breakpoints=(CacheBreakpoint(40, 300.0),))])
     assert u[0].usage.cache_read_tokens == 40  # hits still read
 
@@ -268,7 +268,7 @@ def test_pins_never_keep_a_request_that_fits_the_pool_waiting():
             break
     assert [f.output_tokens for f in finished] == [16]
     assert engine.radix.pinned_blocks == 9  # the older pin was ended, the newer one kept
-    assert engine.radix.lookup_pin("", ids(36, 2), 36) == 36
+    assert engine.radix.pins.lookup_pin("", ids(36, 2), 36) == 36
 
 
 def test_a_held_reply_is_found_by_the_next_turn_and_counted():

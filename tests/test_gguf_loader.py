@@ -13,7 +13,8 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
-from preheat.loader import ModelNotFoundError, UnsupportedModelError, load_model
+from preheat.loader.errors import ModelNotFoundError, UnsupportedModelError
+from preheat.loader.model_loader import load_model
 from preheat.loader.embedded import embedded_model_path
 from preheat.loader.gguf_loader import gguf_config, gguf_matmul_type, gguf_weights, read_gguf
 

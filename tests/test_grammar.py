@@ -13,7 +13,8 @@ import torch
 
 from engine_driver import last_logits, run
 from preheat.engine.errors import EngineError
-from preheat.engine.grammar import GrammarCompiler, apply_masks, check_grammar
+from preheat.engine.grammar import GrammarCompiler, apply_masks
+from preheat.engine.grammar_check import check_grammar
 from preheat.engine.output import StopReason
 from preheat.engine.request import GenerationRequest, SamplingParams
 from preheat.engine.sampler import sample_constrained

@@ -10,7 +10,8 @@ import tokenizers
 import torch
 from tokenizers.processors import TemplateProcessing
 
-from preheat.loader import UnsupportedModelError, load_model
+from preheat.loader.errors import UnsupportedModelError
+from preheat.loader.model_loader import load_model
 from preheat.loader.embedded import embedded_model_path
 from preheat.loader.hf_loader import hf_config
 from preheat.models.config import ModelConfig

@@ -4,8 +4,8 @@ import shutil
 import pytest
 import torch
 
-from preheat.engine import kv_budget
-from preheat.engine.kv_budget import disk_quota, pool_size
+from preheat.engine.kv import kv_budget
+from preheat.engine.kv.kv_budget import disk_quota, pool_size
 
 CPU = torch.device("cpu")
 BLOCK = 1000  # bytes a block

@@ -44,8 +44,8 @@ def test_more_pinned_prefixes_than_ram_holds_all_hit_with_cold_tokens(tmp_path):
     for doc in docs:
         assert ask(engine, doc, 1).usage.cache_write_tokens == DOC
         settle(engine)
-    in_ram = [e for e in engine.radix.pins() if e.in_ram]
-    assert engine.radix.pinned_blocks <= engine.radix.max_pinned_blocks and len(in_ram) == 2
+    in_ram = [e for e in engine.radix.pins.entries() if e.in_ram]
+    assert engine.radix.pinned_blocks <= engine.radix.pins.max_pinned_blocks and len(in_ram) == 2
     assert engine.offload.tier.num_entries == 6
     for seed, doc in enumerate(docs):
         out = ask(engine, doc, 2)
@@ -65,7 +65,7 @@ def test_pinned_prefixes_survive_a_restart(tmp_path):
     restarted = engine_at(tmp_path)
     assert restarted.stats().disk_entries == 4 and restarted.radix.pinned_blocks == 0
     for doc in docs:
-        out = restarted.radix.lookup_pin("", doc + [1], DOC)
+        out = restarted.radix.pins.lookup_pin("", doc + [1], DOC)
         assert out == DOC
         hit = ask(restarted, doc, 3)
         assert hit.usage.cache_read_tokens == DOC and hit.output_ids == cold_tokens(doc, 3)
@@ -130,7 +130,7 @@ def test_a_full_disk_quota_drops_the_oldest_then_refuses_honestly(tmp_path):
     # one or both are gone altogether (one may still be pinned in RAM, depending on whether
     # its disk copy went before or after it left RAM).
     assert engine.offload.tier.num_entries == 2
-    hits = [engine.radix.lookup_pin("", doc + [1], DOC) for doc in docs]
+    hits = [engine.radix.pins.lookup_pin("", doc + [1], DOC) for doc in docs]
     assert hits[2:] == [DOC, DOC] and 0 in hits[:2]
     missing = docs[hits.index(0)]
     assert ask(engine, missing, 2).usage.cache_read_tokens == 0  # an honest miss
@@ -186,8 +186,8 @@ def test_reading_back_a_prefix_whose_start_is_cached_under_memory_pressure(tmp_p
     engine = engine_at(tmp_path)
     ask(engine, doc, 1)
     settle(engine)
-    [entry] = engine.radix.pins()
-    engine.radix.unpin_ram(entry)
+    [entry] = engine.radix.pins.entries()
+    engine.radix.pins.unpin_ram(entry)
     engine.radix.evict(engine.pool.num_blocks)  # the prefix is on disk only
     # its first 5 blocks are back as ordinary cache (another request shared them), they are
     # all the pool could evict, and only 3 blocks are free: the read needs 4 more
@@ -283,17 +283,17 @@ def test_a_read_back_that_only_undisked_pins_could_make_room_for_is_recomputed(t
     engine = engine_at(tmp_path, max_pinned_fraction=1.0)
     prewarm(engine, doc)
     settle(engine)
-    [entry] = engine.radix.pins()
-    engine.radix.unpin_ram(entry)
+    [entry] = engine.radix.pins.entries()
+    engine.radix.pins.unpin_ram(entry)
     engine.radix.evict(engine.pool.num_blocks)  # on disk only
     # pins with no disk copy (their writes failed, say) hold all but 6 blocks; nothing runs
-    listener, engine.radix.listener = engine.radix.listener, None
+    listener, engine.radix.pins.listener = engine.radix.pins.listener, None
     filler = ids(engine.pool.num_free * BS, 51)[: (engine.pool.num_free - 6) * BS]
     blocks = engine.pool.allocate(len(filler) // BS)
     engine.radix.insert("", filler, blocks)
     engine.pool.decref(blocks)
     assert engine.radix.pin("", filler, 3600.0)
-    engine.radix.listener = listener
+    engine.radix.pins.listener = listener
     out = bounded_run(engine, [GenerationRequest(doc + ids(5, 9), GREEDY, breakpoints=(
         CacheBreakpoint(BIG_DOC, 3600.0),))])[0]
     assert out.usage.cache_read_tokens == BIG_DOC and engine.offload.num_reads == 0

@@ -1,8 +1,8 @@
 """Radix prefix cache: match, insert/split, ref counts, LRU eviction, pins, namespaces."""
 import pytest
 
-from preheat.engine.block_pool import BlockPool
-from preheat.engine.radix_cache import RadixCache
+from preheat.engine.kv.block_pool import BlockPool
+from preheat.engine.kv.radix_cache import RadixCache
 
 BS = 4
 
@@ -109,12 +109,12 @@ def test_pin_hit_refreshes_expiry(cache, pool, clock):
     put(cache, pool, tokens)
     assert cache.pin("", tokens, ttl=300)
     clock.now += 200
-    assert cache.lookup_pin("", tokens + [7, 7], max_len=10) == 8
+    assert cache.pins.lookup_pin("", tokens + [7, 7], max_len=10) == 8
     clock.now += 200  # 400 s after pinning, 200 s after the hit
     assert cache.evict(16) == 0
-    assert cache.lookup_pin("", tokens, max_len=8) == 8
+    assert cache.pins.lookup_pin("", tokens, max_len=8) == 8
     clock.now += 301
-    assert cache.lookup_pin("", tokens, max_len=8) == 0
+    assert cache.pins.lookup_pin("", tokens, max_len=8) == 0
     assert cache.evict(16) == 2
 
 
@@ -123,10 +123,10 @@ def test_lookup_pin_longest_within_limit(cache, pool):
     put(cache, pool, tokens)
     assert cache.pin("", tokens[:5], ttl=60)
     assert cache.pin("", tokens[:11], ttl=60)
-    assert cache.lookup_pin("", tokens, max_len=12) == 11
-    assert cache.lookup_pin("", tokens, max_len=10) == 5  # may not read past the last breakpoint
-    assert cache.lookup_pin("", tokens[:5] + [0] * 7, max_len=12) == 5
-    assert cache.lookup_pin("", [5] + tokens[1:], max_len=12) == 0
+    assert cache.pins.lookup_pin("", tokens, max_len=12) == 11
+    assert cache.pins.lookup_pin("", tokens, max_len=10) == 5  # may not read past the last breakpoint
+    assert cache.pins.lookup_pin("", tokens[:5] + [0] * 7, max_len=12) == 5
+    assert cache.pins.lookup_pin("", [5] + tokens[1:], max_len=12) == 0
 
 
 def test_pin_splits_so_only_the_prefix_is_protected(cache, pool):
@@ -141,14 +141,14 @@ def test_pin_splits_so_only_the_prefix_is_protected(cache, pool):
 def test_pin_needs_the_prefix_and_budget_counts_live_pins(pool, clock):
     cache = RadixCache(pool, clock=clock, max_pinned_blocks=3)
     assert not cache.pin("", list(range(8)), ttl=60)  # not in the tree
-    assert cache.lookup_pin("", list(range(8)), max_len=8) == 0
+    assert cache.pins.lookup_pin("", list(range(8)), max_len=8) == 0
     put(cache, pool, list(range(8)))
-    assert cache.can_pin(3)
+    assert cache.pins.can_pin(3)
     assert cache.pin("", list(range(8)), ttl=60)
-    assert cache.can_pin(1) and not cache.can_pin(2)  # 2 pinned + 2 > 3
+    assert cache.pins.can_pin(1) and not cache.pins.can_pin(2)  # 2 pinned + 2 > 3
     clock.now += 61
     cache.tick()
-    assert cache.can_pin(3)
+    assert cache.pins.can_pin(3)
 
 
 def test_namespaces_are_isolated(cache, pool):
@@ -156,9 +156,9 @@ def test_namespaces_are_isolated(cache, pool):
     put(cache, pool, tokens, ns="alice")
     assert cache.pin("alice", tokens, ttl=60)
     assert cache.match("bob", tokens) == []
-    assert cache.lookup_pin("bob", tokens, max_len=8) == 0
+    assert cache.pins.lookup_pin("bob", tokens, max_len=8) == 0
     assert not cache.pin("bob", tokens, ttl=60)
-    assert cache.lookup_pin("alice", tokens, max_len=8) == 8
+    assert cache.pins.lookup_pin("alice", tokens, max_len=8) == 8
 
 
 def test_block_pool_refcounts():
@@ -184,8 +184,8 @@ def test_release_pins_ends_the_least_recently_refreshed_first(cache, pool, clock
     assert cache.pin("", new, ttl=300)
     assert cache.evict(16) == 0
     assert cache.release_pins(2) == 2
-    assert cache.lookup_pin("", old, 8) == 0 and cache.match("", old) == []
-    assert cache.lookup_pin("", new, 8) == 8 and cache.pinned_blocks == 2
+    assert cache.pins.lookup_pin("", old, 8) == 0 and cache.match("", old) == []
+    assert cache.pins.lookup_pin("", new, 8) == 8 and cache.pinned_blocks == 2
     assert cache.release_pins(16) == 2 and cache.pinned_blocks == 0
     assert cache.release_pins(1) == 0  # nothing left to end
 
@@ -196,15 +196,15 @@ def test_release_pins_moves_entries_with_a_disk_copy_out_of_ram_first_and_keeps_
         put(cache, pool, tokens)
         assert cache.pin("", tokens, ttl=300)
         clock.now += 1
-    entries = {e.tokens: e for e in cache.pins()}
+    entries = {e.tokens: e for e in cache.pins.entries()}
     entries[tuple(on_disk)].on_disk = True
     entries[tuple(writing)].writing = True
     assert cache.release_pins(2) == 2  # the disk copy's blocks, though it is the newest but one
-    assert not entries[tuple(on_disk)].in_ram and cache.lookup_pin("", on_disk, 8) == 8
+    assert not entries[tuple(on_disk)].in_ram and cache.pins.lookup_pin("", on_disk, 8) == 8
     assert cache.release_pins(2) == 2  # then the one being written: unpinned, still alive
-    assert cache.lookup_pin("", writing, 8) == 8 and cache.lookup_pin("", plain, 8) == 8
+    assert cache.pins.lookup_pin("", writing, 8) == 8 and cache.pins.lookup_pin("", plain, 8) == 8
     assert cache.release_pins(2) == 2  # only then is an entry without a copy ended
-    assert cache.lookup_pin("", plain, 8) == 0 and cache.pinned_blocks == 0
+    assert cache.pins.lookup_pin("", plain, 8) == 0 and cache.pinned_blocks == 0
 
 
 def test_a_held_prefix_is_evicted_last_and_only_while_its_hold_lasts(cache, pool, clock):

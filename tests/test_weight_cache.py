@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import preheat.loader.weight_cache as weight_cache
-from preheat.loader import load_model
+from preheat.loader.model_loader import load_model
 from preheat.loader.weight_cache import cached_weights_path, file_sha256, load_or_convert, resolve_cache_dir
 
 
@@ -99,7 +99,7 @@ def test_embedded_model_warm_start_uses_cache(tmp_path, monkeypatch):
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again instead of reading the cache")
 
-    monkeypatch.setattr("preheat.loader.gguf_weights", no_conversion)
+    monkeypatch.setattr("preheat.loader.model_loader.gguf_weights", no_conversion)
     warm = load_model(cache_dir=tmp_path)
     assert files[0].stat().st_mtime_ns == stamp
     assert warm.config == cold.config

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from preheat import __version__
+from preheat.client.bench.command import add_bench_parser
+from preheat.client.chat.command import add_chat_parser
 from preheat.config import EngineConfig
 from preheat.server.settings import ServerSettings
-from preheat.tools.bench import add_bench_parser
-from preheat.tools.chat import add_chat_parser
 
 log = logging.getLogger("preheat")
 
@@ -175,7 +175,6 @@ def add_serve_parser(commands) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from preheat.engine.async_engine import AsyncEngine
     from preheat.engine.engine_process import EngineProcess, EngineStartError
     from preheat.server.app import create_app
     from preheat.server.graceful_server import GracefulServer
@@ -196,7 +195,7 @@ def serve(args: argparse.Namespace) -> int:
     config = engine_config(args)
     try:
         engine = (EngineProcess.start(config, args.log_level, restart=args.engine_restart)
-                  if args.engine_process else AsyncEngine.from_config(config))
+                  if args.engine_process else _engine_on_a_thread(config))
     except EngineStartError as err:
         raise SystemExit(f"preheat: the engine could not start: {err}") from None
     server: GracefulServer | None = None
@@ -219,6 +218,12 @@ def serve(args: argparse.Namespace) -> int:
         if server is None or not server.forced:
             engine.shutdown()
     return 1 if server.forced or isinstance(engine, EngineProcess) and engine.failed else 0
+
+
+def _engine_on_a_thread(config: EngineConfig):
+    """The engine in this process (torch and the model with it): --no-engine-process."""
+    from preheat.engine.async_engine import AsyncEngine
+    return AsyncEngine.from_config(config)
 
 
 # ---- generate ---------------------------------------------------------------------------

@@ -13,11 +13,11 @@ class EngineConfig:
     # "dense" (exact), "int4" (4-bit decoder weights: fast CPU decode) or "auto": int4 on a
     # CPU with preheat's VNNI kernel when the file's decoder weights are 4-bit already, else dense
     weight_format: str = "auto"
-    # KV cache storage: "float32", "float16", "bfloat16" or "auto" (see engine/kv_dtype.py)
+    # KV cache storage: "float32", "float16", "bfloat16" or "auto" (see engine/kv/kv_dtype.py)
     kv_dtype: str = "auto"
     block_size: int = 16
     # KV pool size: kv_cache_bytes, else kv_cache_tokens, else a share of the memory free at
-    # start (kv_cache_memory_share; None = 25% of RAM, 80% of a GPU's): see engine/kv_budget.py
+    # start (kv_cache_memory_share; None = 25% of RAM, 80% of a GPU's): see engine/kv/kv_budget.py
     kv_cache_tokens: int | None = None
     kv_cache_bytes: int | None = None
     kv_cache_memory_share: float | None = None

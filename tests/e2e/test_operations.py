@@ -10,6 +10,7 @@ import re
 import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -197,3 +198,20 @@ def test_a_second_signal_exits_at_once(own_server):
     for stream in streams:
         assert "message_stop" not in stream.result(timeout=60)
     assert "SIGINT again: exiting now" in server.log.read_text()
+
+
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc")
+def test_the_api_process_never_loads_torch(server, client):
+    """The HTTP side renders prompts and events only: torch lives in the engine process."""
+    client.messages.create(model="claude-x", max_tokens=4, messages=STORY, extra_body=GREEDY)
+    assert "libtorch" not in _maps(server.process.pid)
+    assert any("libtorch" in _maps(child) for child in _children(server.process.pid))

@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 from preheat.config import EngineConfig
 from preheat.engine.errors import EngineError, EngineStoppedError
-from preheat.engine.llm_engine import EngineStats, LLMEngine, build_engine
 from preheat.engine.engine_client import RequestStream
+from preheat.engine.llm_engine import LLMEngine, build_engine
 from preheat.engine.output import EngineEvent, Finished, Started
 from preheat.engine.request import GenerationRequest
+from preheat.engine.stats import EngineStats
 
 log = logging.getLogger(__name__)
 

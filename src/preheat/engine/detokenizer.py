@@ -13,6 +13,8 @@ import bisect
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from preheat.held_text import partial_suffix
+
 if TYPE_CHECKING:
     from preheat.engine.repeat_guard import RepeatGuard
 
@@ -91,12 +93,3 @@ class IncrementalDetokenizer:
 
     def _longest_stop_prefix_suffix(self) -> int:
         return max(partial_suffix(self._pending, s) for s in self._stops)
-
-
-def partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest end of ``text`` that ``marker`` starts with (short of all of
-    it): how much of ``text`` to hold back while it may still grow into ``marker``."""
-    for k in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:k]):
-            return k
-    return 0

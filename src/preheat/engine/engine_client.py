@@ -11,9 +11,9 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from preheat.engine.llm_engine import EngineStats
 from preheat.engine.output import EngineEvent, Finished
 from preheat.engine.request import GenerationRequest
+from preheat.engine.stats import EngineStats
 from preheat.tokenizer.tokenizer import Tokenizer
 
 

@@ -4,89 +4,27 @@
 server and the engine's Python code between tensor ops took turns on one GIL every
 token (Python hands it over every 5 ms): a streaming user got half the engine's
 speed. Here the core owns its GIL and every engine structure; it talks to the API
-process over one pipe with the small messages below, admitting requests between
+process over one pipe with the small messages of ``ipc.py``, admitting requests between
 steps so its state is only ever touched by its own loop.
 """
 from __future__ import annotations
 
 import logging
 import signal
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from preheat.config import EngineConfig
 from preheat.engine.errors import EngineError
-from preheat.engine.llm_engine import EngineStats, LLMEngine, build_engine
-from preheat.engine.output import CacheUsage, EngineEvent
+from preheat.engine.ipc import (AbortRequest, AddRequest, Admitted, Ready, Refused, Shutdown,
+                                StartFailed, StatsQuery, StatsReply, StepOutput)
+from preheat.engine.llm_engine import LLMEngine, build_engine
+from preheat.engine.output import EngineEvent
 from preheat.engine.request import GenerationRequest
 
 log = logging.getLogger(__name__)
 
 # How long a stopping core waits for pinned prefixes still being written to disk.
 SHUTDOWN_FLUSH_SECONDS = 8.0
-
-# ---- API process -> core ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AddRequest:
-    request: GenerationRequest
-
-
-@dataclass(frozen=True)
-class AbortRequest:
-    request_id: str
-
-
-@dataclass(frozen=True)
-class StatsQuery:
-    call_id: int
-
-
-@dataclass(frozen=True)
-class Shutdown:
-    pass
-
-
-# ---- core -> API process ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Ready:
-    model_id: str
-    context_window: int
-
-
-@dataclass(frozen=True)
-class StartFailed:
-    message: str
-
-
-@dataclass(frozen=True)
-class Admitted:
-    """The request is queued; its prompt accounting (a pin hit has been refreshed)."""
-
-    request_id: str
-    usage: CacheUsage
-
-
-@dataclass(frozen=True)
-class Refused:
-    request_id: str
-    error: EngineError
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    """Everything one step produced, in order; an exception ends that request's stream."""
-
-    events: list[tuple[str, EngineEvent | EngineError]]
-
-
-@dataclass(frozen=True)
-class StatsReply:
-    call_id: int
-    stats: EngineStats
 
 
 def run_engine_core(config: EngineConfig, conn: Connection, log_level: str = "INFO") -> None:

@@ -4,7 +4,8 @@ Everything here runs on the server's event loop: the pipe from the core is read
 by a loop reader callback, so no extra thread competes for the GIL, and each
 engine step costs the server one message to unpickle and fan out to its streams.
 The tokenizer is loaded here too: prompts are rendered and tokenized in the API
-process while the core computes.
+process while the core computes. Nothing here imports torch: the pipe's messages
+(``ipc.py``) are plain data, and the core's code is imported in the child only.
 """
 from __future__ import annotations
 
@@ -18,14 +19,13 @@ from multiprocessing.connection import Connection
 
 from preheat.config import EngineConfig
 from preheat.engine.engine_client import RequestStream
-from preheat.engine.engine_core import (AbortRequest, AddRequest, Admitted, Ready, Refused,
-                                        Shutdown, StartFailed, StatsQuery, StatsReply, StepOutput,
-                                        run_engine_core)
 from preheat.engine.errors import EngineError, EngineOverloadedError, EngineStoppedError
-from preheat.engine.llm_engine import EngineStats
+from preheat.engine.ipc import (AbortRequest, AddRequest, Admitted, Ready, Refused, Shutdown,
+                                StartFailed, StatsQuery, StatsReply, StepOutput)
 from preheat.engine.output import Finished, Started
 from preheat.engine.request import GenerationRequest
-from preheat.loader import load_tokenizer
+from preheat.engine.stats import EngineStats
+from preheat.tokenizer.load import load_tokenizer
 from preheat.tokenizer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,18 @@ def _spawn_core(config: EngineConfig, log_level: str) -> tuple[multiprocessing.p
     # spawn, not fork: the child must not inherit this process's threads or torch state.
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
-    process = ctx.Process(target=run_engine_core, args=(config, theirs, log_level),
+    process = ctx.Process(target=_core_main, args=(config, theirs, log_level),
                           name="preheat-engine", daemon=True)
     process.start()
     theirs.close()
     return process, ours
+
+
+def _core_main(config: EngineConfig, conn: Connection, log_level: str) -> None:
+    """The core process's entry point. The engine (torch, the model, the kernels) is
+    imported here, in the child: this module is the API process's, which never loads it."""
+    from preheat.engine.engine_core import run_engine_core
+    run_engine_core(config, conn, log_level)
 
 
 def _await_ready(process: multiprocessing.process.BaseProcess, conn: Connection) -> Ready:

@@ -24,11 +24,6 @@ class GrammarError(EngineError):
     """A grammar that does not compile."""
 
 
-def check_grammar(grammar: str) -> str | None:
-    """Why ``grammar`` cannot be compiled, or None when it can (no tokenizer needed)."""
-    return llguidance.LLMatcher.validate_grammar(grammar) or None
-
-
 @dataclass(eq=False)
 class GrammarState:
     """One sequence's position in its grammar."""

@@ -10,27 +10,27 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from preheat.config import EngineConfig
-from preheat.engine.block_pool import BlockPool
 from preheat.engine.detokenizer import IncrementalDetokenizer
 from preheat.engine.errors import (EngineError, EngineOverloadedError, PromptTooLongError,
                                    RequestTooLargeError)
 from preheat.engine.grammar import GrammarCompiler, hf_grammar_tokenizer
-from preheat.engine.kv_budget import pool_size
-from preheat.engine.kv_dtype import resolve_kv_dtype
-from preheat.engine.kv_offload import open_disk_tier
+from preheat.engine.kv.block_pool import BlockPool
+from preheat.engine.kv.kv_budget import pool_size
+from preheat.engine.kv.kv_dtype import resolve_kv_dtype
+from preheat.engine.kv.kv_offload import open_disk_tier
+from preheat.engine.kv.radix_cache import RadixCache
 from preheat.engine.model_runner import ModelRunner, kv_bytes_per_block
 from preheat.engine.output import CacheUsage, EngineEvent, Finished, StopReason, TextDelta
-from preheat.engine.radix_cache import RadixCache
 from preheat.engine.repeat_guard import RepeatGuard
 from preheat.engine.request import CacheBreakpoint, GenerationRequest
 from preheat.engine.sampler import make_generator, sample, sample_constrained
 from preheat.engine.scheduler import ScheduledBatch, Scheduler
 from preheat.engine.sequence import Sequence
+from preheat.engine.stats import EngineStats
 from preheat.kernels.quant_matmul import load_quant_kernel
 from preheat.models.llama import LlamaModel
 
@@ -49,28 +49,6 @@ def cache_usage(prompt_len: int, breakpoints: tuple[CacheBreakpoint, ...], hit: 
             by_ttl[bp.ttl] = by_ttl.get(bp.ttl, 0) + bp.position - done
             done = bp.position
     return CacheUsage(prompt_len, hit, sum(by_ttl.values()), by_ttl)
-
-
-@dataclass
-class EngineStats:
-    running: int
-    waiting: int
-    free_blocks: int
-    total_blocks: int
-    cached_blocks: int
-    pinned_blocks: int
-    preemptions: int
-    aborted: int  # requests stopped by their caller (e.g. a client that hung up)
-    failed: int  # requests ended by a failure of their own in the engine
-    block_size: int
-    pool_bytes: int
-    pinned_entries: int  # live pinned prefixes, in RAM or on disk
-    disk_entries: int  # pinned prefixes with a copy on disk
-    disk_bytes: int
-    disk_quota_bytes: int  # 0: no disk tier
-    disk_reads: int  # hits whose blocks were read back from disk
-    prompt_tokens: int  # of admitted requests, all told
-    prompt_tokens_cached: int  # of those, found in the KV cache (reported as read or not)
 
 
 class LLMEngine:
@@ -127,11 +105,12 @@ class LLMEngine:
             raise EngineOverloadedError("too many requests are waiting; retry later")
         bps = tuple(b for b in request.breakpoints if 0 < b.position <= n)
         last = max((b.position for b in bps), default=0)
-        hit, entry = self.radix.lookup_pin_entry(request.namespace, request.prompt_ids, last) if bps else (0, None)
+        pins = self.radix.pins  # any thread: of the tree, only its pin table is safe to use here
+        hit, entry = pins.lookup_pin_entry(request.namespace, request.prompt_ids, last) if bps else (0, None)
         new_blocks = self.pool.blocks_for(last) - hit // self.pool.block_size
         if last > hit and not self._can_pin(new_blocks):
             log.warning("pinned prefixes would exceed %d blocks; not caching this request's "
-                        "breakpoints past its hit", self.radix.max_pinned_blocks)
+                        "breakpoints past its hit", pins.max_pinned_blocks)
             bps = tuple(b for b in bps if b.position <= hit)
         request.breakpoints = bps
         grammar = self.grammars.compile(params.grammar) if params.grammar else None
@@ -165,7 +144,7 @@ class LLMEngine:
                            self.radix.pinned_blocks, s.num_preemptions, self.num_aborted,
                            self.num_failed,
                            self.pool.block_size, self.pool_bytes,
-                           sum(e.alive(now) for e in self.radix.pins()),
+                           sum(e.alive(now) for e in self.radix.pins.entries()),
                            tier.num_entries if tier else 0, tier.used_bytes if tier else 0,
                            tier.quota_bytes if tier else 0,
                            self.offload.num_reads if self.offload else 0,
@@ -283,7 +262,7 @@ class LLMEngine:
         return seq.id, EngineError("internal error in the engine")
 
     def _can_pin(self, new_blocks: int) -> bool:
-        return self.offload.can_pin(new_blocks) if self.offload else self.radix.can_pin(new_blocks)
+        return self.offload.can_pin(new_blocks) if self.offload else self.radix.pins.can_pin(new_blocks)
 
     def _append(self, seq: Sequence, token: int) -> Emitted:
         try:
@@ -358,7 +337,7 @@ def resolve_weight_format(requested: str, weight_type: str | None, device: str,
 def build_engine(config: EngineConfig, *, clock: Callable[[], float] = time.monotonic,
                  loaded=None) -> tuple[LLMEngine, str]:
     """Load the configured model and wrap it in an engine; returns (engine, model_id)."""
-    from preheat.loader import load_model
+    from preheat.loader.model_loader import load_model
     from preheat.loader.weight_cache import model_digest
 
     if config.num_threads:

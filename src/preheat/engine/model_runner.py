@@ -34,7 +34,7 @@ def _zeroed_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devi
 
 class ModelRunner:
     def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, kv_dtype: torch.dtype):
-        """``kv_dtype``: the cache's dtype, as ``engine/kv_dtype.py`` resolves it."""
+        """``kv_dtype``: the cache's dtype, as ``engine/kv/kv_dtype.py`` resolves it."""
         cfg = model.cfg
         self.model = model
         self.device = model.device

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from preheat.engine.detokenizer import partial_suffix
+from preheat.held_text import partial_suffix
 from preheat.engine.request import DistinctSegments
 
 

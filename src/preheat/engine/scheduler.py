@@ -15,8 +15,8 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-from preheat.engine.block_pool import BlockPool
-from preheat.engine.radix_cache import RadixCache
+from preheat.engine.kv.block_pool import BlockPool
+from preheat.engine.kv.radix_cache import RadixCache
 from preheat.engine.sequence import Sequence, SeqStatus
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import torch
 
 from preheat.engine.detokenizer import IncrementalDetokenizer
 from preheat.engine.grammar import GrammarState
+from preheat.engine.kv.pin_table import PinEntry
 from preheat.engine.output import CacheUsage
-from preheat.engine.radix_cache import PinEntry
 from preheat.engine.request import GenerationRequest
 
 

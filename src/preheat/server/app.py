@@ -13,7 +13,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from preheat.engine.errors import EngineError
+from preheat.engine import EngineError
 from preheat.server.auth import Authenticator
 from preheat.server.cache_policy import CachePolicy
 from preheat.server.diagnostics import DiagnosticsStore
@@ -21,6 +21,7 @@ from preheat.server.drain import Drain
 from preheat.server.errors import (APIError, InvalidRequestError, MethodNotAllowedError,
                                    NotFoundError, RequestTooLarge)
 from preheat.server.memory_trim import MemoryTrimmer
+from preheat.server.message_sse import message_sse
 from preheat.server.messages import MessageService
 from preheat.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from preheat.server.metrics import ServerMetrics
@@ -35,9 +36,10 @@ from preheat.server.request_tracking import RequestTracker
 from preheat.server.settings import ServerSettings
 from preheat.server.thread_store import ThreadStore
 from preheat.server.tool_format import form_for_template
+from preheat.server.whole_reply import DISCONNECT_CHECK_SECONDS, whole_reply
 
 if TYPE_CHECKING:
-    from preheat.engine.engine_client import EngineClient
+    from preheat.engine import EngineClient
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +89,15 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
         body = parse_request(MessagesRequest, await _read_body(request, settings.max_request_bytes))
         prepared = await service.prepare(body, namespace, request.state.request_id,
                                          request.state.record)
-        stream = await service.submit(prepared)
         if body.stream:
-            # runs after the last event or once the client disconnects; a no-op after Finished
-            return StreamingResponse(service.stream_events(prepared, stream),
+            reply = await service.run(prepared)
+            # runs after the last event or once the client disconnects; a no-op after Closed
+            return StreamingResponse(message_sse(reply, prepared.request_id),
                                      media_type="text/event-stream",
                                      headers={"cache-control": "no-cache"},
-                                     background=BackgroundTask(stream.abort))
-        message = await service.complete(prepared, stream, request.is_disconnected)
+                                     background=BackgroundTask(reply.close))
+        reply = await service.run(prepared, heartbeat=DISCONNECT_CHECK_SECONDS)
+        message = await whole_reply(reply, request.is_disconnected)
         if message is None:
             return Response(status_code=CLIENT_CLOSED)
         return JSONResponse(message.model_dump())

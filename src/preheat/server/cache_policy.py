@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from preheat.engine.output import CacheUsage
-from preheat.engine.request import CacheBreakpoint
+from preheat.engine import CacheBreakpoint, CacheUsage
 from preheat.server.errors import InvalidRequestError
 from preheat.server.prompt_builder import BuiltPrompt
 from preheat.server.protocol import CacheCreation, PromptRequest, Usage

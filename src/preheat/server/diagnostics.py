@@ -12,7 +12,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from preheat.engine.output import CacheUsage
+from preheat.engine import CacheUsage
 from preheat.server.prompt_builder import BuiltPrompt
 
 

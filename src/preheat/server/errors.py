@@ -1,8 +1,8 @@
 """Anthropic's error shapes: ``{"type": "error", "error": {type, message}, "request_id"}``."""
 from __future__ import annotations
 
-from preheat.engine.errors import (EngineError, EngineOverloadedError, EngineStoppedError,
-                                   PromptTooLongError, RequestTooLargeError)
+from preheat.engine import (EngineError, EngineOverloadedError, EngineStoppedError,
+                            PromptTooLongError, RequestTooLargeError)
 
 # Seconds a client should wait before retrying an overloaded server.
 RETRY_AFTER_SECONDS = 1

@@ -14,13 +14,10 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
                                generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from preheat.engine.errors import EngineError
+from preheat.engine import EngineError
 
 if TYPE_CHECKING:
-    from preheat.engine.engine_client import EngineClient
-    from preheat.engine.llm_engine import EngineStats
-    from preheat.engine.output import CacheUsage
-    from preheat.server.request_record import RequestRecord
+    from preheat.engine import CacheUsage, EngineClient, EngineStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -99,11 +96,13 @@ class ServerMetrics:
             for _ in range(tokens):
                 histogram.observe(gap / tokens)
 
-    def request_done(self, record: RequestRecord) -> None:
-        """A request's response ended (sent, failed or abandoned)."""
-        self.requests.labels(record.endpoint, record.model, str(record.status)).inc()
-        if record.usage is not None:
-            self.duration.labels(record.endpoint, record.model).observe(record.duration)
+    def request_done(self, endpoint: str, model: str, status: int,
+                     duration: float | None) -> None:
+        """A request's response ended (sent, failed or abandoned) with ``status``;
+        ``duration`` is None for one the engine never admitted."""
+        self.requests.labels(endpoint, model, str(status)).inc()
+        if duration is not None:
+            self.duration.labels(endpoint, model).observe(duration)
 
     # ---- scrape ------------------------------------------------------------------------------
 

@@ -11,23 +11,19 @@ renders to the same tokens whichever API sends it. Only the response is written 
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from preheat.engine.errors import EngineError
-from preheat.engine.output import Finished, Started, TextDelta
 from preheat.server.cache_policy import MAX_BREAKPOINTS
-from preheat.server.errors import APIError, InternalError, NotFoundError, from_engine_error
-from preheat.server.heartbeat import with_heartbeat
+from preheat.server.errors import APIError, NotFoundError
 from preheat.server.lone_surrogates import lone_surrogate_in, lone_surrogate_message
-from preheat.server.messages import MessageService, PreparedMessage
+from preheat.server.messages import MessageService, PreparedMessage, SamplingOverrides
 from preheat.server.openai_errors import ModelNotFoundError, ParamError, openai_error_body
 from preheat.server.openai_protocol import (AssistantMessage, ChatCompletion,
                                             ChatCompletionRequest, ChatMessage, Choice,
@@ -38,14 +34,13 @@ from preheat.server.openai_protocol import (AssistantMessage, ChatCompletion,
                                             ToolMessage, parse_chat_request)
 from preheat.server.protocol import (MessageResponse, MessagesRequest, TextContent,
                                      ToolUseContent, Usage, describe_validation_error)
+from preheat.server.reply_events import Closed, Opened, Ping, ReplyEvent
 from preheat.server.reply_parser import BlockEvent, BlockStart, JsonPiece, TextPiece
 from preheat.server.tool_format import dumps
+from preheat.server.whole_reply import DISCONNECT_CHECK_SECONDS, whole_reply
 
 if TYPE_CHECKING:
-    from preheat.engine.engine_client import RequestStream
     from preheat.server.request_record import RequestRecord
-
-log = logging.getLogger(__name__)
 
 # The Messages API's stop reasons -> OpenAI's finish reasons.
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls",
@@ -70,19 +65,20 @@ class ChatCompletions:
         is the HTTP request's (metrics, access log)."""
         body = parse_chat_request(raw)
         prepared = await self._prepare(body, namespace, request_id, record)
-        stream = await self.service.submit(prepared)
         headers = {"x-request-id": request_id}
         completion_id = f"chatcmpl-{prepared.message_id.removeprefix('msg_')}"
         created = int(time.time())
         if body.stream:
+            reply = await self.service.run(prepared)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            writer = ChunkWriter(completion_id, created, body.model, include_usage)
-            # abort runs after the last chunk or once the client disconnects
-            return StreamingResponse(self._chunks(prepared, stream, writer),
-                                     media_type="text/event-stream",
+            writer = ChunkWriter(completion_id, created, body.model, include_usage,
+                                 calls_only=prepared.output.calls_only)
+            # closes the reply after the last chunk or once the client disconnects
+            return StreamingResponse(writer.render(reply), media_type="text/event-stream",
                                      headers={"cache-control": "no-cache", **headers},
-                                     background=BackgroundTask(stream.abort))
-        message = await self.service.complete(prepared, stream, is_disconnected)
+                                     background=BackgroundTask(reply.close))
+        reply = await self.service.run(prepared, heartbeat=DISCONNECT_CHECK_SECONDS)
+        message = await whole_reply(reply, is_disconnected)
         if message is None:
             return None
         return JSONResponse(to_completion(completion_id, created, message).model_dump(),
@@ -90,10 +86,13 @@ class ChatCompletions:
 
     async def _prepare(self, body: ChatCompletionRequest, namespace: str, request_id: str,
                        record: RequestRecord | None) -> PreparedMessage:
-        context_window = self.service.engine.context_window
+        context_window = self.service.context_window
         request = to_messages_request(body, context_window)
+        # OpenAI's sampling where it goes past the Messages API's: temperatures up to 2, a seed
+        sampling = SamplingOverrides(temperature=body.sampling_temperature, seed=body.seed)
         try:
-            prepared = await self.service.prepare(request, namespace, request_id, record)
+            prepared = await self.service.prepare(request, namespace, request_id, record,
+                                                  sampling)
         except NotFoundError:  # without a thread, prepare's only 404: an unknown model
             raise ModelNotFoundError(
                 f"The model '{body.model}' does not exist on this server") from None
@@ -102,54 +101,42 @@ class ChatCompletions:
             raise ParamError(
                 f"This model's maximum context length is {context_window} tokens; the "
                 f"messages are {prompt_tokens} tokens", "messages", "context_length_exceeded")
-        return _with_sampling(prepared, body)
-
-    async def _chunks(self, prepared: PreparedMessage, stream: RequestStream,
-                      writer: ChunkWriter) -> AsyncIterator[bytes]:
-        """The chunks of one completion; a failure after the start is an ``error`` chunk.
-
-        The caller aborts ``stream`` when the client disconnects.
-        """
-        parser = prepared.reply_parser()
-        message: MessageResponse | None = None
-        try:
-            async for event in with_heartbeat(stream, self.service.ping_interval):
-                if event is None:
-                    yield PING
-                elif isinstance(event, Started):
-                    message = self.service.start_message(prepared, event)
-                    yield writer.delta({"role": "assistant",
-                                        "content": None if prepared.output.calls_only else ""})
-                elif isinstance(event, TextDelta):
-                    for chunk in writer.blocks(parser.feed(event.text)):
-                        yield chunk
-                elif isinstance(event, Finished):
-                    closing = parser.finish()
-                    final = self.service.final_message(prepared, message, event, parser)
-                    for chunk in writer.blocks(closing):
-                        yield chunk
-                    yield writer.delta({}, FINISH_REASONS[final.stop_reason])
-                    if writer.include_usage:
-                        yield writer.chunk([], completion_usage(final.usage).model_dump())
-                    yield DONE
-        except APIError as err:
-            yield sse_data(openai_error_body(err))
-        except EngineError as err:
-            yield sse_data(openai_error_body(from_engine_error(err)))
-        except Exception:
-            log.exception("stream of %s failed", prepared.message_id)
-            yield sse_data(openai_error_body(InternalError("Internal server error")))
+        return prepared
 
 
 @dataclass
 class ChunkWriter:
-    """Writes the ``chat.completion.chunk`` events of one completion."""
+    """Writes one completion's reply as ``chat.completion.chunk`` events."""
 
     completion_id: str
     created: int
     model: str
     include_usage: bool
+    calls_only: bool = False  # the reply can only be tool calls: its content is null
     _calls: dict[int, int] = field(default_factory=dict)  # reply block -> tool call index
+
+    async def render(self, reply: AsyncIterable[ReplyEvent]) -> AsyncIterator[bytes]:
+        """The chunks of ``reply``; a failure once the stream has started is an ``error``
+        chunk."""
+        try:
+            async for event in reply:
+                for chunk in self._event(event):
+                    yield chunk
+        except APIError as err:
+            yield sse_data(openai_error_body(err))
+
+    def _event(self, event: ReplyEvent) -> list[bytes]:
+        if isinstance(event, Ping):
+            return [PING]
+        if isinstance(event, Opened):
+            return [self.delta({"role": "assistant", "content": None if self.calls_only else ""})]
+        if isinstance(event, Closed):
+            out = [self.delta({}, FINISH_REASONS[event.message.stop_reason])]
+            if self.include_usage:
+                out.append(self.chunk([], completion_usage(event.message.usage).model_dump()))
+            return [*out, DONE]
+        chunk = self._block(event)
+        return [] if chunk is None else [chunk]
 
     def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
         data: dict[str, Any] = {"id": self.completion_id, "object": "chat.completion.chunk",
@@ -161,10 +148,6 @@ class ChunkWriter:
     def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         return self.chunk([{"index": 0, "delta": delta, "logprobs": None,
                             "finish_reason": finish_reason}])
-
-    def blocks(self, events: list[BlockEvent]) -> list[bytes]:
-        """The chunks for the reply parser's ``events``: text, and tool calls piece by piece."""
-        return [chunk for chunk in map(self._block, events) if chunk is not None]
 
     def _block(self, event: BlockEvent) -> bytes | None:
         if isinstance(event, TextPiece):
@@ -222,13 +205,6 @@ def completion_usage(usage: Usage) -> CompletionUsage:
             cache_write_tokens=usage.cache_creation_input_tokens))
 
 
-def _with_sampling(prepared: PreparedMessage, body: ChatCompletionRequest) -> PreparedMessage:
-    """OpenAI's sampling where it goes past the Messages API's: temperatures up to 2, a seed."""
-    params = replace(prepared.generation.params, seed=body.seed,
-                     temperature=body.sampling_temperature)
-    return replace(prepared, generation=replace(prepared.generation, params=params))
-
-
 # ---- requests -------------------------------------------------------------------
 
 
@@ -244,7 +220,7 @@ def to_messages_request(body: ChatCompletionRequest, context_window: int) -> Mes
     payload: dict[str, Any] = {
         "model": body.model, "system": system, "messages": messages, "tools": tools,
         "max_tokens": _max_tokens(body, context_window),
-        # the engine gets the real temperature (up to 2) from _with_sampling
+        # the engine gets the real temperature (up to 2) from prepare's overrides
         "temperature": min(1.0, body.sampling_temperature),
         "top_p": body.top_p, "stop_sequences": body.stop or [],
         "tool_choice": _tool_choice(body), "output_config": _output_config(body),

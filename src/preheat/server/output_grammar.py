@@ -18,8 +18,7 @@ from typing import Any
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
 
-from preheat.engine.grammar import check_grammar
-from preheat.engine.request import DistinctSegments
+from preheat.engine import DistinctSegments, check_grammar
 from preheat.server.errors import InvalidRequestError
 from preheat.server.protocol import PromptRequest, Tool
 from preheat.server.tool_format import HERMES, ITEM_SEPARATOR, KEY_SEPARATOR, ToolCallForm

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from preheat.engine.output import Started
 from preheat.server.auth import namespace_for
 from preheat.server.messages import MessageService
 from preheat.server.middleware import new_request_id
 from preheat.server.protocol import MessagesRequest
+from preheat.server.reply_events import Opened
 from preheat.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,11 @@ class Prewarmer:
                 log.warning("the preheat prompt (%d tokens) is shorter than the minimum cacheable "
                             "length; nothing is pinned", prepared.prompt.blocks[0].end)
                 return
-            async for event in await self.service.submit(prepared):
-                if isinstance(event, Started):
+            async for event in await self.service.run(prepared):
+                if isinstance(event, Opened):
+                    usage = event.message.usage
                     log.info("preheat: %d prompt tokens written, %d read",
-                             event.usage.cache_write_tokens, event.usage.cache_read_tokens)
+                             usage.cache_creation_input_tokens, usage.cache_read_input_tokens)
 
     async def keep_warm(self) -> None:
         """Refresh forever (until cancelled at shutdown); a failed round is retried next time."""

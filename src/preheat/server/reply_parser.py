@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic_core import from_json
 
-from preheat.engine.detokenizer import partial_suffix
+from preheat.held_text import partial_suffix
 from preheat.server.tool_format import HERMES, ToolCallForm
 
 

@@ -13,14 +13,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from preheat.engine.errors import EngineError
-from preheat.engine.output import CacheUsage, EngineEvent, Finished, Started, StopReason, TextDelta
+from preheat.engine import (CacheUsage, EngineError, EngineEvent, Finished, Started, StopReason,
+                            TextDelta)
 from preheat.server.errors import APIError, from_engine_error
 
 if TYPE_CHECKING:
     from starlette.types import Scope
 
-    from preheat.engine.engine_client import RequestStream
+    from preheat.engine import RequestStream
     from preheat.server.metrics import ServerMetrics
 
 # Not a real HTTP status: the client closed the connection before the answer was complete.

@@ -62,5 +62,6 @@ class RequestTracker:
         self.drain.leave(record)
         self.metrics.in_flight.dec()
         record.close(http_status)
-        self.metrics.request_done(record)
+        self.metrics.request_done(record.endpoint, record.model, record.status,
+                                  None if record.usage is None else record.duration)
         log_access(record)

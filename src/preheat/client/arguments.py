@@ -1,4 +1,5 @@
-"""Options every client tool takes: which server, which key, which model id."""
+"""The command-line options every client command takes: which server, which key, which
+model id."""
 from __future__ import annotations
 
 import argparse

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from preheat.tools.token_usage import TokenUsage
+from preheat.client.token_usage import TokenUsage
 
 # Claude Sonnet 4.6's list prices, $ per million tokens.
 DEFAULT_INPUT_PRICE = 3.0

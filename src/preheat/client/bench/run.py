@@ -12,11 +12,11 @@ import anthropic
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from preheat.tools import bench_experiments as experiments
-from preheat.tools.bench import BenchOptions, BenchRun
-from preheat.tools.bench_report import ServerInfo, build_report
-from preheat.tools.bench_tables import print_tables
-from preheat.tools.server_process import preheat_server
+from preheat.client.bench import experiments
+from preheat.client.bench.options import BenchOptions, BenchRun
+from preheat.client.bench.report import ServerInfo, build_report
+from preheat.client.bench.server_process import preheat_server
+from preheat.client.bench.tables import print_tables
 
 # The started server pins prefixes from 256 tokens on (the default is Anthropic's 1024), so
 # --quick's document slice is cached too.
@@ -40,7 +40,7 @@ def run_bench(options: BenchOptions, run: BenchRun) -> int:
     else:
         print_tables(report, Console())
     if run.plot is not None:
-        from preheat.tools.bench_plot import plot_report  # matplotlib is optional
+        from preheat.client.bench.plot import plot_report  # matplotlib is optional
 
         plot_report(report, run.plot)
         err.print(f"wrote {run.plot}")

@@ -4,40 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 
-from preheat.tools.client_options import add_client_options
-from preheat.tools.pricing import DEFAULT_INPUT_PRICE, DEFAULT_OUTPUT_PRICE, PriceTable
+from preheat.client.arguments import add_client_options
+from preheat.client.bench.options import BenchOptions, BenchRun
+from preheat.client.bench.pricing import DEFAULT_INPUT_PRICE, DEFAULT_OUTPUT_PRICE, PriceTable
 
 DOCUMENT = Path("/usr/share/common-licenses/GPL-3")
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    """What the experiments send."""
-
-    model: str
-    max_tokens: int  # of each reply
-    users: int
-    doc_tokens: int | None  # None: as long as the context window allows
-    document: Path
-    cache_ttl: str  # of every breakpoint: "5m" or "1h"
-    quick: bool
-
-
-@dataclass(frozen=True)
-class BenchRun:
-    """Where the experiments run and where their results go."""
-
-    base_url: str | None  # None: start `preheat serve` for the run
-    api_key: str
-    serve_args: list[str]
-    json: bool
-    plot: Path | None
-    prices: PriceTable
-
-
 QUICK = {"doc_tokens": 512, "users": 2, "max_tokens": 16}
 FULL = {"doc_tokens": None, "users": 4, "max_tokens": 128}
 
@@ -97,7 +70,7 @@ def bench(args: argparse.Namespace) -> int:
         raise SystemExit("preheat bench: --plot needs matplotlib: pip install 'preheat[plot]'")
     if not args.document.is_file():
         raise SystemExit(f"preheat bench: --document: no such file: {args.document}")
-    from preheat.tools.bench_run import run_bench  # the SDK takes a second to import
+    from preheat.client.bench.run import run_bench  # the SDK takes a second to import
 
     sizes = QUICK if args.quick else FULL
     options = BenchOptions(

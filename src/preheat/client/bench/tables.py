@@ -1,5 +1,5 @@
 """``preheat bench``'s report as rich tables, one per experiment, drawn from the report
-dict (``bench_report.build_report``)."""
+dict (``report.build_report``)."""
 from __future__ import annotations
 
 from typing import Any

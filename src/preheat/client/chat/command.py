@@ -2,20 +2,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
-from preheat.tools.client_options import DEFAULT_BASE_URL, add_client_options
-
-
-@dataclass(frozen=True)
-class ChatOptions:
-    base_url: str
-    api_key: str
-    model: str
-    max_tokens: int
-    system: str | None
-    temperature: float | None
+from preheat.client.arguments import DEFAULT_BASE_URL, add_client_options
+from preheat.client.chat.options import ChatOptions
 
 
 def add_chat_parser(commands) -> None:
@@ -38,7 +28,7 @@ def add_chat_parser(commands) -> None:
 
 
 def chat(args: argparse.Namespace) -> int:
-    from preheat.tools.chat_session import run_chat  # the SDK takes a second to import
+    from preheat.client.chat.session import run_chat  # the SDK takes a second to import
 
     return run_chat(ChatOptions(args.base_url, args.api_key, args.model, args.max_tokens,
                                 _system_prompt(args), args.temperature))

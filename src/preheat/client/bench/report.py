@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from preheat.tools.bench import BenchOptions
-from preheat.tools.bench_experiments import BenchResults, UsersRun
-from preheat.tools.pricing import PriceTable
-from preheat.tools.timed_reply import TimedReply
-from preheat.tools.token_usage import TokenUsage, total_usage
+from preheat.client.bench.experiments import BenchResults, UsersRun
+from preheat.client.bench.options import BenchOptions
+from preheat.client.bench.pricing import PriceTable
+from preheat.client.timed_reply import TimedReply
+from preheat.client.token_usage import TokenUsage, total_usage
 
 SCHEMA_VERSION = 1
 

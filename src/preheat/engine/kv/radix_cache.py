@@ -1,71 +1,34 @@
-"""Radix tree of cached KV blocks, keyed by token ids, with TTL pins.
+"""Radix tree of cached KV blocks, keyed by token ids, with LRU eviction and thread holds.
 
 Edges hold whole blocks (a multiple of ``block_size`` tokens), so a lookup
 returns the longest cached prefix rounded down to a block boundary. Blocks are
 shared copy-free: the tree holds one reference on each block it stores, and
 every sequence using them holds its own. Leaves whose blocks nobody else holds
 are evicted least-recently-used when the pool needs room.
-
-Pins implement prompt caching: ``pin`` protects the blocks of a prefix until
-its expiry; a hit (``lookup_pin``) refreshes the expiry; an expired pin leaves
-an ordinary evictable entry behind. A pin may end mid-block: the tree protects
-its full blocks and the few tokens past the last boundary are recomputed.
 Everything is per namespace: prefixes are never shared across namespaces.
+
+A pinned prefix (``pin``, for prompt caching) is never evicted while its pin lives;
+the pins themselves, and which nodes each protects, are the ``PinTable``'s
+(``pins``, see ``pin_table.py``). An expired pin leaves an ordinary evictable entry behind.
 
 A held prefix (``hold``, for message threads) may keep its last, partial block too:
 that block goes to the one request that continues the prefix exactly (``take_tail``),
 so a thread's next turn recomputes no token of its history.
 
-A pin entry may live in RAM (its blocks protected in the tree), on disk (a copy
-in the disk tier, see ``kv_offload.py``) or both; a ``PinListener`` hears of pins
-placed, hit and dropped so it can keep the disk copy current.
-
-Threads: the tree belongs to the engine thread. Other threads may call only
-``lookup_pin``, ``lookup_pin_entry``, ``can_pin`` and ``pins`` and read the
-``cached_blocks`` / ``pinned_blocks`` counters, which the engine thread keeps current.
+Threads: the tree belongs to the engine thread; it has no lock. Other threads reach
+only ``pins`` (as ``pin_table.py`` says) and read the ``cached_blocks`` /
+``pinned_blocks`` counters, which the engine thread keeps current.
 """
 from __future__ import annotations
 
 import heapq
 import itertools
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from preheat.engine.block_pool import BlockPool
-
-Tokens = tuple[int, ...]
-
-
-@dataclass(eq=False)
-class PinEntry:
-    namespace: str
-    tokens: Tokens  # the pinned prefix, any length
-    ttl: float
-    expiry: float
-    in_ram: bool = True  # its full blocks are protected in the tree
-    on_disk: bool = False  # the disk tier holds a complete copy
-    writing: bool = False  # a copy is being written
-
-    def alive(self, now: float) -> bool:
-        return self.expiry > now
-
-    @property
-    def last_used(self) -> float:
-        return self.expiry - self.ttl
-
-
-class PinListener(Protocol):
-    def pinned(self, entry: PinEntry, blocks: list[int]) -> None:
-        """``entry`` was placed or refreshed in RAM; ``blocks`` hold its full blocks."""
-
-    def hit(self, entry: PinEntry) -> None:
-        """A lookup refreshed ``entry``'s expiry (any thread)."""
-
-    def dropped(self, entries: list[PinEntry]) -> None:
-        """These entries expired or were ended: they must not be served again."""
+from preheat.engine.kv.block_pool import BlockPool
+from preheat.engine.kv.pin_table import PinEntry, PinTable, Tokens
 
 
 @dataclass(eq=False)
@@ -74,12 +37,8 @@ class _Node:
     blocks: list[int]
     parent: _Node | None
     children: dict[Tokens, _Node] = field(default_factory=dict)
-    pins: set[PinEntry] = field(default_factory=set)
     last_access: float = 0.0
     held_until: float = 0.0  # see RadixCache.hold
-
-    def pinned(self, now: float) -> bool:
-        return any(p.alive(now) for p in self.pins)
 
 
 @dataclass(eq=False)
@@ -93,22 +52,19 @@ class _Tail:
 
 class RadixCache:
     def __init__(self, pool: BlockPool, *, clock: Callable[[], float] = time.monotonic,
-                 max_pinned_blocks: int | None = None, listener: PinListener | None = None):
+                 max_pinned_blocks: int | None = None):
         self.pool = pool
-        self.listener = listener
         self.bs = pool.block_size
         self.clock = clock
-        self.max_pinned_blocks = pool.num_blocks if max_pinned_blocks is None else max_pinned_blocks
+        self.pins = PinTable(clock, pool.num_blocks if max_pinned_blocks is None else max_pinned_blocks)
         self.cached_blocks = 0  # blocks held by the tree
-        self.pinned_blocks = 0  # blocks under a live pin, as of the last recount
-        self._next_expiry = float("inf")
         self._roots: dict[str, _Node] = {}
-        # Pin lookups come from the API's thread while the engine thread pins; only this
-        # table is shared, tree nodes are touched by the engine thread alone.
-        self._pin_lock = threading.Lock()
-        self._pins: dict[tuple[str, Tokens], PinEntry] = {}
-        self._pin_lengths: dict[str, set[int]] = {}
         self._tails: dict[tuple[str, Tokens], _Tail] = {}  # (ns, block-aligned prefix) -> tail
+
+    @property
+    def pinned_blocks(self) -> int:
+        """Blocks of the tree under a live pin, as of the pin table's last count."""
+        return self.pins.pinned_blocks
 
     # ---- tree -------------------------------------------------------------
 
@@ -133,11 +89,11 @@ class RadixCache:
     def _split(self, node: _Node, nblocks: int) -> _Node:
         """Cut ``node`` after ``nblocks`` blocks; returns the new upper part."""
         cut = nblocks * self.bs
-        upper = _Node(node.tokens[:cut], node.blocks[:nblocks], node.parent,
-                      pins=set(node.pins), last_access=node.last_access)
+        upper = _Node(node.tokens[:cut], node.blocks[:nblocks], node.parent, last_access=node.last_access)
         node.parent.children[self._key(upper.tokens, 0)] = upper
         node.tokens, node.blocks, node.parent = node.tokens[cut:], node.blocks[nblocks:], upper
         upper.children[self._key(node.tokens, 0)] = node
+        self.pins.split(node, upper)
         return upper
 
     def _walk(self, ns: str, tokens: list[int] | Tokens, split: bool) -> tuple[list[_Node], int]:
@@ -208,17 +164,17 @@ class RadixCache:
     def tick(self) -> None:
         """Once per engine step: retire pins whose time has come and recount."""
         now = self.clock()
-        if now >= self._next_expiry:
-            self._drop_expired_pins(now)
+        if now >= self.pins.next_expiry:
+            self.pins.retire(now)
 
     def _evictable(self, node: _Node, now: float) -> bool:
-        return (not node.children and not node.pinned(now)
+        return (not node.children and not self.pins.protects(node, now)
                 and all(self.pool.refcount(b) == 1 for b in node.blocks))
 
     def evict(self, num_blocks: int) -> int:
         """Free at least ``num_blocks`` blocks if possible, oldest leaves first; held ones
         (and held tails, newest last) only once no other is left."""
-        # Expired pins no longer protect (``pinned`` checks expiry); ``tick`` retires them.
+        # Expired pins no longer protect (``protects`` checks expiry); ``tick`` retires them.
         now = self.clock()
         freed = self._drop_tails(lambda t: t.held_until <= now, num_blocks)
         tie = itertools.count()
@@ -239,6 +195,7 @@ class RadixCache:
         """Remove a leaf; its parent joins ``heap`` if that makes it a leaf nobody uses."""
         parent = node.parent
         del parent.children[self._key(node.tokens, 0)]
+        self.pins.evicted(node)
         self.pool.decref(node.blocks)
         self.cached_blocks -= len(node.blocks)
         if parent.parent is not None and self._evictable(parent, now):
@@ -298,105 +255,31 @@ class RadixCache:
 
     # ---- pins -------------------------------------------------------------
 
-    def can_pin(self, new_blocks: int) -> bool:
-        """Whether ``new_blocks`` more pinned blocks stay within ``max_pinned_blocks``.
-
-        Checked when a request is admitted, so its usage never reports a write
-        that is then refused. Thread-safe (reads the engine thread's counter).
-        """
-        return self.pinned_blocks + new_blocks <= self.max_pinned_blocks
-
     def pin(self, ns: str, tokens: list[int], ttl: float) -> bool:
         """Protect ``tokens`` (already inserted up to its last full block) for ``ttl`` s.
 
         Returns False when the prefix is not in the tree.
         """
-        now = self.clock()
-        key = (ns, tuple(tokens))
-        with self._pin_lock:
-            entry = self._pins.get(key)
-            if entry is not None and entry.alive(now):
-                entry.expiry = max(entry.expiry, now + ttl)
-                entry.ttl = max(entry.ttl, ttl)
-            else:
-                entry = PinEntry(ns, key[1], ttl, now + ttl)
-        blocks = self._protect(entry)
-        if blocks is None:
+        entry = self.pins.renew(ns, tuple(tokens), ttl)
+        nodes = self._full_blocks(entry)
+        if nodes is None:
             return False
-        with self._pin_lock:
-            self._pins[key] = entry
-            self._pin_lengths.setdefault(ns, set()).add(len(tokens))
-        self._recount(now)
-        if self.listener is not None:
-            self.listener.pinned(entry, blocks)
+        self.pins.place(entry, nodes)
         return True
 
     def repin(self, entry: PinEntry) -> bool:
         """Protect a disk-only entry's blocks in RAM again (they are back in the tree)."""
-        if self._protect(entry) is None:
+        nodes = self._full_blocks(entry)
+        if nodes is None:
             return False
-        self._recount(self.clock())
+        self.pins.cover(entry, nodes)
         return True
 
-    def _protect(self, entry: PinEntry) -> list[int] | None:
-        """Mark the nodes of ``entry``'s full blocks; their blocks, or None if not all cached."""
+    def _full_blocks(self, entry: PinEntry) -> list[_Node] | None:
+        """The nodes of ``entry``'s full blocks, split to end with them; None if not all cached."""
         aligned = len(entry.tokens) - len(entry.tokens) % self.bs
         path, matched = self._walk(entry.namespace, entry.tokens[:aligned], split=True)
-        if matched < aligned:
-            return None
-        for node in path:
-            node.pins.add(entry)
-        entry.in_ram = True
-        return [b for node in path for b in node.blocks]
-
-    def unpin_ram(self, entry: PinEntry) -> None:
-        """Stop protecting ``entry``'s blocks (its disk copy serves it from now on)."""
-        for node in self._nodes():
-            node.pins.discard(entry)
-        entry.in_ram = False
-        self._recount(self.clock())
-
-    def restore(self, entry: PinEntry) -> None:
-        """Register an entry that only the disk tier holds (found there at start)."""
-        entry.in_ram = False
-        with self._pin_lock:
-            self._pins[(entry.namespace, entry.tokens)] = entry
-            self._pin_lengths.setdefault(entry.namespace, set()).add(len(entry.tokens))
-            self._next_expiry = min(self._next_expiry, entry.expiry)
-
-    def forget(self, entry: PinEntry) -> None:
-        """Drop ``entry`` now (its disk copy is gone and RAM does not hold it)."""
-        with self._pin_lock:
-            entry.expiry = min(entry.expiry, self.clock())
-        self._drop_expired_pins(self.clock())
-
-    def pins(self) -> list[PinEntry]:
-        with self._pin_lock:
-            return list(self._pins.values())
-
-    def lookup_pin(self, ns: str, tokens: list[int], max_len: int) -> int:
-        """Length of the longest live pinned prefix of ``tokens`` no longer than ``max_len``.
-
-        A hit refreshes that entry's expiry. Thread-safe.
-        """
-        return self.lookup_pin_entry(ns, tokens, max_len)[0]
-
-    def lookup_pin_entry(self, ns: str, tokens: list[int], max_len: int) -> tuple[int, PinEntry | None]:
-        """``lookup_pin``, with the entry hit (None on a miss)."""
-        now = self.clock()
-        with self._pin_lock:
-            for length in sorted(self._pin_lengths.get(ns, ()), reverse=True):
-                if length > max_len or length > len(tokens):
-                    continue
-                entry = self._pins.get((ns, tuple(tokens[:length])))
-                if entry is not None and entry.alive(now):
-                    entry.expiry = now + entry.ttl
-                    break
-            else:
-                return 0, None
-        if self.listener is not None:
-            self.listener.hit(entry)
-        return length, entry
+        return path if matched >= aligned else None
 
     def release_pins(self, num_blocks: int, keep_undisked: bool = False) -> int:
         """Take pinned prefixes out of RAM until evicting has freed ``num_blocks`` blocks or
@@ -409,38 +292,16 @@ class RadixCache:
         ``keep_undisked``.
         """
         now = self.clock()
-        with self._pin_lock:
-            order = sorted((e for e in self._pins.values() if e.alive(now) and e.in_ram
-                            and (e.on_disk or e.writing or not keep_undisked)),
-                           key=lambda e: (not e.on_disk, not e.writing, e.last_used))
+        order = self.pins.releasable(now, keep_undisked)
         freed = 0
         for entry in order:
             if freed >= num_blocks:
                 break
             if entry.on_disk or entry.writing:
-                self.unpin_ram(entry)
+                self.pins.unpin_ram(entry)
             else:
-                with self._pin_lock:
-                    entry.expiry = now  # no longer alive: ``pinned`` and ``lookup_pin`` skip it
+                self.pins.end(entry, now)
             freed += self.evict(num_blocks - freed)
         if order:
-            self._drop_expired_pins(now)
+            self.pins.retire(now)
         return freed
-
-    def _drop_expired_pins(self, now: float) -> None:
-        with self._pin_lock:
-            dead = [k for k, e in self._pins.items() if not e.alive(now)]
-            dropped = [self._pins.pop(key) for key in dead]
-            self._pin_lengths = {}
-            for ns, toks in self._pins:
-                self._pin_lengths.setdefault(ns, set()).add(len(toks))
-        for node in self._nodes():
-            node.pins = {p for p in node.pins if p.alive(now)}
-        self._recount(now)
-        if dropped and self.listener is not None:
-            self.listener.dropped(dropped)
-
-    def _recount(self, now: float) -> None:
-        self.pinned_blocks = sum(len(n.blocks) for n in self._nodes() if n.pinned(now))
-        with self._pin_lock:
-            self._next_expiry = min((e.expiry for e in self._pins.values()), default=float("inf"))

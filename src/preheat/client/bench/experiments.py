@@ -14,10 +14,10 @@ from typing import Any
 
 import anthropic
 
-from preheat.tools.bench import BenchOptions
-from preheat.tools.cache_breakpoints import text_block, with_breakpoints
-from preheat.tools.document import fit_document
-from preheat.tools.timed_reply import TimedReply, create_timed, stream_timed
+from preheat.client.bench.document import fit_document
+from preheat.client.bench.options import BenchOptions
+from preheat.client.cache_breakpoints import text_block, with_breakpoints
+from preheat.client.timed_reply import TimedReply, create_timed, stream_timed
 
 DOCUMENT_QUESTIONS = ["Who may copy and share this program?",
                       "What does the license say about source code?"]

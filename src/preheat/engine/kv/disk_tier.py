@@ -6,19 +6,14 @@ chain of segments from block 0 is a prefix's KV. A *pin* file names one pinned p
 (namespace, all its tokens, TTL, expiry) and the last segment of its chain. Pinning a
 prefix that extends one already on disk (a conversation whose breakpoint moves forward
 each turn, or tenants' questions after one system prompt) writes only the blocks past the
-longest segment chain it starts with, and a pin file. Both kinds of file are
-
-    magic (8 bytes) | header length (u32) | header (JSON) | token ids (int32) | [KV bytes] | crc32
-
-under ``root/<fingerprint>/<namespace hash>/`` (``<key>.seg``, ``<key>.pin``). A
-segment's key is the hash of its namespace and every token through its last block, and
-its file holds its own blocks' tokens; reading a chain back checks each link's key
-against the tokens before it. The fingerprint names the model file, weight format, KV
-dtype and block size, so a server never reads KV another configuration wrote. The crc
-covers everything before it: a truncated, corrupted or foreign file is dropped, never
-served. Files are written to a temporary name and renamed, a segment before the pin that
-names it, so a crash mid-write leaves nothing that loads. A hit rewrites the small pin
-file with the new expiry, never the KV.
+longest segment chain it starts with, and a pin file. The files' bytes are
+``disk_format.py``'s. A segment's key is the hash of its namespace and every token
+through its last block; reading a chain back checks each link's key against the tokens
+before it. The fingerprint names the model file, weight format, KV dtype and block size,
+so a server never reads KV another configuration wrote. A truncated, corrupted or foreign
+file is dropped, never served. A segment is written before the pin that names it, so a
+crash mid-write leaves nothing that loads. A hit rewrites the small pin file with the new
+expiry, never the KV.
 
 A segment stays while a pin or a later segment uses it. Files are written and read on two
 threads of their own; the engine thread only queues jobs (and keeps the bookkeeping, under
@@ -28,50 +23,22 @@ than the whole quota is refused.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import queue
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from preheat.engine.kv.disk_format import (LOAD_ERRORS, PIN_SUFFIX, SEGMENT_SUFFIX, CacheFiles,
+                                           CorruptEntry, block_keys, cache_dir, entry_path, file_size,
+                                           namespace_dir, prefix_key, write_file)
+
 log = logging.getLogger(__name__)
-
-SEGMENT_MAGIC = b"PHKVSEG\x02"
-PIN_MAGIC = b"PHKVPIN\x02"
-FORMAT_VERSION = 2
-_SEGMENT, _PIN = ".seg", ".pin"
-_LOAD_ERRORS = (OSError, KeyError, TypeError, ValueError)  # CorruptEntry is a ValueError
-
-
-def prefix_key(namespace: str, tokens: tuple[int, ...]) -> str:
-    """The file name (without suffix) of a namespace's pinned prefix."""
-    h = hashlib.sha256(namespace.encode())
-    h.update(np.asarray(tokens, dtype="<i4").tobytes())
-    return h.hexdigest()[:40]
-
-
-def block_keys(namespace: str, tokens: tuple[int, ...], block_size: int) -> list[str]:
-    """``prefix_key`` of each whole-block prefix of ``tokens``: entry b ends after block b."""
-    h = hashlib.sha256(namespace.encode())
-    ids = np.asarray(tokens, dtype="<i4")
-    keys = []
-    for b in range(len(tokens) // block_size):
-        h.update(ids[b * block_size: (b + 1) * block_size].tobytes())
-        keys.append(h.copy().hexdigest()[:40])
-    return keys
-
-
-def namespace_dir(namespace: str) -> str:
-    return hashlib.sha256(f"preheat-kv-namespace\0{namespace}".encode()).hexdigest()[:24]
 
 
 # ---- what the tier reports back ------------------------------------------------------
@@ -118,10 +85,6 @@ class LoadFailed:
 
 
 Completion = Written | WriteFailed | Evicted | Loaded | LoadFailed
-
-
-class CorruptEntry(ValueError):
-    pass
 
 
 class _Refused(Exception):
@@ -183,12 +146,12 @@ class DiskTier:
 
     def __init__(self, root: Path, fingerprint: str, quota_bytes: int, num_layers: int,
                  block_shape: tuple[int, int, int], *, wall_clock: Callable[[], float] = time.time):
-        self.root = Path(root) / fingerprint[:32]
-        self.fingerprint = fingerprint
+        self.root = cache_dir(root, fingerprint)
         self.quota_bytes = quota_bytes
         self.num_layers = num_layers
         self.block_shape = tuple(block_shape)
         self.block_size = self.block_shape[0]
+        self.files = CacheFiles(fingerprint, num_layers, self.block_shape)
         self.wall_clock = wall_clock
         self._lock = threading.Lock()  # guards the bookkeeping below, used by every thread
         self._segments: dict[str, _Segment] = {}
@@ -234,8 +197,8 @@ class DiskTier:
         with self._lock:
             tip, segment = self._tip_for(namespace, keys)
             unlink = self._drop_pin(key)  # a pin written again replaces the old one
-            pin = _Pin(key, self._path(key, namespace, _PIN), namespace, tuple(tokens), ttl, expiry, tip,
-                       last_used=self.wall_clock())
+            path = entry_path(self.root, namespace, key, PIN_SUFFIX)
+            pin = _Pin(key, path, namespace, tuple(tokens), ttl, expiry, tip, last_used=self.wall_clock())
             self._pins[key] = pin
         self._writes.put((self._unlink_all, (unlink,)))
         self._writes.put((self._write, (_Write(pin, segment, gather),)))
@@ -298,7 +261,8 @@ class DiskTier:
         first = parent.end_block if parent is not None else 0
         if parent is not None:
             parent.refs += 1
-        tip = _Segment(keys[-1], self._path(keys[-1], namespace, _SEGMENT), parent, first, len(keys), refs=1)
+        path = entry_path(self.root, namespace, keys[-1], SEGMENT_SUFFIX)
+        tip = _Segment(keys[-1], path, parent, first, len(keys), refs=1)
         self._segments[tip.key] = tip
         return tip, tip
 
@@ -324,9 +288,6 @@ class DiskTier:
                 paths.append(segment.path)
             segment = segment.parent
         return paths
-
-    def _path(self, key: str, namespace: str, suffix: str) -> Path:
-        return self.root / namespace_dir(namespace) / f"{key}{suffix}"
 
     # ---- worker threads ------------------------------------------------------------
 
@@ -392,17 +353,14 @@ class DiskTier:
         kv = np.ascontiguousarray(job.gather(seg.first_block))
         if kv.shape[2] != seg.end_block - seg.first_block:
             raise ValueError(f"gather gave {kv.shape[2]} blocks for {seg.end_block - seg.first_block}")
-        bs = self.block_size
-        header = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "namespace": job.pin.namespace,
-                  "parent": seg.parent.key if seg.parent is not None else None,
-                  "first_block": seg.first_block, "num_tokens": (seg.end_block - seg.first_block) * bs,
-                  "kv_shape": list(kv.shape)}
-        parts = _file_parts(SEGMENT_MAGIC, header, job.pin.tokens[seg.first_block * bs: seg.end_block * bs], kv)
-        size = sum(len(p) for p in parts) + 4
+        bs, parent = self.block_size, seg.parent.key if seg.parent is not None else None
+        tokens = job.pin.tokens[seg.first_block * bs: seg.end_block * bs]
+        parts = self.files.segment_parts(job.pin.namespace, parent, seg.first_block, tokens, kv)
+        size = file_size(parts)
         if chain_bytes + size > self.quota_bytes:
             raise _Refused(f"{chain_bytes + size} bytes is more than the disk quota of {self.quota_bytes}")
         self._make_room(size, keep=job.pin)
-        _write_file(seg.path, parts)
+        write_file(seg.path, parts)
         with self._lock:
             seg.state = "done"
             if self._segments.get(seg.key) is seg:
@@ -418,10 +376,10 @@ class DiskTier:
                 return "deleted before it was written"
             if pin.tip is not None and pin.tip.state != "done":
                 return "its blocks could not be written"
-            parts = _pin_parts(self.fingerprint, pin)
-        size = sum(len(p) for p in parts) + 4
+            parts = self.files.pin_parts(pin.namespace, pin.tokens, pin.ttl, pin.expiry)
+        size = file_size(parts)
         self._make_room(size, keep=pin)
-        _write_file(pin.path, parts)
+        write_file(pin.path, parts)
         with self._lock:
             if self._pins.get(pin.key) is not pin:  # deleted while written: the delete unlinks it
                 return "deleted before it was written"
@@ -451,9 +409,9 @@ class DiskTier:
                 return
             pin.last_used = self.wall_clock()
             pin.expiry = expiry
-            parts = _pin_parts(self.fingerprint, pin)
+            parts = self.files.pin_parts(pin.namespace, pin.tokens, pin.ttl, pin.expiry)
         try:
-            _write_file(pin.path, parts)
+            write_file(pin.path, parts)
         except OSError as err:
             log.warning("could not record a cache entry's new expiry: %s", err)
 
@@ -466,7 +424,7 @@ class DiskTier:
             return
         try:
             kv = self._read_chain(pin, chain)
-        except _LOAD_ERRORS as err:
+        except LOAD_ERRORS as err:
             log.warning("dropping cache file of %s: %s", key, err)
             self._discard(pin)
             self._post(LoadFailed(key, str(err)))
@@ -479,7 +437,7 @@ class DiskTier:
         keys = block_keys(pin.namespace, pin.tokens, self.block_size)
         bs = self.block_size
         for seg in chain:
-            header, tokens, kv = self._read_segment(seg.path)
+            header, tokens, kv = self.files.read_segment(seg.path)
             if (header["first_block"] != seg.first_block or keys[seg.end_block - 1] != seg.key
                     or tokens != pin.tokens[seg.first_block * bs: seg.end_block * bs]):
                 raise CorruptEntry(f"{seg.path.name} is not the segment its name says")
@@ -487,24 +445,6 @@ class DiskTier:
         if not parts:
             return np.zeros((self.num_layers, 2, 0, *self.block_shape), dtype=np.uint8)
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
-
-    def _read_segment(self, path: Path) -> tuple[dict, tuple[int, ...], np.ndarray]:
-        data = np.fromfile(path, dtype=np.uint8)
-        header, tokens, at = _verified(memoryview(data), SEGMENT_MAGIC)
-        self._check_header(header)
-        shape = tuple(header["kv_shape"])
-        kv = data[at: len(data) - 4]
-        if kv.size != int(np.prod(shape)) or shape[2] * self.block_size != len(tokens):
-            raise CorruptEntry("KV size does not match its header")
-        return header, tokens, kv.reshape(shape)
-
-    def _check_header(self, header: dict) -> None:
-        if header.get("version") != FORMAT_VERSION or header.get("fingerprint") != self.fingerprint:
-            raise CorruptEntry("written by another model, format or cache configuration")
-        shape = header.get("kv_shape")
-        if shape is not None and (len(shape) != 6 or shape[0] != self.num_layers or shape[1] != 2
-                                  or tuple(shape[3:]) != self.block_shape):
-            raise CorruptEntry("KV shape does not match this cache")
 
     # ---- start ---------------------------------------------------------------------
 
@@ -517,10 +457,10 @@ class DiskTier:
         heads = dict(self._scan_segments())
         now = self.wall_clock()
         found = []
-        for path in sorted(self.root.glob(f"*/*{_PIN}")):
+        for path in sorted(self.root.glob(f"*/*{PIN_SUFFIX}")):
             try:
                 pin = self._scan_pin(path, heads, now)
-            except _LOAD_ERRORS as err:
+            except LOAD_ERRORS as err:
                 log.warning("dropping cache file %s: %s", path, err)
                 path.unlink(missing_ok=True)
                 continue
@@ -539,13 +479,10 @@ class DiskTier:
 
     def _scan_segments(self) -> Iterator[tuple[str, tuple[Path, dict, tuple[int, ...], int]]]:
         """Segment files that read (header, tokens, size checked; not the crc), by key."""
-        for path in self.root.glob(f"*/*{_SEGMENT}"):
+        for path in self.root.glob(f"*/*{SEGMENT_SUFFIX}"):
             try:
-                header, tokens = _read_head(path, SEGMENT_MAGIC)
-                self._check_header(header)
-                if len(tokens) != header["kv_shape"][2] * self.block_size:
-                    raise CorruptEntry("token count does not match its blocks")
-            except _LOAD_ERRORS as err:
+                header, tokens = self.files.segment_head(path)
+            except LOAD_ERRORS as err:
                 log.warning("dropping cache file %s: %s", path, err)
                 path.unlink(missing_ok=True)
                 continue
@@ -555,8 +492,7 @@ class DiskTier:
         """A pin file read whole, its chain of segments linked and checked against its
         tokens; None when it has expired."""
         data = memoryview(path.read_bytes())
-        header, tokens, _ = _verified(data, PIN_MAGIC)
-        self._check_header(header)
+        header, tokens = self.files.read_pin(data)
         if header["expiry"] <= now:
             return None
         namespace = header["namespace"]
@@ -598,38 +534,7 @@ class DiskTier:
         return seg
 
 
-# ---- file format ----------------------------------------------------------------------
-
-def _file_parts(magic: bytes, header: dict, tokens: tuple[int, ...], kv: np.ndarray | None = None) -> list:
-    head = json.dumps(header).encode()
-    parts = [magic, struct.pack("<I", len(head)), head, np.asarray(tokens, dtype="<i4").tobytes()]
-    if kv is not None:
-        parts.append(memoryview(kv).cast("B"))
-    return parts
-
-
-def _pin_parts(fingerprint: str, pin: _Pin) -> list:
-    header = {"version": FORMAT_VERSION, "fingerprint": fingerprint, "namespace": pin.namespace,
-              "ttl": pin.ttl, "expiry": pin.expiry, "num_tokens": len(pin.tokens)}
-    return _file_parts(PIN_MAGIC, header, pin.tokens)
-
-
-def _write_file(path: Path, parts: list) -> None:
-    """Write ``parts`` and their crc32 to a temporary name, then rename it to ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            crc = 0
-            for part in parts:
-                f.write(part)
-                crc = zlib.crc32(part, crc)
-            f.write(struct.pack("<I", crc))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-
+# ---- threads -------------------------------------------------------------------------
 
 def _run_on_idle_cpu() -> None:
     """Schedule the calling thread only when a core has nothing else to run (Linux), else
@@ -641,52 +546,3 @@ def _run_on_idle_cpu() -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         except (AttributeError, OSError):
             log.info("the disk tier's writer runs at normal priority")
-
-
-def _parse_head(data: memoryview, magic: bytes) -> tuple[dict, tuple[int, ...], int]:
-    """(header, tokens, offset of what follows the tokens) from the start of a file."""
-    if bytes(data[: len(magic)]) != magic:
-        raise CorruptEntry("not a preheat KV file of this kind")
-    at = len(magic)
-    (head_len,) = struct.unpack("<I", data[at: at + 4])
-    at += 4
-    header = json.loads(bytes(data[at: at + head_len]))
-    at += head_len
-    n = int(header["num_tokens"])
-    if len(data) < at + 4 * n:
-        raise CorruptEntry("truncated")
-    tokens = tuple(np.frombuffer(data[at: at + 4 * n], dtype="<i4").tolist())
-    return header, tokens, at + 4 * n
-
-
-def _verified(data: memoryview, magic: bytes) -> tuple[dict, tuple[int, ...], int]:
-    """``_parse_head`` of a whole file whose crc32 matches."""
-    if len(data) < len(magic) + 8:
-        raise CorruptEntry("truncated")
-    (crc,) = struct.unpack("<I", data[-4:])
-    if zlib.crc32(data[:-4]) != crc:
-        raise CorruptEntry("checksum mismatch")
-    return _parse_head(data[:-4], magic)
-
-
-def _read_head(path: Path, magic: bytes) -> tuple[dict, tuple[int, ...]]:
-    """Header and tokens of a segment file, checking its size against the header (not its crc)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        start = f.read(len(magic) + 4)
-        if len(start) < len(magic) + 4:
-            raise CorruptEntry("truncated")
-        (head_len,) = struct.unpack("<I", start[len(magic):])
-        head = f.read(head_len)
-        ids = f.read(4 * int(json.loads(head)["num_tokens"]))
-    header, tokens, at = _parse_head(memoryview(start + head + ids), magic)
-    if size != at + int(np.prod(header["kv_shape"])) + 4:
-        raise CorruptEntry("truncated or padded")
-    return header, tokens
-
-
-def cache_fingerprint(**parts: object) -> str:
-    """Names one cache configuration (model content, weight format, KV dtype, block size...):
-    files written under another fingerprint are never read."""
-    text = json.dumps({"format": FORMAT_VERSION, **{k: str(v) for k, v in parts.items()}}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()

@@ -8,13 +8,13 @@ import pytest
 from anthropic._data import DEPRECATED_MODELS
 
 from preheat.cli import build_parser
-from preheat.tools.cache_breakpoints import MAX_BREAKPOINTS, with_breakpoints
-from preheat.tools.chat_footer import format_footer
-from preheat.tools.client_options import DEFAULT_MODEL
-from preheat.tools.document import fit_document
-from preheat.tools.pricing import PriceTable
-from preheat.tools.timed_reply import TimedReply
-from preheat.tools.token_usage import TokenUsage, total_usage
+from preheat.client.arguments import DEFAULT_MODEL
+from preheat.client.bench.document import fit_document
+from preheat.client.bench.pricing import PriceTable
+from preheat.client.cache_breakpoints import MAX_BREAKPOINTS, with_breakpoints
+from preheat.client.chat.footer import format_footer
+from preheat.client.timed_reply import TimedReply
+from preheat.client.token_usage import TokenUsage, total_usage
 
 
 # ---- token usage and cost ---------------------------------------------------------------

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from preheat.tools.token_usage import TokenUsage
+from preheat.client.token_usage import TokenUsage
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The line ``preheat chat`` prints after each reply."""
 from __future__ import annotations
 
-from preheat.tools.timed_reply import TimedReply
+from preheat.client.timed_reply import TimedReply
 
 
 def format_footer(reply: TimedReply) -> str:

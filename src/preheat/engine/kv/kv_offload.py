@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from preheat.config import EngineConfig
-from preheat.engine.block_pool import BlockPool
-from preheat.engine.disk_tier import (DiskTier, Evicted, Loaded, LoadFailed, WriteFailed, Written,
-                                      cache_fingerprint, prefix_key)
-from preheat.engine.kv_budget import disk_quota
-from preheat.engine.radix_cache import PinEntry, RadixCache
+from preheat.engine.kv.block_pool import BlockPool
+from preheat.engine.kv.disk_format import cache_fingerprint, prefix_key
+from preheat.engine.kv.disk_tier import DiskTier, Evicted, Loaded, LoadFailed, WriteFailed, Written
+from preheat.engine.kv.kv_budget import disk_quota
+from preheat.engine.kv.pin_table import PinEntry
+from preheat.engine.kv.radix_cache import RadixCache
 from preheat.engine.sequence import Sequence, SeqStatus
 from preheat.loader.weight_cache import resolve_cache_dir
 from preheat.models.llama import LlamaModel
@@ -75,6 +76,7 @@ class KVOffload:
                  *, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time):
         self.radix = radix
+        self.pins = radix.pins
         self.pool = pool
         self.tier = tier
         self.clock = clock
@@ -90,7 +92,7 @@ class KVOffload:
         self._waiting: dict[str, list[Sequence]] = {}  # sequences waiting for a read
         self._loaded: dict[str, np.ndarray] = {}  # reads done, not yet in the pool
         self.num_reads = 0  # prefixes read back from disk into the pool
-        radix.listener = self
+        self.pins.listener = self
 
     # ---- start and stop -------------------------------------------------------------
 
@@ -100,7 +102,7 @@ class KVOffload:
         stored = self.tier.scan()
         for sp in stored:
             entry = PinEntry(sp.namespace, sp.tokens, sp.ttl, sp.expiry + offset, on_disk=True)
-            self.radix.restore(entry)
+            self.pins.restore(entry)
             self._entries[prefix_key(sp.namespace, sp.tokens)] = entry
         return len(stored)
 
@@ -109,7 +111,7 @@ class KVOffload:
             log.warning("shutting down before every pinned prefix reached the disk")
         self.tier.close()
 
-    # ---- radix listener -------------------------------------------------------------
+    # ---- pin listener ---------------------------------------------------------------
 
     def pinned(self, entry: PinEntry, blocks: list[int]) -> None:
         key = prefix_key(entry.namespace, entry.tokens)
@@ -138,7 +140,7 @@ class KVOffload:
 
     def can_pin(self, new_blocks: int) -> bool:
         """A new pinned prefix of ``new_blocks`` blocks fits: older entries can leave RAM for disk."""
-        return (new_blocks <= self.radix.max_pinned_blocks
+        return (new_blocks <= self.pins.max_pinned_blocks
                 and self.tier.entry_bytes(new_blocks) <= self.tier.quota_bytes)
 
     def on_admit(self, seq: Sequence) -> None:
@@ -207,7 +209,7 @@ class KVOffload:
         else:
             log.warning("a pinned prefix could not be written to disk: %s", done.reason)
             if not entry.in_ram:  # it had left RAM, counting on that copy
-                self.radix.forget(entry)
+                self.pins.forget(entry)
 
     def _lost(self, key: str) -> None:
         """The disk copy of ``key`` is gone: an entry RAM does not hold goes with it."""
@@ -216,7 +218,7 @@ class KVOffload:
             return
         entry.on_disk = False
         if not entry.in_ram and not entry.writing:
-            self.radix.forget(entry)
+            self.pins.forget(entry)
 
     def _release_waiters(self, key: str) -> None:
         for seq in self._waiting.pop(key, []):
@@ -266,15 +268,15 @@ class KVOffload:
 
     def _spill(self) -> None:
         """Take the least recently used entries with a disk copy out of RAM until pins fit their share."""
-        if self.radix.pinned_blocks <= self.radix.max_pinned_blocks:
+        if self.pins.pinned_blocks <= self.pins.max_pinned_blocks:
             return
         now = self.clock()
-        movable = sorted((e for e in self.radix.pins() if e.in_ram and e.on_disk and e.alive(now)),
+        movable = sorted((e for e in self.pins.entries() if e.in_ram and e.on_disk and e.alive(now)),
                          key=lambda e: e.last_used)
         for entry in movable:
-            if self.radix.pinned_blocks <= self.radix.max_pinned_blocks:
+            if self.pins.pinned_blocks <= self.pins.max_pinned_blocks:
                 break
-            self.radix.unpin_ram(entry)
+            self.pins.unpin_ram(entry)
 
     def copy_in(self, blocks: list[int], kv: np.ndarray) -> None:
         """Write KV bytes read from disk (``[layers, 2, len(blocks), ...]``) into ``blocks``."""

@@ -11,11 +11,11 @@ from typing import Any
 
 import anthropic
 
-from preheat.tools.cache_breakpoints import with_breakpoints
-from preheat.tools.chat import ChatOptions
-from preheat.tools.chat_footer import format_footer
-from preheat.tools.chat_view import ChatView
-from preheat.tools.timed_reply import TimedReply, stream_timed
+from preheat.client.cache_breakpoints import with_breakpoints
+from preheat.client.chat.footer import format_footer
+from preheat.client.chat.options import ChatOptions
+from preheat.client.chat.view import ChatView
+from preheat.client.timed_reply import TimedReply, stream_timed
 
 QUIT_WORDS = {"quit", "exit"}
 

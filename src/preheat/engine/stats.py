@@ -1,0 +1,29 @@
+"""What the engine reports of itself: a snapshot of its queues, KV pool and cache tiers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EngineStats:
+    """The engine's state as of one moment (``/health``, ``/metrics``); counters count
+    since the engine started."""
+
+    running: int
+    waiting: int
+    free_blocks: int
+    total_blocks: int
+    cached_blocks: int
+    pinned_blocks: int
+    preemptions: int
+    aborted: int  # requests stopped by their caller (e.g. a client that hung up)
+    failed: int  # requests ended by a failure of their own in the engine
+    block_size: int
+    pool_bytes: int
+    pinned_entries: int  # live pinned prefixes, in RAM or on disk
+    disk_entries: int  # pinned prefixes with a copy on disk
+    disk_bytes: int
+    disk_quota_bytes: int  # 0: no disk tier
+    disk_reads: int  # hits whose blocks were read back from disk
+    prompt_tokens: int  # of admitted requests, all told
+    prompt_tokens_cached: int  # of those, found in the KV cache (reported as read or not)

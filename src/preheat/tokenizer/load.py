@@ -1,0 +1,15 @@
+"""A model's tokenizer alone, without its weights: what the API process needs to render
+and tokenize prompts while the engine process loads the model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from preheat.loader.model_path import is_gguf, model_path
+from preheat.tokenizer.tokenizer import Tokenizer
+
+
+def load_tokenizer(model: str | Path | None = None) -> Tokenizer:
+    """The tokenizer of ``model`` (as ``load_model`` takes it: None for the embedded model,
+    a ``.gguf`` file or a Hugging Face folder); raises ModelNotFoundError."""
+    path = model_path(model)
+    return Tokenizer.from_gguf(path) if is_gguf(path) else Tokenizer.from_hf_folder(path)
