@@ -29,8 +29,9 @@ class ScriptedEngine:
     restarting = False
     restarts = 0
 
-    def __init__(self, stream: ScriptedStream):
+    def __init__(self, stream: ScriptedStream, tokenizer=None):
         self.stream = stream
+        self.tokenizer = tokenizer
         self.submitted = []
 
     async def submit(self, request):

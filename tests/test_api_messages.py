@@ -158,3 +158,17 @@ async def test_a_call_cut_off_by_max_tokens_keeps_what_it_got(tokenizer):
 
 async def _connected() -> bool:
     return False
+
+
+@pytest.mark.parametrize("fields, default, expected", [
+    ({}, 0.0, 0.0), ({}, 1.0, 1.0), ({"temperature": 0.7}, 0.0, 0.7), ({"temperature": 1.0}, 0.0, 1.0)])
+async def test_a_request_without_a_temperature_gets_the_servers_default(tokenizer, fields, default,
+                                                                          expected):
+    svc = MessageService(engine=ScriptedEngine(ScriptedStream(), tokenizer),
+                         registry=ModelRegistry("smol", 8192), policy=CachePolicy(1024, 300.0, 3600.0),
+                         diagnostics=DiagnosticsStore(8), ping_interval=60,
+                         default_temperature=default)
+    body = MessagesRequest.model_validate({"model": "smol", "max_tokens": 4,
+                                           "messages": [{"role": "user", "content": "hi"}], **fields})
+    prepared = await svc.prepare(body, "ns", "req")
+    assert prepared.generation.params.temperature == expected

@@ -234,3 +234,91 @@ def test_a_prompt_sure_to_be_over_the_limit_is_refused_before_it_is_tokenized(to
     assert len(exact.token_ids) > 200_000 and counting.chars > 1_000_000
     small = request(messages=[{"role": "user", "content": "word " * 100}])
     assert build_prompt(small, counting, max_tokens=2048).token_ids == build_prompt(small, tokenizer).token_ids
+
+
+def with_template(tokenizer, source: str):
+    import copy
+
+    from preheat.tokenizer.chat_template import ChatTemplate
+    other = copy.copy(tokenizer)
+    other._template = ChatTemplate(source)
+    return other
+
+
+CLAUDE_CODE_TAIL = [{"role": "user", "content": "List the files."},
+                    {"role": "system", "content": [{"type": "text", "text": "Be brief.",
+                                                    "cache_control": CC}]}]
+
+
+def test_a_system_message_is_the_templates_system_turn_at_its_place(tokenizer):
+    prompt = build_prompt(request(system="You code.", messages=CLAUDE_CODE_TAIL), tokenizer)
+    assert prompt.text.endswith("<|im_start|>user\nList the files.<|im_end|>\n"
+                                "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>assistant\n")
+    last = prompt.blocks[-1]
+    assert last.section == "messages" and last.cache_control is not None
+    assert text_before(tokenizer, prompt, last).endswith("<|im_start|>system\nBe brief.")
+    assert not prompt.prefill
+
+
+def test_a_conversation_opening_with_a_system_message_continues_the_system_turn(tokenizer):
+    prompt = build_prompt(request(system="One.", messages=[
+        {"role": "system", "content": "Two."}, {"role": "user", "content": "Hi"}]), tokenizer)
+    assert prompt.text.startswith("<|im_start|>system\nOne.\nTwo.<|im_end|>\n<|im_start|>user\nHi")
+
+
+# Templates that take a system message first only: one drops the rest, one refuses them.
+FIRST_SYSTEM_ONLY = (
+    "{% for m in messages %}{% if m.role == 'system' and loop.first %}[SYS]{{ m.content }}[/SYS]"
+    "{% elif m.role != 'system' %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+REFUSING = (
+    "{% for m in messages %}{% if m.role == 'system' and not loop.first %}"
+    "{{ raise_exception('system only first') }}{% endif %}<{{ m.role }}>{{ m.content }}"
+    "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+@pytest.mark.parametrize("source", [FIRST_SYSTEM_ONLY, REFUSING])
+def test_a_template_without_system_turns_inside_gets_a_delimited_instruction(tokenizer, source):
+    other = with_template(tokenizer, source)
+    prompt = build_prompt(request(system="You code.", messages=CLAUDE_CODE_TAIL), other)
+    assert "List the files.\n<system>\nBe brief.\n</system>" in prompt.text
+    assert prompt.text.endswith("<assistant>")
+    assert text_before(other, prompt, prompt.blocks[-1]).endswith("<system>\nBe brief.")
+
+
+def test_a_system_message_before_an_assistant_turn_folds_into_the_next_user_turn(tokenizer):
+    other = with_template(tokenizer, FIRST_SYSTEM_ONLY)
+    prompt = build_prompt(request(messages=[
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+        {"role": "system", "content": "Now in French."}, {"role": "user", "content": "And?"}]),
+        other)
+    assert "<assistant>Hello</assistant><user><system>\nNow in French.\n</system>\nAnd?</user>" \
+        in prompt.text
+
+
+def test_the_billing_header_and_earlier_thinking_are_not_model_input(tokenizer):
+    from preheat.server.model_input import model_input
+
+    def claude_code(nonce: str) -> MessagesRequest:
+        return request(system=[
+            {"type": "text", "text": f"x-anthropic-billing-header: cc_version=2.1.197; cch={nonce};"},
+            {"type": "text", "text": "You code.", "cache_control": CC}], messages=[
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "Say hello.", "signature": "sig"},
+                {"type": "redacted_thinking", "data": "opaque"}, {"type": "text", "text": "Hello"}]},
+            {"role": "assistant", "content": [{"type": "redacted_thinking", "data": "x"}]},
+            {"role": "user", "content": "Bye"}])
+    plain = request(system=[{"type": "text", "text": "You code.", "cache_control": CC}], messages=[
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"}])
+    one, other = (build_prompt(model_input(claude_code(n)), tokenizer) for n in ("a1", "b2"))
+    assert one.token_ids == other.token_ids == build_prompt(plain, tokenizer).token_ids
+    assert "billing" not in one.text and "Say hello" not in one.text
+
+
+def test_a_billing_header_with_a_breakpoint_stays_a_block(tokenizer):
+    from preheat.server.model_input import model_input
+    body = request(system=[{"type": "text", "text": "x-anthropic-billing-header: a;",
+                            "cache_control": CC}], messages=[{"role": "user", "content": "Hi"}])
+    assert model_input(body) is body

@@ -56,6 +56,28 @@ def test_fields_the_sdks_send_are_accepted():
     assert req.max_tokens == 0 and req.top_k == 5 and req.stream
 
 
+@pytest.mark.parametrize("thinking", [
+    {"type": "adaptive"}, {"type": "adaptive", "display": "summarized"},
+    {"type": "enabled", "budget_tokens": 2048}, {"type": "enabled", "budget_tokens": 1024,
+                                                 "display": "omitted"},
+    {"type": "disabled"}, {"type": "between_tools"}])
+def test_every_thinking_config_of_the_sdk_is_accepted(thinking):
+    assert parse(with_fields(thinking=thinking)).thinking.type == thinking["type"]
+
+
+def test_system_messages_and_thinking_blocks_in_the_conversation_are_accepted():
+    req = parse(with_fields(messages=[
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+            {"type": "redacted_thinking", "data": "opaque"},
+            {"type": "text", "text": "hello"}]},
+        {"role": "user", "content": "and?"},
+        {"role": "system", "content": "Answer briefly."}]))
+    assert [m.role for m in req.messages] == ["user", "assistant", "user", "system"]
+    assert req.messages[3].content[0].text == "Answer briefly."
+
+
 def test_tool_use_and_tool_result_blocks():
     req = parse({"model": "m", "max_tokens": 5, "messages": [
         {"role": "user", "content": "weather?"},
@@ -81,16 +103,25 @@ def with_fields(**fields) -> dict:
     (with_fields(max_tokens="5"), "max_tokens: Input should be a valid integer"),
     (with_fields(max_tokens=-1), "max_tokens: Input should be greater than or equal to 0"),
     (with_fields(messages=[]), "messages: List should have at least 1 item"),
-    (with_fields(messages=[{"role": "system", "content": "x"}]),
-     "messages.0.role: Input should be 'user' or 'assistant'"),
+    (with_fields(messages=[{"role": "tool", "content": "x"}]),
+     "messages.0.role: Input should be 'user', 'assistant' or 'system'"),
+    (with_fields(messages=[*USER, {"role": "system", "content": [
+        {"type": "tool_result", "tool_use_id": "t", "content": "x"}]}]),
+     "messages.1: a system message holds text blocks only"),
+    (with_fields(messages=[{"role": "user", "content": [
+        {"type": "thinking", "thinking": "x", "signature": "s"}]}]),
+     "messages.0: thinking blocks belong to assistant messages only"),
     (with_fields(temperature=1.5), "temperature: Input should be less than or equal to 1"),
     (with_fields(stop_sequences=[""]), "stop_sequences: stop sequences must be non-empty"),
     (with_fields(container="c"), "container: Extra inputs are not permitted"),
     (with_fields(cache_control={"type": "persistent"}), "cache_control.type: Input should be 'ephemeral'"),
     (with_fields(cache_control={"type": "ephemeral", "ttl": "2h"}),
      "cache_control.ttl: Input should be '5m' or '1h'"),
-    (with_fields(thinking={"type": "enabled", "budget_tokens": 1024}),
-     "thinking: extended thinking is not supported"),
+    (with_fields(thinking={"type": "enabled"}),
+     "thinking: budget_tokens is required for type 'enabled' and only there"),
+    (with_fields(thinking={"type": "enabled", "budget_tokens": 1000}),
+     "thinking.budget_tokens: Input should be greater than or equal to 1024"),
+    (with_fields(thinking={"type": "sometimes"}), "thinking.type: Input should be"),
     (with_fields(tools=[{"name": "t", "input_schema": {"type": "object"}, "defer_loading": True}]),
      "tools.0: defer_loading is not supported"),
     (with_fields(tools=[{"name": "t", "input_schema": {"type": "object"},

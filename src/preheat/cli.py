@@ -144,6 +144,9 @@ def add_serve_parser(commands) -> None:
                help='what the API\'s "1h" cache TTL lasts here')
     add_option(parser, "--max-request-bytes", convert=int, default=defaults.max_request_bytes,
                help="largest request body accepted (413 above)")
+    add_option(parser, "--default-temperature", convert=float,
+               default=defaults.default_temperature,
+               help="sampling temperature of requests that set none (0 is greedy)")
     add_option(parser, "--preheat", convert=Path,
                help="a file whose text is pinned as a system prompt at start and kept warm")
     add_option(parser, "--preheat-ttl", default=defaults.preheat_ttl,
@@ -187,7 +190,8 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, api_keys=tuple(args.api_key), aliases=tuple(args.alias),
         claude_aliases=args.claude_aliases, min_cache_tokens=args.min_cache_tokens,
         ttl_5m_seconds=args.ttl_5m_seconds, ttl_1h_seconds=args.ttl_1h_seconds,
-        max_request_bytes=args.max_request_bytes, preheat_file=args.preheat,
+        max_request_bytes=args.max_request_bytes, default_temperature=args.default_temperature,
+        preheat_file=args.preheat,
         preheat_ttl=args.preheat_ttl, preheat_key=args.preheat_key,
         thread_ttl_seconds=args.thread_ttl_seconds, max_threads=args.max_threads,
         max_thread_tokens=args.max_thread_tokens,

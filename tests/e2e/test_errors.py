@@ -23,10 +23,8 @@ def error_of(response: httpx.Response, status: int, error_type: str) -> str:
     ({"max_tokens": 5, "messages": HI}, "model: Field required"),
     ({"model": ALIAS, "messages": HI}, "max_tokens: Field required"),
     ({"model": ALIAS, "max_tokens": 5, "messages": []}, "messages: List should have at least 1 item"),
-    ({"model": ALIAS, "max_tokens": 5, "messages": [{"role": "system", "content": "hi"}]}, "messages.0.role"),
+    ({"model": ALIAS, "max_tokens": 5, "messages": [{"role": "tool", "content": "hi"}]}, "messages.0.role"),
     ({"model": ALIAS, "max_tokens": 5, "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
-    ({"model": ALIAS, "max_tokens": CONTEXT_WINDOW + 1, "messages": HI},
-     f"max_tokens: {CONTEXT_WINDOW + 1} >"),
     ({"model": ALIAS, "max_tokens": 5, "messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}]},
      "messages.0.content.0: content blocks of type 'image' are not supported"),

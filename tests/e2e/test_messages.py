@@ -1,6 +1,7 @@
 """POST /v1/messages through the 2.x SDK: the Message shape, stop reasons, prefill, tools."""
 from __future__ import annotations
 
+import pytest
 from e2e_helpers import ALIAS, CONTEXT_WINDOW, GREEDY, cached_system, document, total_input
 
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -48,7 +49,8 @@ def test_a_final_assistant_message_is_continued(client):
     assert "four" in message.content[0].text.lower()
 
 
-def test_generation_stops_at_the_context_window(client):
+@pytest.mark.parametrize("max_tokens", [500, 64000])  # 64000: Claude Code's, past the window
+def test_generation_stops_at_the_context_window(client, max_tokens):
     messages = [{"role": "user", "content": "Keep counting."},
                 {"role": "assistant", "content": "1, 2, 3, 4,"}]
     base = client.messages.count_tokens(model=ALIAS, messages=messages).input_tokens
@@ -56,7 +58,8 @@ def test_generation_stops_at_the_context_window(client):
     messages[0]["content"] += " count" * (CONTEXT_WINDOW - 6 - base)
     prompt_tokens = client.messages.count_tokens(model=ALIAS, messages=messages).input_tokens
     assert CONTEXT_WINDOW - 12 < prompt_tokens < CONTEXT_WINDOW
-    message = client.messages.create(model=ALIAS, max_tokens=500, messages=messages, extra_body=GREEDY)
+    message = client.messages.create(model=ALIAS, max_tokens=max_tokens, messages=messages,
+                                     extra_body=GREEDY)
     assert message.stop_reason == "model_context_window_exceeded"
     assert prompt_tokens + message.usage.output_tokens == CONTEXT_WINDOW
 

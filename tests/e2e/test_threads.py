@@ -211,9 +211,9 @@ def test_the_beta_surface(client):
     parsed = client.beta.messages.parse(model=ALIAS, max_tokens=20, output_format=Answer,
                                         messages=[{"role": "user", "content": "Is it?"}])
     assert isinstance(parsed.content[0].parsed_output, Answer)
-    with pytest.raises(anthropic.BadRequestError, match="context_management"):
-        client.beta.messages.create(model=ALIAS, max_tokens=4, messages=[
-            {"role": "user", "content": "Hi"}], context_management={"edits": []})
+    edited = client.beta.messages.create(model=ALIAS, max_tokens=4, messages=[
+        {"role": "user", "content": "Hi"}], context_management={"edits": []})
+    assert edited.context_management.applied_edits == []
 
 
 def test_an_empty_reply_is_continued_not_replayed(server, client):

@@ -30,7 +30,7 @@ from preheat.server.model_registry import ModelRegistry
 from preheat.server.openai_chat import ChatCompletions
 from preheat.server.openai_errors import openai_error_response, speaks_openai
 from preheat.server.prewarm import Prewarmer
-from preheat.server.protocol import MessagesRequest, PromptRequest, TokenCount, parse_request
+from preheat.server.protocol import MessagesRequest, PromptRequest, parse_request
 from preheat.server.request_record import CLIENT_CLOSED
 from preheat.server.request_tracking import RequestTracker
 from preheat.server.settings import ServerSettings
@@ -56,7 +56,8 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
                              settings.ping_interval_seconds,
                              form_for_template(engine.tokenizer.chat_template),
                              ThreadStore(settings.thread_ttl_seconds, settings.max_threads,
-                                         settings.max_thread_tokens))
+                                         settings.max_thread_tokens),
+                             default_temperature=settings.default_temperature)
     auth = Authenticator(settings.api_keys)
     chat = ChatCompletions(service)
 
@@ -106,7 +107,7 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
     async def count_tokens(request: Request) -> Response:
         auth.namespace(request.headers)
         body = parse_request(PromptRequest, await _read_body(request, settings.max_request_bytes))
-        return JSONResponse(TokenCount(input_tokens=await service.count_tokens(body)).model_dump())
+        return JSONResponse((await service.count_tokens(body)).model_dump(exclude_none=True))
 
     @app.post("/v1/chat/completions")
     async def create_chat_completion(request: Request) -> Response:
@@ -126,6 +127,11 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
     async def get_model(request: Request, model_id: str) -> Response:
         auth.namespace(request.headers)
         return JSONResponse(registry.info(model_id).model_dump())
+
+    @app.api_route("/", methods=["GET", "HEAD"])
+    async def root() -> Response:
+        """A connectivity probe (Claude Code sends one before its first request)."""
+        return JSONResponse({"status": "ok", "model": engine.model_id})
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, TypeVar
 
 from preheat.engine import EngineError, GenerationRequest, SamplingParams
 from preheat.server.cache_policy import CachePolicy
+from preheat.server.context_edits import EditedRequest, apply_edits
 from preheat.server.diagnostics import DiagnosticsStore
 from preheat.server.errors import InvalidRequestError, from_engine_error
+from preheat.server.model_input import model_input
 from preheat.server.model_registry import ModelRegistry
 from preheat.server.output_grammar import FREE_TEXT, OutputPlan, plan_output
 from preheat.server.prompt_builder import BuiltPrompt, build_prompt, continue_prompt
-from preheat.server.protocol import MessageResponse, MessagesRequest, PromptRequest
+from preheat.server.protocol import MessageResponse, MessagesRequest, PromptRequest, TokenCount
 from preheat.server.reply import Reply
 from preheat.server.reply_parser import ReplyParser
 from preheat.server.thread_store import ThreadStore, ThreadTurn
@@ -29,6 +31,9 @@ from preheat.server.tool_format import HERMES, ToolCallForm
 if TYPE_CHECKING:
     from preheat.engine import EngineClient, Finished
     from preheat.server.request_record import RequestRecord
+
+
+Request = TypeVar("Request", bound=PromptRequest)
 
 
 def new_message_id() -> str:
@@ -59,6 +64,7 @@ class PreparedMessage:
     generation: GenerationRequest
     continues: ThreadTurn | None = None  # the thread turn this request continues from
     record: RequestRecord | None = None  # metrics and access log (None: not an HTTP request)
+    context_management: dict | None = None  # what the request's edits did, for the response
 
     @property
     def is_prewarm(self) -> bool:
@@ -74,7 +80,8 @@ class MessageService:
 
     def __init__(self, engine: EngineClient, registry: ModelRegistry, policy: CachePolicy,
                  diagnostics: DiagnosticsStore, ping_interval: float,
-                 tool_form: ToolCallForm = HERMES, threads: ThreadStore | None = None):
+                 tool_form: ToolCallForm = HERMES, threads: ThreadStore | None = None,
+                 default_temperature: float = 1.0):
         self.engine = engine
         self.threads = threads or ThreadStore()
         self.registry = registry
@@ -82,6 +89,7 @@ class MessageService:
         self.diagnostics = diagnostics
         self.ping_interval = ping_interval
         self.tool_form = tool_form  # how the model writes tool calls
+        self.default_temperature = default_temperature  # for requests that set none
 
     @property
     def context_window(self) -> int:
@@ -95,27 +103,50 @@ class MessageService:
         return await asyncio.to_thread(build_prompt, body, self.engine.tokenizer, self.tool_form,
                                        max_tokens)
 
-    async def count_tokens(self, body: PromptRequest) -> int:
+    async def count_tokens(self, body: PromptRequest) -> TokenCount:
+        """The prompt's size as ``/v1/messages`` would build it (its 400s included); with
+        ``context_management``, after the edits, and the size before them."""
+        body, edits = await self._edited(model_input(body))
         prompt = await self.build(body)
         self.policy.breakpoints(body, prompt)  # the same 400s as a real request
         await asyncio.to_thread(plan_output, body, self.tool_form)
-        return len(prompt.token_ids)
+        before = None if edits is None else {"original_input_tokens": edits.original_input_tokens
+                                             if edits.original_input_tokens >= 0
+                                             else len(prompt.token_ids)}
+        return TokenCount(input_tokens=len(prompt.token_ids), context_management=before)
+
+    async def _edited(self, body: Request) -> tuple[Request, EditedRequest | None]:
+        """``body`` with its ``context_management`` edits applied (none: itself)."""
+        if body.context_management is None:
+            return body, None
+        if getattr(body, "thread", None) is not None:
+            raise InvalidRequestError("context_management can't be combined with thread: "
+                                      "a thread's history is held as it was")
+        self.registry.resolve(body.model)
+        edits = await asyncio.to_thread(apply_edits, body, self._prompt_tokens)
+        return edits.request, edits
+
+    def _prompt_tokens(self, body: PromptRequest) -> int:
+        return len(build_prompt(body, self.engine.tokenizer, self.tool_form).token_ids)
 
     async def prepare(self, body: MessagesRequest, namespace: str, request_id: str,
                       record: RequestRecord | None = None,
                       sampling: SamplingOverrides = SamplingOverrides()) -> PreparedMessage:
         """Validate and render a request; a thread continue holds its turn until the
         request's reply ends (``run``). ``record`` (the HTTP request's) is told the caller
-        and model, and watches the engine's events."""
+        and model, and watches the engine's events. What is not model input (``model_input``)
+        is left out."""
         if record is not None:
             record.identify(namespace, body.model, self.registry.served(body.model), body.stream)
-        if body.max_tokens > self.context_window:
-            raise InvalidRequestError(
-                f"max_tokens: {body.max_tokens} > {self.context_window}, which is the "
-                f"maximum allowed number of output tokens for {body.model}")
+        # A max_tokens past what the prompt leaves of the context window is no error, as on
+        # Claude today: the reply runs until the window is full and stops with
+        # model_context_window_exceeded. Only a prompt that does not fit is refused.
+        body, edits = await self._edited(model_input(body))
+        applied = None if edits is None else {"applied_edits": edits.applied}
         turn = self.threads.begin(body, namespace)
         try:
-            return await self._prepare(body, namespace, request_id, turn, record, sampling)
+            prepared = await self._prepare(body, namespace, request_id, turn, record, sampling)
+            return replace(prepared, context_management=applied)
         except BaseException:
             if turn is not None:
                 self.threads.end_continue(turn, succeeded=False)
@@ -142,7 +173,9 @@ class MessageService:
             raise InvalidRequestError(
                 "a final assistant message (prefill) cannot be combined with a forced "
                 "tool_choice or output_config.format: the reply's shape is fixed from its start")
-        temperature = body.temperature if sampling.temperature is None else sampling.temperature
+        temperature = (sampling.temperature if sampling.temperature is not None
+                       else body.temperature if "temperature" in body.model_fields_set
+                       else self.default_temperature)
         params = SamplingParams(max_tokens=body.max_tokens, temperature=temperature,
                                 top_k=body.top_k or 0, top_p=body.top_p or 1.0,
                                 seed=sampling.seed, stop=tuple(body.stop_sequences),

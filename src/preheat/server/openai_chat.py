@@ -89,7 +89,7 @@ class ChatCompletions:
         context_window = self.service.context_window
         request = to_messages_request(body, context_window)
         # OpenAI's sampling where it goes past the Messages API's: temperatures up to 2, a seed
-        sampling = SamplingOverrides(temperature=body.sampling_temperature, seed=body.seed)
+        sampling = SamplingOverrides(temperature=body.temperature, seed=body.seed)
         try:
             prepared = await self.service.prepare(request, namespace, request_id, record,
                                                   sampling)
@@ -220,12 +220,12 @@ def to_messages_request(body: ChatCompletionRequest, context_window: int) -> Mes
     payload: dict[str, Any] = {
         "model": body.model, "system": system, "messages": messages, "tools": tools,
         "max_tokens": _max_tokens(body, context_window),
-        # the engine gets the real temperature (up to 2) from prepare's overrides
-        "temperature": min(1.0, body.sampling_temperature),
         "top_p": body.top_p, "stop_sequences": body.stop or [],
         "tool_choice": _tool_choice(body), "output_config": _output_config(body),
         "stream": bool(body.stream),
     }
+    if body.temperature is not None:  # the engine gets it whole (up to 2) from the overrides
+        payload["temperature"] = min(1.0, body.temperature)
     if automatic:  # the Messages API's automatic caching: the end of the prompt
         payload["cache_control"] = {"type": "ephemeral", "ttl": ttl}
     try:

@@ -326,10 +326,6 @@ class ChatCompletionRequest(_Strict):
         """The output limit asked for, by either name (the newer one first)."""
         return self.max_completion_tokens or self.max_tokens
 
-    @property
-    def sampling_temperature(self) -> float:
-        return 1.0 if self.temperature is None else self.temperature  # OpenAI's default
-
 
 # pydantic error types -> OpenAI's error codes
 _ERROR_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter",

@@ -23,7 +23,11 @@ from typing import Literal, Protocol
 from preheat.server.errors import InvalidRequestError
 from preheat.server.protocol import (CacheControl, InputMessage, PromptRequest, TextBlock,
                                      ToolChoice, ToolResultBlock, ToolUseBlock)
+from preheat.server.system_turns import CLOSE as SYSTEM_CLOSE
+from preheat.server.system_turns import OPEN as SYSTEM_OPEN
+from preheat.server.system_turns import fold_system_turns, merge_roles
 from preheat.server.tool_format import HERMES, ToolCallForm
+from preheat.tokenizer.chat_template import ChatTemplateError
 
 Section = Literal["tools", "system", "messages"]
 BLOCK_SEPARATOR = "\n"
@@ -135,9 +139,10 @@ def _render_request(request: PromptRequest, tokenizer: ChatTokenizer,
     system_pieces = [_Piece(b.text, "system", b.cache_control) for b in request.system]
     turns = _merge_turns(request.messages, tool_form)
     prefill = turns[-1][0] == "assistant"
-    chat = ([("system", tool_pieces + system_pieces)] if tool_pieces or system_pieces else [])
-    chat += turns
-    text, ends = _render(tokenizer, chat, prefill)
+    top = [("system", tool_pieces + system_pieces)] if tool_pieces or system_pieces else []
+    # a conversation that opens with a system message goes on with the system turn
+    chat = merge_roles(top + turns)
+    text, ends = _render_placing_system_turns(tokenizer, chat, prefill)
     owned = [(piece, end) for piece, end in ends if piece.section is not None]
     return BuiltPrompt(
         text=text, token_ids=[],
@@ -237,15 +242,8 @@ def _tool_choice_text(choice: ToolChoice | None) -> str:
 def _merge_turns(messages: list[InputMessage],
                  form: ToolCallForm) -> list[tuple[str, list[_Piece]]]:
     """Consecutive messages of one role are one turn, as Anthropic merges them."""
-    turns: list[tuple[str, list[_Piece]]] = []
-    for message in messages:
-        pieces = [_Piece(_block_text(b, form), "messages", b.cache_control)
-                  for b in message.content]
-        if turns and turns[-1][0] == message.role:
-            turns[-1][1].extend(pieces)
-        else:
-            turns.append((message.role, pieces))
-    return turns
+    return merge_roles([(m.role, [_Piece(_block_text(b, form), "messages", b.cache_control)
+                                  for b in m.content]) for m in messages])
 
 
 def _block_text(block, form: ToolCallForm) -> str:
@@ -262,9 +260,32 @@ def _block_text(block, form: ToolCallForm) -> str:
 # ---- rendering chat to prompt text --------------------------------------------------
 
 
+def _render_placing_system_turns(tokenizer: ChatTokenizer, chat: list[tuple[str, list[_Piece]]],
+                                 prefill: bool) -> tuple[str, list[tuple[_Piece, int]]]:
+    """``_render``, with system turns inside the conversation as the template's own system
+    turns where it renders them there, else folded into user turns (``system_turns.py``)."""
+    inside = any(role == "system" for role, _ in chat[1:])
+    try:
+        text, ends, starts = _render(tokenizer, chat, prefill)
+    except ChatTemplateError:
+        if not inside:
+            raise
+    else:
+        if not inside or all(start >= 0 for i, ((role, _), start) in enumerate(zip(chat, starts))
+                             if role == "system" and i > 0):
+            return text, ends
+    text, ends, _ = _render(tokenizer, fold_system_turns(chat, _delimited), prefill)
+    return text, ends
+
+
+def _delimited(pieces: list[_Piece]) -> list[_Piece]:
+    return [_Piece(SYSTEM_OPEN), *pieces, _Piece(SYSTEM_CLOSE)]
+
+
 def _render(tokenizer: ChatTokenizer, chat: list[tuple[str, list[_Piece]]],
-            prefill: bool) -> tuple[str, list[tuple[_Piece, int]]]:
-    """The prompt text and, for every piece, the char offset where it ends."""
+            prefill: bool) -> tuple[str, list[tuple[_Piece, int]], list[int]]:
+    """The prompt text, for every piece the char offset where it ends, and where each
+    turn's content starts (-1 where the template rewrote or dropped it)."""
     history = chat[:-1] if prefill else chat
     messages = [{"role": role, "content": _join(pieces)} for role, pieces in history]
     text = tokenizer.render_chat(messages, add_generation_prompt=True)
@@ -282,7 +303,7 @@ def _render(tokenizer: ChatTokenizer, chat: list[tuple[str, list[_Piece]]],
                 offset = cursor + len(BLOCK_SEPARATOR)
             # else the template rewrote the content: keep the last known end (caches less)
             ends.append((piece, cursor))
-    return text, ends
+    return text, ends, starts
 
 
 def _content_starts(tokenizer: ChatTokenizer, messages: list[dict[str, str]],

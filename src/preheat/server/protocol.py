@@ -52,9 +52,26 @@ class UnsupportedBlock(BaseModel):
         )
 
 
+class ThinkingBlock(_Strict):
+    """An earlier reply's reasoning, sent back: accepted, and not part of the prompt (Anthropic
+    leaves earlier turns' thinking out of the context)."""
+
+    type: Literal["thinking"]
+    thinking: str
+    signature: str
+
+
+class RedactedThinkingBlock(_Strict):
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+_BLOCK_TYPES = ("text", "tool_use", "tool_result", "thinking", "redacted_thinking")
+
+
 def _block_tag(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("text", "tool_use", "tool_result") else "unsupported"
+    return kind if kind in _BLOCK_TYPES else "unsupported"
 
 
 def _as_blocks(value: Any) -> Any:
@@ -99,16 +116,32 @@ ContentBlock = Annotated[
     Annotated[TextBlock, Tag("text")]
     | Annotated[ToolUseBlock, Tag("tool_use")]
     | Annotated[ToolResultBlock, Tag("tool_result")]
+    | Annotated[ThinkingBlock, Tag("thinking")]
+    | Annotated[RedactedThinkingBlock, Tag("redacted_thinking")]
     | Annotated[UnsupportedBlock, Tag("unsupported")],
     Discriminator(_block_tag),
 ]
 
 
 class InputMessage(_Strict):
-    role: Literal["user", "assistant"]
+    """A turn of the conversation. ``system`` messages (the current SDK's
+    ``SystemMessageParam``) are instructions at their place in the conversation."""
+
+    role: Literal["user", "assistant", "system"]
     content: list[ContentBlock]
 
     content_as_blocks = field_validator("content", mode="before")(_as_blocks)
+
+    @model_validator(mode="after")
+    def _system_is_text(self) -> InputMessage:
+        if self.role == "system" and any(not isinstance(b, TextBlock) for b in self.content):
+            raise PydanticCustomError(
+                "system_content", "a system message holds text blocks only")
+        if self.role != "assistant" and any(
+                isinstance(b, (ThinkingBlock, RedactedThinkingBlock)) for b in self.content):
+            raise PydanticCustomError(
+                "thinking_content", "thinking blocks belong to assistant messages only")
+        return self
 
 
 class Tool(_Strict):
@@ -159,17 +192,20 @@ class ToolChoice(_Strict):
         return self
 
 
-class Thinking(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: Literal["enabled", "disabled", "adaptive"]
+class Thinking(_Strict):
+    """Extended thinking, as asked for. The served model has no reasoning format, so a
+    reply holds no thinking blocks whatever is asked (as Anthropic's models without
+    thinking answer)."""
+
+    type: Literal["enabled", "disabled", "adaptive", "between_tools"]
+    budget_tokens: int | None = Field(default=None, ge=1024)  # for "enabled", and required there
+    display: Literal["summarized", "omitted"] | None = None
 
     @model_validator(mode="after")
-    def _only_disabled(self) -> Thinking:
-        if self.type != "disabled":
+    def _budget_for_enabled(self) -> Thinking:
+        if (self.type == "enabled") != (self.budget_tokens is not None):
             raise PydanticCustomError(
-                "unsupported_thinking",
-                "extended thinking is not supported by this model; omit `thinking` or set "
-                "{\"type\": \"disabled\"}")
+                "thinking_budget", "budget_tokens is required for type 'enabled' and only there")
         return self
 
 
@@ -177,6 +213,60 @@ class OutputConfig(_Strict):
     effort: str | None = None  # accepted; the model has one effort level
     # {"type": "json_schema", "schema": {...}}: checked (and enforced) by output_grammar
     format: dict[str, Any] | None = None
+
+
+class TokensValue(_Strict):
+    type: Literal["input_tokens"]
+    value: int = Field(ge=0)
+
+
+class ToolUsesValue(_Strict):
+    type: Literal["tool_uses"]
+    value: int = Field(ge=0)
+
+
+class ThinkingTurnsValue(_Strict):
+    type: Literal["thinking_turns"]
+    value: int = Field(ge=1)
+
+
+class AllThinkingTurns(_Strict):
+    type: Literal["all"]
+
+
+class ClearToolUsesEdit(_Strict):
+    type: Literal["clear_tool_uses_20250919"]
+    trigger: Annotated[TokensValue | ToolUsesValue, Field(discriminator="type")] | None = None
+    keep: ToolUsesValue | None = None
+    clear_at_least: TokensValue | None = None
+    exclude_tools: list[str] | None = None
+    clear_tool_inputs: bool | list[str] | None = None
+
+
+class ClearThinkingEdit(_Strict):
+    type: Literal["clear_thinking_20251015"]
+    keep: Literal["all"] | Annotated[ThinkingTurnsValue | AllThinkingTurns,
+                                     Field(discriminator="type")] | None = None
+
+
+class CompactEdit(BaseModel):
+    """Server-side compaction: this server does not summarize a conversation for its client."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["compact_20260112"]
+
+    @model_validator(mode="after")
+    def _refuse(self) -> CompactEdit:
+        raise PydanticCustomError(
+            "unsupported_edit", "compact_20260112 is not supported: this server does not "
+            "compact conversations (clear_tool_uses_20250919 and clear_thinking_20251015 are)")
+
+
+class ContextManagement(_Strict):
+    """``context_management``: edits applied to the conversation (``context_edits.py``)."""
+
+    edits: list[Annotated[ClearToolUsesEdit | ClearThinkingEdit | CompactEdit,
+                          Field(discriminator="type")]] = []
 
 
 class Metadata(_Strict):
@@ -212,6 +302,7 @@ class PromptRequest(_Strict):
     cache_control: CacheControl | None = None  # automatic caching: one breakpoint, last block
     thinking: Thinking | None = None
     output_config: OutputConfig | None = None
+    context_management: ContextManagement | None = None
     speed: Literal["standard", "fast"] | None = None  # accepted; there is one speed
 
     system_as_blocks = field_validator("system", mode="before")(_as_blocks)
@@ -303,6 +394,8 @@ class MessageResponse(BaseModel):
     usage: Usage
     # {"cache_miss_reason": {...}} when asked for and a divergence was found; else null
     diagnostics: dict[str, Any] | None = None
+    # {"applied_edits": [...]} for a request with context_management; else null
+    context_management: dict[str, Any] | None = None
 
 
 class ModelInfo(BaseModel):
@@ -332,3 +425,5 @@ class ModelList(BaseModel):
 
 class TokenCount(BaseModel):
     input_tokens: int
+    # {"original_input_tokens": N} for a request with context_management: before its edits
+    context_management: dict[str, Any] | None = None

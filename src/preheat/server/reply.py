@@ -136,7 +136,7 @@ class Reply:
         return MessageResponse(
             id=prepared.message_id, model=prepared.body.model, content=[], stop_reason=None,
             stop_sequence=None, usage=self._policy.usage(started.usage, 0),
-            diagnostics=diagnostics)
+            diagnostics=diagnostics, context_management=prepared.context_management)
 
     def _final(self, opened: MessageResponse | None, finished: Finished,
                parser: ReplyParser) -> MessageResponse:

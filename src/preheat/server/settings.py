@@ -25,6 +25,9 @@ class ServerSettings:
     ttl_1h_seconds: float = ONE_HOUR
     # Anthropic's body limit for the Messages API.
     max_request_bytes: int = 32 * 1024 * 1024
+    # The sampling temperature of a request that sets none (Anthropic's default is 1.0; a
+    # small model rambles at it, and clients such as Claude Code never set one).
+    default_temperature: float = 1.0
     # A ping is sent on an SSE stream after this long without another event.
     ping_interval_seconds: float = 5.0
     # Recent requests remembered for cache diagnostics.

@@ -1,0 +1,104 @@
+"""``context_management``: edits to the conversation, applied before it is rendered.
+
+- ``clear_tool_uses_20250919``: once the prompt is past its ``trigger`` (input tokens,
+  default 100,000, or a number of tool uses), the results of the oldest tool uses are
+  replaced with a placeholder, keeping the newest ``keep`` (default 3) and any tool in
+  ``exclude_tools``; with ``clear_tool_inputs`` (all, or the tools it names) their inputs
+  go too. With ``clear_at_least`` nothing is cleared unless that many input tokens go.
+- ``clear_thinking_20251015``: earlier turns' thinking is never part of this server's
+  prompt (``model_input.py``), so this edit removes no input tokens; it reports the
+  thinking turns older than the ``keep`` it asks for as cleared.
+
+An edit changes the prompt, so a cleared prefix is no longer the one cached before it:
+the next turns cache the edited conversation. What was applied is reported as Anthropic
+does, in the response's ``context_management.applied_edits``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from preheat.server.protocol import (ClearThinkingEdit, ClearToolUsesEdit, InputMessage,
+                                     PromptRequest, RedactedThinkingBlock, TextBlock,
+                                     ThinkingBlock, ToolResultBlock, ToolUseBlock)
+
+CLEARED = "[tool result cleared to save context]"
+DEFAULT_TRIGGER_TOKENS = 100_000
+DEFAULT_KEEP = 3
+
+
+@dataclass(frozen=True)
+class EditedRequest:
+    """The request as edited, what each edit did, and the prompt's size before."""
+
+    request: PromptRequest
+    applied: list[dict[str, Any]]
+    original_input_tokens: int
+
+
+def apply_edits(request: PromptRequest,
+                count_tokens: Callable[[PromptRequest], int]) -> EditedRequest:
+    """``request`` with its ``context_management`` edits applied in order; ``count_tokens``
+    measures a request's prompt (called only where an edit needs the figure)."""
+    config = request.context_management
+    original = -1
+    applied: list[dict[str, Any]] = []
+    for edit in config.edits if config is not None else ():
+        if isinstance(edit, ClearThinkingEdit):
+            applied += _clear_thinking(request, edit)
+            continue
+        if original < 0:
+            original = count_tokens(request)
+        request, done = _clear_tool_uses(request, edit, original, count_tokens)
+        applied += done
+    return EditedRequest(request, applied, original)
+
+
+def _clear_thinking(request: PromptRequest, edit: ClearThinkingEdit) -> list[dict[str, Any]]:
+    if edit.keep == "all" or (edit.keep is not None and edit.keep.type == "all"):
+        return []
+    keep = 1 if edit.keep is None else edit.keep.value  # Anthropic's default: the last turn
+    turns = [m for m in request.messages if m.role == "assistant" and any(
+        isinstance(b, (ThinkingBlock, RedactedThinkingBlock)) for b in m.content)]
+    cleared = max(len(turns) - keep, 0)
+    if not cleared:
+        return []
+    return [{"type": "clear_thinking_20251015", "cleared_thinking_turns": cleared,
+             "cleared_input_tokens": 0}]
+
+
+def _clear_tool_uses(request: PromptRequest, edit: ClearToolUsesEdit, original: int,
+                     count_tokens: Callable[[PromptRequest], int]
+                     ) -> tuple[PromptRequest, list[dict[str, Any]]]:
+    uses = [b for m in request.messages if m.role == "assistant" for b in m.content
+            if isinstance(b, ToolUseBlock)]
+    trigger = edit.trigger
+    reached = (original >= DEFAULT_TRIGGER_TOKENS if trigger is None else
+               (original if trigger.type == "input_tokens" else len(uses)) >= trigger.value)
+    keep = DEFAULT_KEEP if edit.keep is None else edit.keep.value
+    excluded = set(edit.exclude_tools or ())
+    targets = [u for u in uses[:max(len(uses) - keep, 0)] if u.name not in excluded]
+    if not reached or not targets:
+        return request, []
+    inputs = edit.clear_tool_inputs
+    clear_input = {u.id for u in targets
+                   if inputs is True or (isinstance(inputs, list) and u.name in inputs)}
+    edited = request.model_copy(update={"messages": [
+        _cleared(m, {u.id for u in targets}, clear_input) for m in request.messages]})
+    freed = original - count_tokens(edited)
+    if edit.clear_at_least is not None and freed < edit.clear_at_least.value:
+        return request, []
+    return edited, [{"type": "clear_tool_uses_20250919", "cleared_tool_uses": len(targets),
+                     "cleared_input_tokens": max(freed, 0)}]
+
+
+def _cleared(message: InputMessage, results: set[str], inputs: set[str]) -> InputMessage:
+    content = []
+    for block in message.content:
+        if isinstance(block, ToolResultBlock) and block.tool_use_id in results:
+            block = block.model_copy(update={"content": [TextBlock(type="text", text=CLEARED)]})
+        elif isinstance(block, ToolUseBlock) and block.id in inputs:
+            block = block.model_copy(update={"input": {}})
+        content.append(block)
+    return message.model_copy(update={"content": content})
