@@ -56,6 +56,34 @@ def test_fields_the_sdks_send_are_accepted():
     assert req.max_tokens == 0 and req.top_k == 5 and req.stream
 
 
+def test_billing_and_routing_fields_are_accepted():
+    req = parse(with_fields(user_profile_id="up_1", workspace_id="wrkspc_1",
+                            billing_policy={"type": "billing_policy", "bill_to": "user_profile"},
+                            fallback_credit_token="tok", fallbacks=[{"model": "claude-x"}]))
+    assert req.workspace_id == "wrkspc_1"
+
+
+def test_every_field_of_the_sdks_create_params_is_known():
+    """Each field of the installed SDK's MessageCreateParams and MessageCountTokensParams (GA
+    and beta) is declared: accepted, or refused with a reason, never "Extra inputs are not
+    permitted"."""
+    import typing
+
+    from anthropic.types import message_create_params
+    from anthropic.types.beta import message_create_params as beta_params
+    sent_as_headers = {"betas"}
+    for module in (message_create_params, beta_params):
+        base = next(v for k, v in vars(module).items() if k.endswith("MessageCreateParamsBase"))
+        fields = set(typing.get_type_hints(base)) - sent_as_headers
+        assert fields <= set(MessagesRequest.model_fields), fields - set(MessagesRequest.model_fields)
+    from anthropic.types import message_count_tokens_params
+    from anthropic.types.beta import message_count_tokens_params as beta_count
+    for module in (message_count_tokens_params, beta_count):
+        base = next(v for k, v in vars(module).items() if k.endswith("MessageCountTokensParams"))
+        fields = set(typing.get_type_hints(base)) - sent_as_headers
+        assert fields <= set(PromptRequest.model_fields), fields - set(PromptRequest.model_fields)
+
+
 @pytest.mark.parametrize("thinking", [
     {"type": "adaptive"}, {"type": "adaptive", "display": "summarized"},
     {"type": "enabled", "budget_tokens": 2048}, {"type": "enabled", "budget_tokens": 1024,
@@ -113,7 +141,11 @@ def with_fields(**fields) -> dict:
      "messages.0: thinking blocks belong to assistant messages only"),
     (with_fields(temperature=1.5), "temperature: Input should be less than or equal to 1"),
     (with_fields(stop_sequences=[""]), "stop_sequences: stop sequences must be non-empty"),
-    (with_fields(container="c"), "container: Extra inputs are not permitted"),
+    (with_fields(container="c"), "container: containers hold code execution state"),
+    (with_fields(mcp_servers=[{"type": "url", "url": "https://example.com", "name": "x"}]),
+     "mcp_servers: the MCP connector is not supported"),
+    (with_fields(compaction={"type": "compaction"}), "compaction: compaction requests are not supported"),
+    (with_fields(made_up_field=1), "made_up_field: Extra inputs are not permitted"),
     (with_fields(cache_control={"type": "persistent"}), "cache_control.type: Input should be 'ephemeral'"),
     (with_fields(cache_control={"type": "ephemeral", "ttl": "2h"}),
      "cache_control.ttl: Input should be '5m' or '1h'"),

@@ -85,6 +85,15 @@ def _none_as_empty(value: Any) -> Any:
     return [] if value is None else value
 
 
+def _refused(why: str):
+    """A validator for a field the API knows and this server does not serve."""
+    def refuse(value: Any) -> Any:
+        if value is None:
+            return value
+        raise PydanticCustomError("unsupported_field", why)
+    return refuse
+
+
 ToolResultContent = Annotated[
     Annotated[TextBlock, Tag("text")] | Annotated[UnsupportedBlock, Tag("unsupported")],
     Discriminator(lambda v: "text" if _block_tag(v) == "text" else "unsupported"),
@@ -304,7 +313,18 @@ class PromptRequest(_Strict):
     output_config: OutputConfig | None = None
     context_management: ContextManagement | None = None
     speed: Literal["standard", "fast"] | None = None  # accepted; there is one speed
+    # Billing and routing on Anthropic's side: accepted, and nothing to do here.
+    user_profile_id: str | None = None
+    workspace_id: str | None = None
+    billing_policy: dict[str, Any] | None = None
+    mcp_servers: Any = None  # refused, as compaction is: see the validators
+    compaction: Any = None
 
+    refuse_mcp_servers = field_validator("mcp_servers", mode="before")(_refused(
+        "the MCP connector is not supported: connect MCP servers on the client side and "
+        "pass their tools as custom tools"))
+    refuse_compaction = field_validator("compaction", mode="before")(_refused(
+        "compaction requests are not supported: this server does not summarize conversations"))
     system_as_blocks = field_validator("system", mode="before")(_as_blocks)
     null_tools = field_validator("tools", mode="before")(_none_as_empty)
 
@@ -323,6 +343,14 @@ class MessagesRequest(PromptRequest):
     thread: ThreadParam | None = None  # server-held conversations (server/thread_store.py)
     service_tier: str | None = None  # accepted; there is one tier
     inference_geo: str | None = None  # accepted; inference is wherever this server is
+    # Anthropic's fallback retries: the served model never declines a request for policy
+    # reasons, so they never run.
+    fallback_credit_token: Any = None
+    fallbacks: Any = None
+    container: Any = None  # refused: see the validator
+
+    refuse_container = field_validator("container", mode="before")(_refused(
+        "containers hold code execution state, and this server runs no code execution"))
 
     null_stops = field_validator("stop_sequences", mode="before")(_none_as_empty)
 
