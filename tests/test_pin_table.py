@@ -1,20 +1,11 @@
 """The pin table: the nodes each pin covers follow the tree's splits and evictions, and
 unpinning, expiry and counting touch those nodes only."""
 import pytest
+from kv_fixtures import BS, cache, clock, pool  # noqa: F401 (fixtures)
 
 from preheat.engine.kv.block_pool import BlockPool
 from preheat.engine.kv.pin_table import PinEntry
 from preheat.engine.kv.radix_cache import RadixCache
-
-BS = 4
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Recorder:
@@ -32,21 +23,6 @@ class Recorder:
 
     def dropped(self, entries: list[PinEntry]) -> None:
         self.ended.append(list(entries))
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def pool():
-    return BlockPool(16, BS)
-
-
-@pytest.fixture
-def cache(pool, clock):
-    return RadixCache(pool, clock=clock)
 
 
 @pytest.fixture

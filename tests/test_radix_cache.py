@@ -1,33 +1,9 @@
 """Radix prefix cache: match, insert/split, ref counts, LRU eviction, pins, namespaces."""
 import pytest
+from kv_fixtures import BS, cache, clock, pool  # noqa: F401 (fixtures)
 
 from preheat.engine.kv.block_pool import BlockPool
 from preheat.engine.kv.radix_cache import RadixCache
-
-BS = 4
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def pool():
-    return BlockPool(16, BS)
-
-
-@pytest.fixture
-def cache(pool, clock):
-    return RadixCache(pool, clock=clock)
 
 
 def put(cache, pool, tokens, ns=""):
