@@ -105,3 +105,16 @@ def test_compaction_is_a_clear_400():
                        "context_management": {"edits": [{"type": "compact_20260112"}]}}).encode()
     with pytest.raises(InvalidRequestError, match="compact_20260112 is not supported"):
         parse_request(MessagesRequest, body)
+
+
+def test_a_second_clear_counts_only_what_it_clears(count):
+    edit = {"type": "clear_tool_uses_20250919", "trigger": {"type": "tool_uses", "value": 1}}
+    request = conversation([{**edit, "keep": {"type": "tool_uses", "value": 3}},
+                            {**edit, "keep": {"type": "tool_uses", "value": 2}}])
+    edited = apply_edits(request, count)
+    first, second = edited.applied
+    # the second finds the first's result cleared already: it clears one more
+    assert first["cleared_tool_uses"] == 1 and second["cleared_tool_uses"] == 1
+    assert first["cleared_input_tokens"] + second["cleared_input_tokens"] == \
+        count(request) - count(edited.request)
+    assert edited.original_input_tokens == count(request)

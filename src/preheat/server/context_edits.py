@@ -30,11 +30,12 @@ DEFAULT_KEEP = 3
 
 @dataclass(frozen=True)
 class EditedRequest:
-    """The request as edited, what each edit did, and the prompt's size before."""
+    """The request as edited, what each edit did, and the prompt's size before (None where
+    no edit needed it: none of them changes the size then)."""
 
     request: PromptRequest
     applied: list[dict[str, Any]]
-    original_input_tokens: int
+    original_input_tokens: int | None
 
 
 def apply_edits(request: PromptRequest,
@@ -42,15 +43,16 @@ def apply_edits(request: PromptRequest,
     """``request`` with its ``context_management`` edits applied in order; ``count_tokens``
     measures a request's prompt (called only where an edit needs the figure)."""
     config = request.context_management
-    original = -1
+    original: int | None = None
+    size = 0  # the prompt's size as edited so far, once measured
     applied: list[dict[str, Any]] = []
     for edit in config.edits if config is not None else ():
         if isinstance(edit, ClearThinkingEdit):
             applied += _clear_thinking(request, edit)
             continue
-        if original < 0:
-            original = count_tokens(request)
-        request, done = _clear_tool_uses(request, edit, original, count_tokens)
+        if original is None:
+            original = size = count_tokens(request)
+        request, done, size = _clear_tool_uses(request, edit, size, count_tokens)
         applied += done
     return EditedRequest(request, applied, original)
 
@@ -68,29 +70,34 @@ def _clear_thinking(request: PromptRequest, edit: ClearThinkingEdit) -> list[dic
              "cleared_input_tokens": 0}]
 
 
-def _clear_tool_uses(request: PromptRequest, edit: ClearToolUsesEdit, original: int,
+def _clear_tool_uses(request: PromptRequest, edit: ClearToolUsesEdit, size: int,
                      count_tokens: Callable[[PromptRequest], int]
-                     ) -> tuple[PromptRequest, list[dict[str, Any]]]:
+                     ) -> tuple[PromptRequest, list[dict[str, Any]], int]:
+    """The request with the edit applied (or as it was), what it did, and its size."""
     uses = [b for m in request.messages if m.role == "assistant" for b in m.content
             if isinstance(b, ToolUseBlock)]
     trigger = edit.trigger
-    reached = (original >= DEFAULT_TRIGGER_TOKENS if trigger is None else
-               (original if trigger.type == "input_tokens" else len(uses)) >= trigger.value)
+    reached = (size >= DEFAULT_TRIGGER_TOKENS if trigger is None else
+               (size if trigger.type == "input_tokens" else len(uses)) >= trigger.value)
     keep = DEFAULT_KEEP if edit.keep is None else edit.keep.value
     excluded = set(edit.exclude_tools or ())
-    targets = [u for u in uses[:max(len(uses) - keep, 0)] if u.name not in excluded]
+    cleared = {b.tool_use_id for m in request.messages for b in m.content
+               if isinstance(b, ToolResultBlock) and [p.text for p in b.content] == [CLEARED]}
+    targets = [u for u in uses[:max(len(uses) - keep, 0)]
+               if u.name not in excluded and u.id not in cleared]
     if not reached or not targets:
-        return request, []
+        return request, [], size
     inputs = edit.clear_tool_inputs
     clear_input = {u.id for u in targets
                    if inputs is True or (isinstance(inputs, list) and u.name in inputs)}
     edited = request.model_copy(update={"messages": [
         _cleared(m, {u.id for u in targets}, clear_input) for m in request.messages]})
-    freed = original - count_tokens(edited)
+    edited_size = count_tokens(edited)
+    freed = size - edited_size
     if edit.clear_at_least is not None and freed < edit.clear_at_least.value:
-        return request, []
+        return request, [], size
     return edited, [{"type": "clear_tool_uses_20250919", "cleared_tool_uses": len(targets),
-                     "cleared_input_tokens": max(freed, 0)}]
+                     "cleared_input_tokens": max(freed, 0)}], edited_size
 
 
 def _cleared(message: InputMessage, results: set[str], inputs: set[str]) -> InputMessage:

@@ -110,9 +110,11 @@ class MessageService:
         prompt = await self.build(body)
         self.policy.breakpoints(body, prompt)  # the same 400s as a real request
         await asyncio.to_thread(plan_output, body, self.tool_form)
-        before = None if edits is None else {"original_input_tokens": edits.original_input_tokens
-                                             if edits.original_input_tokens >= 0
-                                             else len(prompt.token_ids)}
+        before = None
+        if edits is not None:
+            original = edits.original_input_tokens
+            before = {"original_input_tokens": len(prompt.token_ids) if original is None
+                      else original}
         return TokenCount(input_tokens=len(prompt.token_ids), context_management=before)
 
     async def _edited(self, body: Request) -> tuple[Request, EditedRequest | None]:
