@@ -89,6 +89,15 @@ def translate(**body) -> MessagesRequest:
 # ---- translation ------------------------------------------------------------------
 
 
+def test_an_image_part_is_an_image_block_so_the_image_policy_decides():
+    request = translate(messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA==", "detail": "low"}}]}])
+    text, image = request.messages[0].content
+    assert (text.type, image.type, image.source.url) == ("text", "image",
+                                                         "data:image/png;base64,AA==")
+
+
 HISTORY = [
     {"role": "system", "content": "Be brief."},
     {"role": "developer", "content": [{"type": "text", "text": "Use tools."}]},
@@ -202,7 +211,8 @@ def test_a_final_assistant_message_is_continued_without_trailing_whitespace():
     ({"bogus": 1}, "bogus"),
     ({"temperature": 3}, "temperature"),
     ({"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages.0.content.0"),
+        {"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}}]}]},
+     "messages.0.content.0"),
     ({"messages": [{"role": "function", "name": "f", "content": "x"}]}, "messages.0"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"messages": [*ASK, {"role": "system", "content": "late"}]}, "messages.1.role"),

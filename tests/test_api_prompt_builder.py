@@ -297,6 +297,7 @@ def test_a_system_message_before_an_assistant_turn_folds_into_the_next_user_turn
 
 
 def test_the_billing_header_and_earlier_thinking_are_not_model_input(tokenizer):
+    from preheat.server.documents import DocumentReader
     from preheat.server.model_input import model_input
 
     def claude_code(nonce: str) -> MessagesRequest:
@@ -312,13 +313,14 @@ def test_the_billing_header_and_earlier_thinking_are_not_model_input(tokenizer):
     plain = request(system=[{"type": "text", "text": "You code.", "cache_control": CC}], messages=[
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
         {"role": "user", "content": "Bye"}])
-    one, other = (build_prompt(model_input(claude_code(n)), tokenizer) for n in ("a1", "b2"))
+    one, other = (build_prompt(model_input(claude_code(n), DocumentReader()), tokenizer) for n in ("a1", "b2"))
     assert one.token_ids == other.token_ids == build_prompt(plain, tokenizer).token_ids
     assert "billing" not in one.text and "Say hello" not in one.text
 
 
 def test_a_billing_header_with_a_breakpoint_stays_a_block(tokenizer):
+    from preheat.server.documents import DocumentReader
     from preheat.server.model_input import model_input
     body = request(system=[{"type": "text", "text": "x-anthropic-billing-header: a;",
                             "cache_control": CC}], messages=[{"role": "user", "content": "Hi"}])
-    assert model_input(body) is body
+    assert model_input(body, DocumentReader()) is body

@@ -155,7 +155,13 @@ def with_fields(**fields) -> dict:
      "thinking.budget_tokens: Input should be greater than or equal to 1024"),
     (with_fields(thinking={"type": "sometimes"}), "thinking.type: Input should be"),
     (with_fields(tools=[{"name": "t", "input_schema": {"type": "object"}, "defer_loading": True}]),
-     "tools.0: defer_loading is not supported"),
+     "tools.0: defer_loading is not supported: this server has no tool search"),
+    (with_fields(tools=[{"type": "tool_search_tool_regex_20251119",
+                         "name": "tool_search_tool_regex"}]),
+     "tools.0: tool search ('tool_search_tool_regex_20251119') is not supported"),
+    (with_fields(tools=[{"type": "tool_search_tool_bm25_20251119",
+                         "name": "tool_search_tool_bm25"}]),
+     "tools.0: tool search ('tool_search_tool_bm25_20251119') is not supported"),
     (with_fields(tools=[{"name": "t", "input_schema": {"type": "object"},
                          "allowed_callers": ["code_execution_20250825"]}]),
      "tools.0: allowed_callers: only 'direct' is supported"),
@@ -170,20 +176,28 @@ def test_invalid_bodies_name_the_problem(body, expected):
 
 
 @pytest.mark.parametrize("block", [
-    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}},
-    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}},
+    {"type": "tool_reference", "tool_name": "search"},
+    {"type": "container_upload", "file_id": "file_1"},
 ])
-def test_images_and_documents_are_a_clear_400(block):
+def test_blocks_without_a_reading_are_a_clear_400(block):
     message = error_of({"model": "m", "max_tokens": 5,
                         "messages": [{"role": "user", "content": [block]}]})
     assert message.startswith(f"messages.0.content.0: content blocks of type '{block['type']}' "
                               "are not supported")
 
 
-def test_an_image_inside_a_tool_result_is_a_400_too():
+def test_a_block_without_a_reading_inside_a_tool_result_is_a_400_too():
     message = error_of({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {}}]}]}]})
-    assert "messages.0.content.0.tool_result.content.0: content blocks of type 'image'" in message
+        {"type": "tool_result", "tool_use_id": "t",
+         "content": [{"type": "tool_reference", "tool_name": "x"}]}]}]})
+    assert message.startswith("messages.0.content.0.content.0: content blocks of type "
+                              "'tool_reference' are not supported")
+
+
+def test_an_error_path_names_fields_not_union_tags():
+    message = error_of({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": 1}]}]}]})
+    assert message == "messages.0.content.0.content.0.text: Input should be a valid string"
 
 
 def test_count_tokens_body_has_no_generation_fields():

@@ -147,6 +147,10 @@ def add_serve_parser(commands) -> None:
     add_option(parser, "--default-temperature", convert=float,
                default=defaults.default_temperature,
                help="sampling temperature of requests that set none (0 is greedy)")
+    add_option(parser, "--images", default=defaults.images,
+               help='an image block for this text-only model: "reject" (a 400 naming it, '
+                    'as Anthropic answers for a model without vision) or "placeholder" (a '
+                    'short note in its place, so an agent\'s session goes on)')
     add_option(parser, "--preheat", convert=Path,
                help="a file whose text is pinned as a system prompt at start and kept warm")
     add_option(parser, "--preheat-ttl", default=defaults.preheat_ttl,
@@ -184,6 +188,8 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.preheat_ttl not in ("5m", "1h"):
         raise SystemExit(f'--preheat-ttl must be "5m" or "1h", not {args.preheat_ttl!r}')
+    if args.images not in ("reject", "placeholder"):
+        raise SystemExit(f'--images must be "reject" or "placeholder", not {args.images!r}')
     if args.preheat is not None and not args.preheat.is_file():
         raise SystemExit(f"--preheat: no such file: {args.preheat}")
     settings = ServerSettings(
@@ -191,7 +197,7 @@ def serve(args: argparse.Namespace) -> int:
         claude_aliases=args.claude_aliases, min_cache_tokens=args.min_cache_tokens,
         ttl_5m_seconds=args.ttl_5m_seconds, ttl_1h_seconds=args.ttl_1h_seconds,
         max_request_bytes=args.max_request_bytes, default_temperature=args.default_temperature,
-        preheat_file=args.preheat,
+        images=args.images, preheat_file=args.preheat,
         preheat_ttl=args.preheat_ttl, preheat_key=args.preheat_key,
         thread_ttl_seconds=args.thread_ttl_seconds, max_threads=args.max_threads,
         max_thread_tokens=args.max_thread_tokens,

@@ -17,6 +17,7 @@ from preheat.engine import EngineError
 from preheat.server.auth import Authenticator
 from preheat.server.cache_policy import CachePolicy
 from preheat.server.diagnostics import DiagnosticsStore
+from preheat.server.documents import DocumentReader
 from preheat.server.drain import Drain
 from preheat.server.errors import (APIError, InvalidRequestError, MethodNotAllowedError,
                                    NotFoundError, RequestTooLarge)
@@ -57,7 +58,8 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
                              form_for_template(engine.tokenizer.chat_template),
                              ThreadStore(settings.thread_ttl_seconds, settings.max_threads,
                                          settings.max_thread_tokens),
-                             default_temperature=settings.default_temperature)
+                             default_temperature=settings.default_temperature,
+                             documents=DocumentReader(settings.images))
     auth = Authenticator(settings.api_keys)
     chat = ChatCompletions(service)
 

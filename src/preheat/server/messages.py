@@ -18,6 +18,7 @@ from preheat.server.cache_policy import CachePolicy
 from preheat.server.context_edits import EditedRequest, apply_edits
 from preheat.server.diagnostics import DiagnosticsStore
 from preheat.server.errors import InvalidRequestError, from_engine_error
+from preheat.server.documents import DocumentReader
 from preheat.server.model_input import model_input
 from preheat.server.model_registry import ModelRegistry
 from preheat.server.output_grammar import FREE_TEXT, OutputPlan, plan_output
@@ -81,7 +82,7 @@ class MessageService:
     def __init__(self, engine: EngineClient, registry: ModelRegistry, policy: CachePolicy,
                  diagnostics: DiagnosticsStore, ping_interval: float,
                  tool_form: ToolCallForm = HERMES, threads: ThreadStore | None = None,
-                 default_temperature: float = 1.0):
+                 default_temperature: float = 1.0, documents: DocumentReader | None = None):
         self.engine = engine
         self.threads = threads or ThreadStore()
         self.registry = registry
@@ -90,6 +91,7 @@ class MessageService:
         self.ping_interval = ping_interval
         self.tool_form = tool_form  # how the model writes tool calls
         self.default_temperature = default_temperature  # for requests that set none
+        self.documents = documents or DocumentReader()  # documents and images as text
 
     @property
     def context_window(self) -> int:
@@ -106,7 +108,7 @@ class MessageService:
     async def count_tokens(self, body: PromptRequest) -> TokenCount:
         """The prompt's size as ``/v1/messages`` would build it (its 400s included); with
         ``context_management``, after the edits, and the size before them."""
-        body, edits = await self._edited(model_input(body))
+        body, edits = await self._edited(await self._model_input(body))
         prompt = await self.build(body)
         self.policy.breakpoints(body, prompt)  # the same 400s as a real request
         await asyncio.to_thread(plan_output, body, self.tool_form)
@@ -116,6 +118,9 @@ class MessageService:
             before = {"original_input_tokens": len(prompt.token_ids) if original is None
                       else original}
         return TokenCount(input_tokens=len(prompt.token_ids), context_management=before)
+
+    async def _model_input(self, body: Request) -> Request:
+        return await asyncio.to_thread(model_input, body, self.documents)
 
     async def _edited(self, body: Request) -> tuple[Request, EditedRequest | None]:
         """``body`` with its ``context_management`` edits applied (none: itself)."""
@@ -143,7 +148,7 @@ class MessageService:
         # A max_tokens past what the prompt leaves of the context window is no error, as on
         # Claude today: the reply runs until the window is full and stops with
         # model_context_window_exceeded. Only a prompt that does not fit is refused.
-        body, edits = await self._edited(model_input(body))
+        body, edits = await self._edited(await self._model_input(body))
         applied = None if edits is None else {"applied_edits": edits.applied}
         turn = self.threads.begin(body, namespace)
         try:

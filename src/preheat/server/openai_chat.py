@@ -27,7 +27,7 @@ from preheat.server.messages import MessageService, PreparedMessage, SamplingOve
 from preheat.server.openai_errors import ModelNotFoundError, ParamError, openai_error_body
 from preheat.server.openai_protocol import (AssistantMessage, ChatCompletion,
                                             ChatCompletionRequest, ChatMessage, Choice,
-                                            CompletionUsage, FunctionDefinition,
+                                            CompletionUsage, FunctionDefinition, ImagePart,
                                             PromptCacheOptions, PromptTokensDetails,
                                             RefusalPart, ResponseFunctionCall, ResponseMessage,
                                             ResponseToolCall, SystemMessage, TextPart,
@@ -279,11 +279,17 @@ def _turn(i: int, message: ChatMessage, is_last: bool, ttl: str) -> dict[str, An
             raise ParamError(f"messages.{i}.content: must hold non-whitespace text or "
                              "tool_calls", f"messages.{i}.content", "invalid_value")
         return {"role": "assistant", "content": content}
-    content = _text_blocks(message.content, ttl)
+    content = [block for part in message.content for block in _user_blocks(part, ttl)]
     if not content:
         raise ParamError(f"messages.{i}.content: must hold non-whitespace text",
                          f"messages.{i}.content", "invalid_value")
     return {"role": "user", "content": content}
+
+
+def _user_blocks(part: TextPart | ImagePart, ttl: str) -> list[dict[str, Any]]:
+    if isinstance(part, ImagePart):
+        return [{"type": "image", "source": {"type": "url", "url": part.image_url.url}}]
+    return _text_blocks([part], ttl)
 
 
 def _text_blocks(parts: list[TextPart], ttl: str) -> list[dict[str, Any]]:

@@ -71,8 +71,20 @@ class RefusalPart(_Strict):
     refusal: str
 
 
+class ImageUrl(_Strict):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Strict):
+    """An image: the Messages API's image block, so ``--images`` decides (a 400 or a note)."""
+
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
 class UnsupportedPart(BaseModel):
-    """Any part a text model can't read (image_url, input_audio, file, ...)."""
+    """Any part a text model can't read (input_audio, file, ...)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -88,6 +100,10 @@ class UnsupportedPart(BaseModel):
 TextOnly = Annotated[
     Annotated[TextPart, Tag("type=text")] | Annotated[UnsupportedPart, Tag("type=other")],
     _tagged_by("type", {"text": "text"})]
+UserPart = Annotated[
+    Annotated[TextPart, Tag("type=text")] | Annotated[ImagePart, Tag("type=image_url")]
+    | Annotated[UnsupportedPart, Tag("type=other")],
+    _tagged_by("type", {"text": "text", "image_url": "image_url"})]
 AssistantPart = Annotated[
     Annotated[TextPart, Tag("type=text")] | Annotated[RefusalPart, Tag("type=refusal")]
     | Annotated[UnsupportedPart, Tag("type=other")],
@@ -104,7 +120,7 @@ class SystemMessage(_Strict):
 
 class UserMessage(_Strict):
     role: Literal["user"]
-    content: list[TextOnly]
+    content: list[UserPart]
     name: str | None = None  # accepted; the chat template has no place for it
 
     parts = field_validator("content", mode="before")(_as_parts)

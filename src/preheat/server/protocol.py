@@ -27,6 +27,13 @@ class CacheControl(_Strict):
     ttl: Literal["5m", "1h"] = "5m"
 
 
+def _as_blocks(value: Any) -> Any:
+    """Anthropic treats string content as one text block; "" or null is no content."""
+    if isinstance(value, str):
+        return [{"type": "text", "text": value}] if value else []
+    return [] if value is None else value
+
+
 class TextBlock(_Strict):
     type: Literal["text"]
     text: str
@@ -35,7 +42,7 @@ class TextBlock(_Strict):
 
 
 class UnsupportedBlock(BaseModel):
-    """Any block type a text model can't read (image, document, thinking, ...)."""
+    """Any block type this server has no reading for (tool_reference, container uploads, ...)."""
 
     model_config = ConfigDict(extra="allow")
     type: str
@@ -46,10 +53,100 @@ class UnsupportedBlock(BaseModel):
         kind = data.get("type") if isinstance(data, dict) else None
         raise PydanticCustomError(
             "unsupported_block",
-            "content blocks of type '{kind}' are not supported: this server's model reads "
-            "text, tool_use and tool_result blocks only",
+            "content blocks of type '{kind}' are not supported: this server reads text, "
+            "tool_use, tool_result, document, search_result and thinking blocks (and image "
+            "blocks with --images placeholder)",
             {"kind": kind},
         )
+
+
+class CitationsConfig(_Strict):
+    enabled: bool | None = None  # accepted; no citations are generated
+
+
+class FetchedSource(BaseModel):
+    """A ``url`` or ``file`` source: refused, as there is nothing to fetch it with."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["url", "file"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        raise PydanticCustomError(
+            "unsupported_source", "document sources of type '{kind}' are not supported: this "
+            "server fetches nothing on a request's behalf and has no Files API; send the "
+            "document inline (base64, text or content)", {"kind": kind})
+
+
+class Base64ImageSource(_Strict):
+    type: Literal["base64"]
+    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
+    data: str
+
+
+class ImageUrlSource(_Strict):
+    type: Literal["url"]
+    url: str
+
+
+class ImageFileSource(_Strict):
+    type: Literal["file"]
+    file_id: str
+
+
+class ImageBlock(_Strict):
+    """An image. The served model reads text: ``documents.py`` refuses it or puts a
+    placeholder in its place (``--images``), so its source is never fetched or decoded."""
+
+    type: Literal["image"]
+    source: Annotated[Base64ImageSource | ImageUrlSource | ImageFileSource,
+                      Field(discriminator="type")]
+    cache_control: CacheControl | None = None
+    transformations: dict[str, Any] | None = None  # accepted; the image is never looked at
+
+
+class PlainTextSource(_Strict):
+    type: Literal["text"]
+    media_type: Literal["text/plain"]
+    data: str
+
+
+class Base64PdfSource(_Strict):
+    type: Literal["base64"]
+    media_type: Literal["application/pdf"]
+    data: str
+
+
+class ContentSource(_Strict):
+    type: Literal["content"]
+    content: list[Annotated[TextBlock | ImageBlock, Field(discriminator="type")]]
+
+    content_as_blocks = field_validator("content", mode="before")(_as_blocks)
+
+
+class DocumentBlock(_Strict):
+    """A document to read: plain text, content blocks or a PDF (``documents.py``)."""
+
+    type: Literal["document"]
+    source: Annotated[Base64PdfSource | PlainTextSource | ContentSource | FetchedSource,
+                      Field(discriminator="type")]
+    title: str | None = None
+    context: str | None = None
+    citations: CitationsConfig | None = None
+    cache_control: CacheControl | None = None
+
+
+class SearchResultBlock(_Strict):
+    """A search result a client's own search tool found (RAG): read as text."""
+
+    type: Literal["search_result"]
+    source: str
+    title: str
+    content: list[TextBlock]
+    citations: CitationsConfig | None = None
+    cache_control: CacheControl | None = None
 
 
 class ThinkingBlock(_Strict):
@@ -66,19 +163,13 @@ class RedactedThinkingBlock(_Strict):
     data: str
 
 
-_BLOCK_TYPES = ("text", "tool_use", "tool_result", "thinking", "redacted_thinking")
+_BLOCK_TYPES = ("text", "tool_use", "tool_result", "thinking", "redacted_thinking", "image",
+                "document", "search_result")
 
 
 def _block_tag(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
     return kind if kind in _BLOCK_TYPES else "unsupported"
-
-
-def _as_blocks(value: Any) -> Any:
-    """Anthropic treats string content as one text block; "" or null is no content."""
-    if isinstance(value, str):
-        return [{"type": "text", "text": value}] if value else []
-    return [] if value is None else value
 
 
 def _none_as_empty(value: Any) -> Any:
@@ -94,9 +185,15 @@ def _refused(why: str):
     return refuse
 
 
+_RESULT_TYPES = ("text", "image", "document", "search_result")
+
 ToolResultContent = Annotated[
-    Annotated[TextBlock, Tag("text")] | Annotated[UnsupportedBlock, Tag("unsupported")],
-    Discriminator(lambda v: "text" if _block_tag(v) == "text" else "unsupported"),
+    Annotated[TextBlock, Tag("text")]
+    | Annotated[ImageBlock, Tag("image")]
+    | Annotated[DocumentBlock, Tag("document")]
+    | Annotated[SearchResultBlock, Tag("search_result")]
+    | Annotated[UnsupportedBlock, Tag("unsupported")],
+    Discriminator(lambda v: kind if (kind := _block_tag(v)) in _RESULT_TYPES else "unsupported"),
 ]
 
 
@@ -127,6 +224,9 @@ ContentBlock = Annotated[
     | Annotated[ToolResultBlock, Tag("tool_result")]
     | Annotated[ThinkingBlock, Tag("thinking")]
     | Annotated[RedactedThinkingBlock, Tag("redacted_thinking")]
+    | Annotated[ImageBlock, Tag("image")]
+    | Annotated[DocumentBlock, Tag("document")]
+    | Annotated[SearchResultBlock, Tag("search_result")]
     | Annotated[UnsupportedBlock, Tag("unsupported")],
     Discriminator(_block_tag),
 ]
@@ -150,6 +250,11 @@ class InputMessage(_Strict):
                 isinstance(b, (ThinkingBlock, RedactedThinkingBlock)) for b in self.content):
             raise PydanticCustomError(
                 "thinking_content", "thinking blocks belong to assistant messages only")
+        if self.role == "assistant" and any(
+                isinstance(b, (ImageBlock, DocumentBlock, SearchResultBlock)) for b in self.content):
+            raise PydanticCustomError(
+                "user_content", "image, document and search_result blocks belong to user "
+                "messages (and tool results) only")
         return self
 
 
@@ -170,7 +275,9 @@ class Tool(_Strict):
     def _direct_only(self) -> Tool:
         if self.defer_loading:
             raise PydanticCustomError(
-                "unsupported_tool", "defer_loading is not supported: there is no tool search")
+                "unsupported_tool", "defer_loading is not supported: this server has no tool "
+                "search (tool_search_tool_regex_20251119, tool_search_tool_bm25_20251119); "
+                "send the tools without defer_loading and every one is shown to the model")
         if any(c != "direct" for c in self.allowed_callers or ()):
             raise PydanticCustomError(
                 "unsupported_tool", "allowed_callers: only 'direct' is supported (there is no "
@@ -181,6 +288,10 @@ class Tool(_Strict):
     @classmethod
     def _only_custom(cls, data: Any) -> Any:
         kind = data.get("type") if isinstance(data, dict) else None
+        if isinstance(kind, str) and kind.startswith("tool_search_tool_"):
+            raise PydanticCustomError(
+                "unsupported_tool", "tool search ('{kind}') is not supported: send the tools "
+                "without defer_loading and every one is shown to the model", {"kind": kind})
         if kind not in (None, "custom"):
             raise PydanticCustomError(
                 "unsupported_tool",
@@ -376,11 +487,24 @@ def describe_validation_error(err: ValidationError) -> str:
     first = err.errors(include_url=False)[0]
     if first["type"] == "json_invalid":
         return f"malformed JSON body: {first['msg'].removeprefix('Invalid JSON: ')}"
-    loc = [str(part) for part in first["loc"] if part != "unsupported"]
+    loc = _without_tags(first["loc"])
     where = ".".join(loc) if loc else "body"
     if first["type"] == "missing":
         return f"{where}: Field required"
     return f"{where}: {first['msg']}"
+
+
+def _without_tags(loc: tuple[int | str, ...]) -> list[str]:
+    """The path to a field, without the union tags pydantic puts in it: a block's type
+    after ``content.N`` and a source's type after ``source`` (``messages.0.content.0.text``,
+    not ``messages.0.content.0.text.text``)."""
+    kept: list[str] = []
+    for i, part in enumerate(loc):
+        after_block = i >= 2 and loc[i - 2] == "content" and isinstance(loc[i - 1], int)
+        after_source = i >= 1 and loc[i - 1] == "source"
+        if not (isinstance(part, str) and (after_block or after_source)):
+            kept.append(str(part))
+    return kept
 
 
 # ---- responses ------------------------------------------------------------------

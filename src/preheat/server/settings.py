@@ -28,6 +28,9 @@ class ServerSettings:
     # The sampling temperature of a request that sets none (Anthropic's default is 1.0; a
     # small model rambles at it, and clients such as Claude Code never set one).
     default_temperature: float = 1.0
+    # An image block for the text-only model: a 400 naming it ("reject", Anthropic's answer
+    # for a model without vision), or a short note in its place ("placeholder").
+    images: str = "reject"
     # A ping is sent on an SSE stream after this long without another event.
     ping_interval_seconds: float = 5.0
     # Recent requests remembered for cache diagnostics.
