@@ -85,3 +85,42 @@ def test_the_store_keeps_only_the_most_recent():
     assert store.explain("msg_0", base, 0).type == "previous_message_not_found"
     assert store.explain("msg_1", base, 0) is None
     assert store.explain("msg_2", base, 0) is None
+
+
+# ---- context edits ---------------------------------------------------------------
+
+
+def edited(turns, sent, edits=("clear_tool_uses_20250919",), read=0, write=0) -> Fingerprint:
+    usage = CacheUsage(prompt_tokens=read + write + 10, cache_read_tokens=read,
+                       cache_write_tokens=write)
+    return Fingerprint.of("ns", "m", prompt(turns=turns), usage, tuple(sent), tuple(edits))
+
+
+TURNS = (("user", "go"), ("assistant", "call 1"), ("user", "result 1"))
+
+
+def test_a_miss_an_edit_made_names_the_edit():
+    store = store_with(edited(TURNS, sent=("u", "a1", "r1"), edits=(), write=300))
+    # the client appended a turn; the edit cleared result 1 in this request's prompt
+    current = edited((("user", "go"), ("assistant", "call 1"), ("user", "[cleared]"),
+                      ("assistant", "call 2"), ("user", "result 2")),
+                     sent=("u", "a1", "r1", "a2", "r2"))
+    assert store.explain("msg_prev", current, cache_read_tokens=40).to_dict() == {
+        "type": "messages_changed", "cache_missed_input_tokens": 260,
+        "context_edits": ["clear_tool_uses_20250919"]}
+
+
+def test_an_edit_of_the_previous_request_counts_too_and_is_named_once():
+    store = store_with(edited(TURNS, sent=("u", "a1", "r1"),
+                              edits=("clear_thinking_20251015", "clear_tool_uses_20250919")))
+    current = edited((("user", "other"),), sent=("u", "a1", "r1", "a2"))
+    assert store.explain("msg_prev", current, 0).context_edits == (
+        "clear_thinking_20251015", "clear_tool_uses_20250919")
+
+
+def test_a_client_that_changed_its_own_messages_is_told_so_without_edits():
+    store = store_with(edited(TURNS, sent=("u", "a1", "r1")))
+    current = edited((("user", "changed"),), sent=("u-changed", "a1", "r1", "a2"))
+    reason = store.explain("msg_prev", current, 0)
+    assert reason.type == "messages_changed" and reason.context_edits == ()
+    assert "context_edits" not in reason.to_dict()

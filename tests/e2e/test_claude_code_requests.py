@@ -163,3 +163,38 @@ def test_clear_tool_uses_is_applied_and_reported(cc_server):
     usage = message.usage
     assert usage.input_tokens + usage.cache_read_input_tokens + \
         usage.cache_creation_input_tokens == counted.input_tokens
+
+
+def test_a_miss_caused_by_a_context_edit_is_named_in_the_diagnostics(cc_server):
+    """The client only appends turns, yet the edit clears a result the last request cached:
+    the diagnostics say the messages changed, and that the edit changed them."""
+    client = anthropic.Anthropic(base_url=cc_server.base_url, api_key=KEY_A, max_retries=0)
+    edits = {"edits": [{"type": "clear_tool_uses_20250919",
+                        "trigger": {"type": "tool_uses", "value": 2},
+                        "keep": {"type": "tool_uses", "value": 1}}]}
+    messages = [{"role": "user", "content": "Read the files."}]
+
+    def read_file(i: int) -> None:
+        messages.extend([
+            {"role": "assistant", "content": [{"type": "tool_use", "id": f"toolu_{i}",
+                                               "name": "Read", "input": {"file_path": f"/{i}.py"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{i}",
+                                          "content": document(900)}]}])
+
+    def turn(previous: str | None):
+        return client.messages.create(
+            model="claude-sonnet-4-6", max_tokens=2, tools=TOOLS, messages=messages,
+            cache_control={"type": "ephemeral"}, diagnostics={"previous_message_id": previous},
+            extra_body={"context_management": edits, **GREEDY})
+
+    read_file(0)
+    read_file(1)
+    first = turn(None)  # clears the first result; the rest is written to the cache
+    assert first.usage.cache_creation_input_tokens > 1024
+    read_file(2)
+    second = turn(first.id)  # clears the second result too: the prefix changed there
+    reason = second.diagnostics.cache_miss_reason.model_dump()
+    assert reason["type"] == "messages_changed"
+    assert reason["context_edits"] == ["clear_tool_uses_20250919"]
+    assert reason["cache_missed_input_tokens"] == (first.usage.cache_creation_input_tokens
+                                                   - second.usage.cache_read_input_tokens) > 0

@@ -5,6 +5,11 @@ system prompt and turns, and how many tokens it left cached) in a bounded
 store keyed by its message id. A request naming ``diagnostics.
 previous_message_id`` is compared with that fingerprint in prompt order, and
 the first part that diverged is the ``cache_miss_reason``.
+
+A ``context_management`` edit rewrites earlier messages (a cleared tool result), so a
+client that only appended turns can still miss: the fingerprint also keeps the messages
+as sent, and a ``messages_changed`` caused by an edit names the edits
+(``"context_edits": ["clear_tool_uses_20250919"]``, a field beside the SDK's).
 """
 from __future__ import annotations
 
@@ -14,10 +19,16 @@ from dataclasses import dataclass
 
 from preheat.engine import CacheUsage
 from preheat.server.prompt_builder import BuiltPrompt
+from preheat.server.protocol import InputMessage
 
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def message_digests(messages: list[InputMessage]) -> tuple[str, ...]:
+    """One digest per message as the client sent it (before any context edit)."""
+    return tuple(_digest(m.model_dump_json()) for m in messages)
 
 
 @dataclass(frozen=True)
@@ -29,9 +40,12 @@ class Fingerprint:
     system: str
     turns: tuple[str, ...]  # complete turns; a trailing prefill is still being written
     cached_tokens: int  # the prefix it left pinned: read + written
+    sent: tuple[str, ...] = ()  # the messages as sent, before context edits
+    edits: tuple[str, ...] = ()  # the context edits that changed its messages
 
     @classmethod
-    def of(cls, namespace: str, model: str, prompt: BuiltPrompt, cache: CacheUsage) -> Fingerprint:
+    def of(cls, namespace: str, model: str, prompt: BuiltPrompt, cache: CacheUsage,
+           sent: tuple[str, ...] = (), edits: tuple[str, ...] = ()) -> Fingerprint:
         turns = prompt.turns[:-1] if prompt.prefill else prompt.turns
         return cls(
             namespace=namespace,
@@ -41,6 +55,8 @@ class Fingerprint:
             system=_digest(prompt.system_text),
             turns=tuple(_digest(f"{t.role}\n{t.content}") for t in turns),
             cached_tokens=cache.cache_read_tokens + cache.cache_write_tokens,
+            sent=sent,
+            edits=edits,
         )
 
 
@@ -48,11 +64,14 @@ class Fingerprint:
 class CacheMissReason:
     type: str
     cache_missed_input_tokens: int | None = None
+    context_edits: tuple[str, ...] = ()  # the edits that changed the messages, if they did
 
     def to_dict(self) -> dict:
         out: dict = {"type": self.type}
         if self.cache_missed_input_tokens is not None:
             out["cache_missed_input_tokens"] = self.cache_missed_input_tokens
+        if self.context_edits:
+            out["context_edits"] = list(self.context_edits)
         return out
 
 
@@ -87,5 +106,13 @@ class DiagnosticsStore:
             # same model, tools and system, but another prompt-affecting parameter changed
             return CacheMissReason("unavailable")
         if current.turns[:len(previous.turns)] != previous.turns:
-            return CacheMissReason("messages_changed", missed)
+            return CacheMissReason("messages_changed", missed, _edits_behind(previous, current))
         return None
+
+
+def _edits_behind(previous: Fingerprint, current: Fingerprint) -> tuple[str, ...]:
+    """The context edits that made the prompts differ: the client only appended messages,
+    and an edit of either request rewrote some (none: the client changed them itself)."""
+    edits = tuple(dict.fromkeys(previous.edits + current.edits))
+    appended = bool(previous.sent) and current.sent[:len(previous.sent)] == previous.sent
+    return edits if appended else ()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from preheat.engine import EngineError, GenerationRequest, SamplingParams
 from preheat.server.cache_policy import CachePolicy
 from preheat.server.context_edits import EditedRequest, apply_edits
-from preheat.server.diagnostics import DiagnosticsStore
+from preheat.server.diagnostics import DiagnosticsStore, message_digests
 from preheat.server.errors import InvalidRequestError, from_engine_error
 from preheat.server.documents import DocumentReader
 from preheat.server.model_input import model_input
@@ -66,11 +66,18 @@ class PreparedMessage:
     continues: ThreadTurn | None = None  # the thread turn this request continues from
     record: RequestRecord | None = None  # metrics and access log (None: not an HTTP request)
     context_management: dict | None = None  # what the request's edits did, for the response
+    sent_messages: tuple[str, ...] = ()  # digests of the messages before edits (diagnostics)
 
     @property
     def is_prewarm(self) -> bool:
         """Writes its cache entries and generates nothing: no content block."""
         return self.body.max_tokens == 0
+
+    @property
+    def edit_types(self) -> tuple[str, ...]:
+        """The context edits that changed this request's messages."""
+        applied = (self.context_management or {}).get("applied_edits", ())
+        return tuple(edit["type"] for edit in applied)
 
     def reply_parser(self) -> ReplyParser:
         return ReplyParser(tool_calls=self.output.tool_calls, form=self.tool_form)
@@ -148,12 +155,14 @@ class MessageService:
         # A max_tokens past what the prompt leaves of the context window is no error, as on
         # Claude today: the reply runs until the window is full and stops with
         # model_context_window_exceeded. Only a prompt that does not fit is refused.
-        body, edits = await self._edited(await self._model_input(body))
+        body = await self._model_input(body)
+        sent = await asyncio.to_thread(message_digests, body.messages)
+        body, edits = await self._edited(body)
         applied = None if edits is None else {"applied_edits": edits.applied}
         turn = self.threads.begin(body, namespace)
         try:
             prepared = await self._prepare(body, namespace, request_id, turn, record, sampling)
-            return replace(prepared, context_management=applied)
+            return replace(prepared, context_management=applied, sent_messages=sent)
         except BaseException:
             if turn is not None:
                 self.threads.end_continue(turn, succeeded=False)

@@ -125,7 +125,8 @@ class Reply:
         fingerprint for later requests' diagnostics."""
         prepared = self.prepared
         fingerprint = Fingerprint.of(prepared.namespace, prepared.model, prepared.prompt,
-                                     started.usage)
+                                     started.usage, prepared.sent_messages,
+                                     prepared.edit_types)
         asked = prepared.body.diagnostics
         diagnostics = None
         if asked is not None and asked.previous_message_id:
