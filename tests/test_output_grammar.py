@@ -148,10 +148,14 @@ def test_objects_without_a_word_on_other_keys_get_none_but_allof_branches_stay_o
      "tools.0.input_schema.required: invalid JSON schema: "),
     ({"tools": [{"name": "t", "input_schema": {"type": "array"}}]},
      "tools.0.input_schema.type: Input should be 'object'"),
-    ({"tools": [WEATHER, {"name": "t", "input_schema": {"type": "object", "properties": {
-        "a": {"not": {"type": "string"}}}}}]},
+    ({"tools": [WEATHER, {"name": "t", "strict": True, "input_schema": {
+        "type": "object", "properties": {"a": {"not": {"type": "string"}}}}}]},
      'tools.1.input_schema: this JSON schema uses features that constrained decoding cannot '
      'enforce: Unimplemented keys: ["not"]'),
+    ({"output_config": {"format": {"type": "json_schema", "schema": {
+        "type": "object", "propertyNames": {"pattern": "^a"}}}}},
+     'output_config.format.schema: this JSON schema uses features that constrained decoding '
+     'cannot enforce: Unimplemented keys: ["propertyNames"]'),
     ({"tools": [{"name": "t", "input_schema": {"type": "object", "properties": {
         "a": {"type": "string", "pattern": "(?=x)"}}}}]},
      "tools.0.input_schema: this JSON schema uses features that constrained decoding cannot "
@@ -170,6 +174,21 @@ def test_objects_without_a_word_on_other_keys_get_none_but_allof_branches_stay_o
 ])
 def test_bad_and_unsupported_schemas_are_400s_that_say_where(fields, expected):
     assert error_of(**fields).startswith(expected)
+
+
+def test_a_plain_tool_is_held_to_its_schema_without_the_keywords_the_grammar_cant_enforce():
+    # Claude Code's tools use propertyNames; Anthropic holds a non-strict tool to no schema
+    tool = {"name": "edit", "input_schema": {"type": "object", "properties": {
+        "not": {"type": "integer"},  # a property named like a keyword is a name: it stays
+        "env": {"type": "object", "propertyNames": {"pattern": "^[A-Z]+$"},
+                "additionalProperties": {"type": "string"}},
+        "mode": {"type": "string", "not": {"const": "x"}}},
+        "required": ["not", "env", "mode"]}}
+    grammar = plan_output(request(tools=[tool], tool_choice={"type": "any"})).grammar
+    assert accepts(grammar, HERMES.render("edit", {"not": 1, "env": {"HOME": "/"}, "mode": "a"}))
+    assert accepts(grammar, HERMES.render("edit", {"not": 1, "env": {"lower": "/"}, "mode": "x"}))
+    assert not accepts(grammar, HERMES.render("edit", {"not": "1", "env": {}, "mode": "a"}))
+    assert not accepts(grammar, HERMES.render("edit", {"not": 1, "env": {"A": 2}, "mode": "a"}))
 
 
 def prefix_allowed(grammar: str, text: str) -> bool:

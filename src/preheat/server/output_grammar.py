@@ -5,12 +5,15 @@ The model chooses the content; the grammar guarantees the shape: every tool call
 is in the model's tool-call form (``tool_format``) with arguments valid against its tool's
 ``input_schema``, and a structured-output reply is JSON valid against its schema.
 Schemas are checked here, before anything runs: an invalid schema is a 400 naming
-where it is wrong, one using features the grammar cannot enforce is a 400 naming
-them.
+where it is wrong. Keywords the grammar cannot enforce (``propertyNames``, say) are a 400
+naming them for a structured-output reply and a ``strict: true`` tool, whose validity is
+promised; a plain tool's schema is enforced without them (Claude Code's tools use some,
+and Anthropic holds a plain tool's calls to no schema at all).
 """
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -114,7 +117,7 @@ def _tool_schema(index: int, tool: Tool) -> dict:
     where = f"tools.{index}.input_schema"
     if tool.input_schema.get("type") != "object":
         raise InvalidRequestError(f"{where}.type: Input should be 'object'")
-    return _checked_schema(tool.input_schema, where)
+    return _checked_schema(tool.input_schema, where, loosen=tool.strict is not True)
 
 
 def _reply_schema(fmt: dict[str, Any]) -> dict:
@@ -131,8 +134,9 @@ def _reply_schema(fmt: dict[str, Any]) -> dict:
     return _checked_schema(schema, "output_config.format.schema")
 
 
-def _checked_schema(schema: dict, where: str) -> dict:
-    """A valid JSON Schema the grammar can enforce, as the grammar will get it."""
+def _checked_schema(schema: dict, where: str, loosen: bool = False) -> dict:
+    """A valid JSON Schema the grammar can enforce, as the grammar will get it; with
+    ``loosen``, without the keywords it can't enforce."""
     cls = validator_for(schema, default=Draft202012Validator)
     try:
         cls.check_schema(schema)
@@ -140,16 +144,54 @@ def _checked_schema(schema: dict, where: str) -> dict:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.path)
         raise InvalidRequestError(f"{where}{path}: invalid JSON schema: {err.message}") from None
     schema = _closed_objects(_without_text_format(schema))
-    bounded = _bounded_numbers(schema)
-    problem = check_grammar(f"start: {_json_rule(bounded)}\n")
-    if problem:  # maybe the schema's own numbers are beyond what the bounds combine with
-        problem = check_grammar(f"start: {_json_rule(schema)}\n")
-    else:
-        schema = bounded
+    schema, problem = _enforceable(schema)
+    while loosen and problem and (keys := _unimplemented_keys(problem)):
+        schema, problem = _enforceable(_without_keys(schema, keys))
     if problem:
         raise InvalidRequestError(f"{where}: this JSON schema uses features that constrained "
                                   f"decoding cannot enforce: {_first_line(problem)}")
     return schema
+
+
+def _enforceable(schema: dict) -> tuple[dict, str | None]:
+    """``schema`` with default number bounds where they compile, and why the grammar
+    can't take it (None: it can)."""
+    bounded = _bounded_numbers(schema)
+    if not check_grammar(f"start: {_json_rule(bounded)}\n"):
+        return bounded, None
+    # maybe the schema's own numbers are beyond what the bounds combine with
+    return schema, check_grammar(f"start: {_json_rule(schema)}\n")
+
+
+_UNIMPLEMENTED = re.compile(r"Unimplemented keys: (\[[^\]]*\])")
+
+
+def _unimplemented_keys(problem: str) -> set[str]:
+    """The keywords llguidance says it does not implement, from its message."""
+    found = _UNIMPLEMENTED.search(problem)
+    try:
+        keys = json.loads(found.group(1)) if found else []
+    except json.JSONDecodeError:
+        return set()
+    return {k for k in keys if isinstance(k, str)}
+
+
+def _without_keys(node: Any, keys: set[str]) -> Any:
+    """A schema without the keywords ``keys`` at any depth; the names in ``properties``
+    (and the other name maps) are names, not keywords, and stay."""
+    if isinstance(node, list):
+        return [_without_keys(v, keys) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key in keys:
+            continue
+        if key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _without_keys(sub, keys) for name, sub in value.items()}
+        else:
+            out[key] = _without_keys(value, keys)
+    return out
 
 
 # Keywords whose value is a subschema, a list of them, or a name -> subschema map.
