@@ -15,7 +15,7 @@ constant that no layer writes to, and the end-of-turn token's row of ``lm_head``
 
     python bench/random_model.py OUT_DIR [--shape tiny|smollm2-135m|llama-1b|llama-8b]
                                  [--dtype bfloat16] [--context 8192] [--eos-first]
-                                 [--tokenizer GGUF_OR_FOLDER]
+                                 [--tokenizer GGUF_OR_FOLDER] [--chat-template FILE]
 """
 from __future__ import annotations
 
@@ -93,12 +93,13 @@ def load_tokenizer(source: Path | None) -> Tokenizer:
 
 
 def write(out: Path, shape: str, dtype: torch.dtype, tokenizer: Tokenizer, seed: int = 0,
-          context: int = 8192, eos_first: bool = False) -> None:
+          context: int = 8192, eos_first: bool = False, chat_template: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.backend.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({
         "eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token,
-        "add_bos_token": tokenizer.add_bos, "chat_template": tokenizer.chat_template}))
+        "add_bos_token": tokenizer.add_bos,
+        "chat_template": chat_template or tokenizer.chat_template}))
     cfg = config_json(shape, tokenizer.vocab_size, tokenizer, context, eos_first)
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     weights = random_weights(cfg, dtype, seed)
@@ -115,9 +116,12 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, help="a GGUF file or a model folder (default: the embedded model)")
     parser.add_argument("--context", type=int, default=8192, help="the context window")
     parser.add_argument("--eos-first", action="store_true", help="end every reply at once")
+    parser.add_argument("--chat-template", type=Path,
+                        help="a Jinja chat template file to use instead of the tokenizer's")
     args = parser.parse_args()
+    template = args.chat_template.read_text() if args.chat_template else None
     write(args.out, args.shape, getattr(torch, args.dtype), load_tokenizer(args.tokenizer),
-          context=args.context, eos_first=args.eos_first)
+          context=args.context, eos_first=args.eos_first, chat_template=template)
     print(f"{args.out}: random {args.shape} ({args.dtype})")
 
 

@@ -93,11 +93,17 @@ def thinking_conversation(keep) -> MessagesRequest:
 
 @pytest.mark.parametrize("keep, cleared", [
     (None, 2), ({"type": "thinking_turns", "value": 2}, 1), ("all", 0), ({"type": "all"}, 0)])
-def test_clear_thinking_reports_the_older_turns(count, keep, cleared):
-    edited = apply_edits(thinking_conversation(keep), count)
+def test_clear_thinking_clears_the_older_turns_thinking(count, keep, cleared):
+    """As a thinking model's request reaches the edits (its signed thinking kept)."""
+    request = thinking_conversation(keep)
+    edited = apply_edits(request, count)
+    kept = [any(b.type == "thinking" for b in m.content)
+            for m in edited.request.messages if m.role == "assistant"]
+    assert kept == [False] * cleared + [True] * (3 - cleared)
     expected = [{"type": "clear_thinking_20251015", "cleared_thinking_turns": cleared,
-                 "cleared_input_tokens": 0}] if cleared else []
+                 "cleared_input_tokens": count(request) - count(edited.request)}] if cleared else []
     assert edited.applied == expected
+    assert not cleared or expected[0]["cleared_input_tokens"] > 0
 
 
 def test_compaction_is_a_clear_400():

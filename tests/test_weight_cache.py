@@ -10,7 +10,8 @@ import torch
 
 import preheat.loader.weight_cache as weight_cache
 from preheat.loader.model_loader import load_model
-from preheat.loader.weight_cache import cached_weights_path, file_sha256, load_or_convert, resolve_cache_dir
+from preheat.cache_dir import resolve_cache_dir
+from preheat.loader.weight_cache import cached_weights_path, file_sha256, load_or_convert
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from preheat import __version__
+from preheat.cache_dir import resolve_cache_dir
 from preheat.client.bench.command import add_bench_parser
 from preheat.client.chat.command import add_chat_parser
 from preheat.config import EngineConfig
@@ -151,6 +152,9 @@ def add_serve_parser(commands) -> None:
                help='an image block for this text-only model: "reject" (a 400 naming it, '
                     'as Anthropic answers for a model without vision) or "placeholder" (a '
                     'short note in its place, so an agent\'s session goes on)')
+    add_option(parser, "--thinking-key-file", convert=Path,
+               help="for a model that thinks: the key that signs its thinking blocks, made "
+                    "on first use (default: thinking.key in the cache dir)")
     add_option(parser, "--preheat", convert=Path,
                help="a file whose text is pinned as a system prompt at start and kept warm")
     add_option(parser, "--preheat-ttl", default=defaults.preheat_ttl,
@@ -198,6 +202,8 @@ def serve(args: argparse.Namespace) -> int:
         ttl_5m_seconds=args.ttl_5m_seconds, ttl_1h_seconds=args.ttl_1h_seconds,
         max_request_bytes=args.max_request_bytes, default_temperature=args.default_temperature,
         images=args.images, preheat_file=args.preheat,
+        thinking_key_file=(args.thinking_key_file
+                           or resolve_cache_dir(args.cache_dir) / "thinking.key"),
         preheat_ttl=args.preheat_ttl, preheat_key=args.preheat_key,
         thread_ttl_seconds=args.thread_ttl_seconds, max_threads=args.max_threads,
         max_thread_tokens=args.max_thread_tokens,

@@ -15,17 +15,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file, save_file
 
+from preheat.cache_dir import resolve_cache_dir
+
 logger = logging.getLogger(__name__)
 
 # Bump whenever the converter's output for the same input changes (names, layout, rounding).
 CONVERTER_VERSION = 1
-CACHE_DIR_ENV = "PREHEAT_CACHE_DIR"
 _HASHES_FILE = "file-hashes.json"
 
 Converter = Callable[[], Iterable[tuple[str, torch.Tensor]]]
@@ -38,15 +38,6 @@ class CachedWeights:
     weights: dict[str, torch.Tensor]
     path: Path
     converted: bool  # True when this call ran the converter, False on a cache hit
-
-
-def resolve_cache_dir(cache_dir: Path | None = None) -> Path:
-    """The cache root: explicit argument, else `$PREHEAT_CACHE_DIR`, else the user cache dir."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get(CACHE_DIR_ENV):
-        return Path(os.environ[CACHE_DIR_ENV])
-    return Path(platformdirs.user_cache_dir("preheat"))
 
 
 def cached_weights_path(source: Path, dtype: torch.dtype, cache_dir: Path | None = None) -> Path:

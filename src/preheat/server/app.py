@@ -13,6 +13,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from preheat.cache_dir import resolve_cache_dir
 from preheat.engine import EngineError
 from preheat.server.auth import Authenticator
 from preheat.server.cache_policy import CachePolicy
@@ -31,6 +32,7 @@ from preheat.server.model_registry import ModelRegistry
 from preheat.server.openai_chat import ChatCompletions
 from preheat.server.openai_errors import openai_error_response, speaks_openai
 from preheat.server.prewarm import Prewarmer
+from preheat.server.reasoning import ReasoningFormat, ThinkingSigner, ThinkingSupport
 from preheat.server.protocol import MessagesRequest, PromptRequest, parse_request
 from preheat.server.request_record import CLIENT_CLOSED
 from preheat.server.request_tracking import RequestTracker
@@ -43,6 +45,18 @@ if TYPE_CHECKING:
     from preheat.engine import EngineClient
 
 log = logging.getLogger(__name__)
+
+
+def thinking_support(tokenizer, settings: ServerSettings) -> ThinkingSupport | None:
+    """Thinking blocks for a model with a reasoning format (None for one without)."""
+    fmt = ReasoningFormat.of(tokenizer)
+    if fmt is None:
+        return None
+    key = settings.thinking_key_file or resolve_cache_dir() / "thinking.key"
+    log.info("the model has a reasoning format (%s): replies that think are thinking blocks",
+             "enable_thinking" if fmt.switchable else "opened by its prompt"
+             if fmt.opened_by_prompt else "<think> tags")
+    return ThinkingSupport(fmt, ThinkingSigner.from_file(key))
 
 
 def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
@@ -59,7 +73,8 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
                              ThreadStore(settings.thread_ttl_seconds, settings.max_threads,
                                          settings.max_thread_tokens),
                              default_temperature=settings.default_temperature,
-                             documents=DocumentReader(settings.images))
+                             documents=DocumentReader(settings.images),
+                             thinking=thinking_support(engine.tokenizer, settings))
     auth = Authenticator(settings.api_keys)
     chat = ChatCompletions(service)
 

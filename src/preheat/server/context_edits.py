@@ -47,27 +47,41 @@ def apply_edits(request: PromptRequest,
     size = 0  # the prompt's size as edited so far, once measured
     applied: list[dict[str, Any]] = []
     for edit in config.edits if config is not None else ():
-        if isinstance(edit, ClearThinkingEdit):
-            applied += _clear_thinking(request, edit)
-            continue
-        if original is None:
+        if original is None and (isinstance(edit, ClearToolUsesEdit) or _thinking_turns(request)):
             original = size = count_tokens(request)
+        if isinstance(edit, ClearThinkingEdit):
+            request, done, size = _clear_thinking(request, edit, size, count_tokens)
+            applied += done
+            continue
         request, done, size = _clear_tool_uses(request, edit, size, count_tokens)
         applied += done
     return EditedRequest(request, applied, original)
 
 
-def _clear_thinking(request: PromptRequest, edit: ClearThinkingEdit) -> list[dict[str, Any]]:
-    if edit.keep == "all" or (edit.keep is not None and edit.keep.type == "all"):
-        return []
-    keep = 1 if edit.keep is None else edit.keep.value  # Anthropic's default: the last turn
-    turns = [m for m in request.messages if m.role == "assistant" and any(
+def _thinking_turns(request: PromptRequest) -> list[int]:
+    """The assistant messages that hold thinking (only a thinking model's are left)."""
+    return [i for i, m in enumerate(request.messages) if m.role == "assistant" and any(
         isinstance(b, (ThinkingBlock, RedactedThinkingBlock)) for b in m.content)]
-    cleared = max(len(turns) - keep, 0)
+
+
+def _clear_thinking(request: PromptRequest, edit: ClearThinkingEdit, size: int,
+                    count_tokens: Callable[[PromptRequest], int]
+                    ) -> tuple[PromptRequest, list[dict[str, Any]], int]:
+    """The request without the thinking of all but the last ``keep`` turns that have some."""
+    if edit.keep == "all" or (edit.keep is not None and edit.keep.type == "all"):
+        return request, [], size
+    keep = 1 if edit.keep is None else edit.keep.value  # Anthropic's default: the last turn
+    turns = _thinking_turns(request)
+    cleared = set(turns[:max(len(turns) - keep, 0)])
     if not cleared:
-        return []
-    return [{"type": "clear_thinking_20251015", "cleared_thinking_turns": cleared,
-             "cleared_input_tokens": 0}]
+        return request, [], size
+    edited = request.model_copy(update={"messages": [
+        m.model_copy(update={"content": [b for b in m.content if not isinstance(
+            b, (ThinkingBlock, RedactedThinkingBlock))]}) if i in cleared else m
+        for i, m in enumerate(request.messages)]})
+    edited_size = count_tokens(edited)
+    return edited, [{"type": "clear_thinking_20251015", "cleared_thinking_turns": len(cleared),
+                     "cleared_input_tokens": max(size - edited_size, 0)}], edited_size
 
 
 def _clear_tool_uses(request: PromptRequest, edit: ClearToolUsesEdit, size: int,

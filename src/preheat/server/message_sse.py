@@ -9,7 +9,8 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 from preheat.server.errors import APIError
 from preheat.server.reply_events import Closed, Opened, Ping, ReplyEvent
-from preheat.server.reply_parser import BlockEvent, BlockStart, BlockStop, JsonPiece, TextPiece
+from preheat.server.reply_parser import (BlockEvent, BlockStart, BlockStop, JsonPiece,
+                                         SignaturePiece, TextPiece, ThinkingPiece)
 from preheat.server.sse import PING, sse_event
 
 
@@ -44,6 +45,10 @@ def _block_sse(event: BlockEvent) -> bytes:
         delta = {"type": "text_delta", "text": event.text}
     elif isinstance(event, JsonPiece):
         delta = {"type": "input_json_delta", "partial_json": event.partial_json}
+    elif isinstance(event, ThinkingPiece):
+        delta = {"type": "thinking_delta", "thinking": event.thinking}
+    elif isinstance(event, SignaturePiece):
+        delta = {"type": "signature_delta", "signature": event.signature}
     else:
         assert isinstance(event, BlockStop)
         return sse_event("content_block_stop", {"type": "content_block_stop",

@@ -24,8 +24,10 @@ from preheat.server.model_registry import ModelRegistry
 from preheat.server.output_grammar import FREE_TEXT, OutputPlan, plan_output
 from preheat.server.prompt_builder import BuiltPrompt, build_prompt, continue_prompt
 from preheat.server.protocol import MessageResponse, MessagesRequest, PromptRequest, TokenCount
+from preheat.server.reasoning import PLAIN, GenerationPrompt, ThinkingSupport
 from preheat.server.reply import Reply
 from preheat.server.reply_parser import ReplyParser
+from preheat.server.thinking_parser import ThinkingReply, ThinkingReplyParser
 from preheat.server.thread_store import ThreadStore, ThreadTurn
 from preheat.server.tool_format import HERMES, ToolCallForm
 
@@ -67,6 +69,7 @@ class PreparedMessage:
     record: RequestRecord | None = None  # metrics and access log (None: not an HTTP request)
     context_management: dict | None = None  # what the request's edits did, for the response
     sent_messages: tuple[str, ...] = ()  # digests of the messages before edits (diagnostics)
+    thinking: ThinkingReply | None = None  # the reply thinks (a reasoning model, asked to)
 
     @property
     def is_prewarm(self) -> bool:
@@ -79,8 +82,9 @@ class PreparedMessage:
         applied = (self.context_management or {}).get("applied_edits", ())
         return tuple(edit["type"] for edit in applied)
 
-    def reply_parser(self) -> ReplyParser:
-        return ReplyParser(tool_calls=self.output.tool_calls, form=self.tool_form)
+    def reply_parser(self) -> ReplyParser | ThinkingReplyParser:
+        answer = ReplyParser(tool_calls=self.output.tool_calls, form=self.tool_form)
+        return answer if self.thinking is None else self.thinking.parser(answer)
 
 
 class MessageService:
@@ -89,7 +93,8 @@ class MessageService:
     def __init__(self, engine: EngineClient, registry: ModelRegistry, policy: CachePolicy,
                  diagnostics: DiagnosticsStore, ping_interval: float,
                  tool_form: ToolCallForm = HERMES, threads: ThreadStore | None = None,
-                 default_temperature: float = 1.0, documents: DocumentReader | None = None):
+                 default_temperature: float = 1.0, documents: DocumentReader | None = None,
+                 thinking: ThinkingSupport | None = None):
         self.engine = engine
         self.threads = threads or ThreadStore()
         self.registry = registry
@@ -99,6 +104,7 @@ class MessageService:
         self.tool_form = tool_form  # how the model writes tool calls
         self.default_temperature = default_temperature  # for requests that set none
         self.documents = documents or DocumentReader()  # documents and images as text
+        self.thinking = thinking  # None: the model has no reasoning format
 
     @property
     def context_window(self) -> int:
@@ -110,7 +116,13 @@ class MessageService:
         ms); one sure to be over ``max_tokens`` is a 400 before it is tokenized."""
         self.registry.resolve(body.model)
         return await asyncio.to_thread(build_prompt, body, self.engine.tokenizer, self.tool_form,
-                                       max_tokens)
+                                       max_tokens, self._generation(body))
+
+    def _generation(self, body: PromptRequest) -> GenerationPrompt:
+        """How the prompt ends: with the model's thinking switched on or off."""
+        if self.thinking is None:
+            return PLAIN
+        return self.thinking.format.generation(body.thinking is not None and body.thinking.on)
 
     async def count_tokens(self, body: PromptRequest) -> TokenCount:
         """The prompt's size as ``/v1/messages`` would build it (its 400s included); with
@@ -127,7 +139,8 @@ class MessageService:
         return TokenCount(input_tokens=len(prompt.token_ids), context_management=before)
 
     async def _model_input(self, body: Request) -> Request:
-        return await asyncio.to_thread(model_input, body, self.documents)
+        signer = self.thinking.signer if self.thinking is not None else None
+        return await asyncio.to_thread(model_input, body, self.documents, signer)
 
     async def _edited(self, body: Request) -> tuple[Request, EditedRequest | None]:
         """``body`` with its ``context_management`` edits applied (none: itself)."""
@@ -141,7 +154,8 @@ class MessageService:
         return edits.request, edits
 
     def _prompt_tokens(self, body: PromptRequest) -> int:
-        return len(build_prompt(body, self.engine.tokenizer, self.tool_form).token_ids)
+        return len(build_prompt(body, self.engine.tokenizer, self.tool_form,
+                                generation=self._generation(body)).token_ids)
 
     async def prepare(self, body: MessagesRequest, namespace: str, request_id: str,
                       record: RequestRecord | None = None,
@@ -179,7 +193,7 @@ class MessageService:
             self.registry.resolve(body.model)
             prompt = await asyncio.to_thread(continue_prompt, body, self.engine.tokenizer,
                                              self.tool_form, turn.token_ids, turn.blocks,
-                                             self.context_window)
+                                             self.context_window, self._generation(body))
         breakpoints = self.policy.breakpoints(body, prompt)
         output = await asyncio.to_thread(plan_output, body, self.tool_form)
         if body.max_tokens == 0:
@@ -189,6 +203,7 @@ class MessageService:
             raise InvalidRequestError(
                 "a final assistant message (prefill) cannot be combined with a forced "
                 "tool_choice or output_config.format: the reply's shape is fixed from its start")
+        thinking = self._thinking_reply(body, prompt, output)
         temperature = (sampling.temperature if sampling.temperature is not None
                        else body.temperature if "temperature" in body.model_fields_set
                        else self.default_temperature)
@@ -201,7 +216,33 @@ class MessageService:
             prompt.token_ids, params, namespace, breakpoints, message_id,
             hold_seconds=self.threads.ttl if body.thread is not None else 0.0)
         return PreparedMessage(message_id, request_id, namespace, self.registry.model_id, body,
-                               prompt, output, self.tool_form, generation, turn, record)
+                               prompt, output, self.tool_form, generation, turn, record,
+                               thinking=thinking)
+
+    def _thinking_reply(self, body: MessagesRequest, prompt: BuiltPrompt,
+                        output: OutputPlan) -> ThinkingReply | None:
+        """How the reply thinks (None: it does not), and the 400s Anthropic gives for what
+        thinking can't be combined with."""
+        asked = body.thinking
+        if asked is None or not asked.on:
+            return None
+        if asked.budget_tokens is not None and 0 < body.max_tokens <= asked.budget_tokens:
+            raise InvalidRequestError("max_tokens must be greater than thinking.budget_tokens")
+        if self.thinking is None or body.max_tokens == 0:
+            return None  # the model has no reasoning format: it answers without thinking
+        if output.calls_only:
+            raise InvalidRequestError("thinking may not be enabled when tool_choice forces "
+                                      "tool use")
+        if prompt.prefill:
+            raise InvalidRequestError("a final assistant message (prefill) cannot be combined "
+                                      "with thinking")
+        if output.grammar is not None and not output.tool_calls:
+            raise InvalidRequestError("thinking cannot be combined with output_config.format "
+                                      "on this server: the format is held from the reply's "
+                                      "first token")
+        generation = self._generation(body)
+        return ThinkingReply(self.thinking.signer, opened=generation.opened,
+                             show=asked.display != "omitted")
 
     async def run(self, prepared: PreparedMessage, *, heartbeat: float | None = None) -> Reply:
         """Hand the request to the engine and return its reply, to be rendered by an API.

@@ -22,7 +22,8 @@ from typing import Literal, Protocol
 
 from preheat.server.errors import InvalidRequestError
 from preheat.server.protocol import (CacheControl, InputMessage, PromptRequest, TextBlock,
-                                     ToolChoice, ToolResultBlock, ToolUseBlock)
+                                     ThinkingBlock, ToolChoice, ToolResultBlock, ToolUseBlock)
+from preheat.server.reasoning import PLAIN, GenerationPrompt, thinking_text
 from preheat.server.system_turns import CLOSE as SYSTEM_CLOSE
 from preheat.server.system_turns import OPEN as SYSTEM_OPEN
 from preheat.server.system_turns import fold_system_turns, merge_roles
@@ -43,7 +44,7 @@ class ChatTokenizer(Protocol):
                       bos: bool = True) -> tuple[list[int], list[tuple[int, int]]]: ...
 
     def render_chat(self, messages: list[dict[str, str]], *, tools=None,
-                    add_generation_prompt: bool = True) -> str: ...
+                    add_generation_prompt: bool = True, **template_vars) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,12 @@ class _Piece:
 
 
 def build_prompt(request: PromptRequest, tokenizer: ChatTokenizer,
-                 tool_form: ToolCallForm = HERMES, max_tokens: int | None = None) -> BuiltPrompt:
-    """Render and tokenize a request, tool calls in ``tool_form``; malformed conversations
-    are a 400, and so is a prompt sure to be over ``max_tokens`` (see ``_refuse_oversized``)."""
-    rendered = _render_request(request, tokenizer, tool_form)
+                 tool_form: ToolCallForm = HERMES, max_tokens: int | None = None,
+                 generation: GenerationPrompt = PLAIN) -> BuiltPrompt:
+    """Render and tokenize a request, tool calls in ``tool_form``, ending as ``generation``
+    says (thinking on or off); malformed conversations are a 400, and so is a prompt sure
+    to be over ``max_tokens`` (see ``_refuse_oversized``)."""
+    rendered = _render_request(request, tokenizer, tool_form, generation=generation)
     _refuse_oversized(rendered.text, tokenizer, max_tokens)
     return _placed(rendered, *tokenizer.encode_prompt(rendered.text))
 
@@ -106,7 +109,8 @@ def _refuse_oversized(text: str, tokenizer: ChatTokenizer, max_tokens: int | Non
 
 def continue_prompt(request: PromptRequest, tokenizer: ChatTokenizer, tool_form: ToolCallForm,
                     history_ids: list[int], history_blocks: list[PromptBlock],
-                    max_tokens: int | None = None) -> BuiltPrompt:
+                    max_tokens: int | None = None,
+                    generation: GenerationPrompt = PLAIN) -> BuiltPrompt:
     """A thread's next prompt: the stored token ids of its history, never re-tokenized,
     then the rest of ``request`` (the whole conversation) rendered and tokenized.
 
@@ -118,7 +122,8 @@ def continue_prompt(request: PromptRequest, tokenizer: ChatTokenizer, tool_form:
     """
     k = len(history_blocks)
     history = len(request.messages) - _new_messages(request, k)
-    rendered = _render_request(request, tokenizer, tool_form, checked_from=history)
+    rendered = _render_request(request, tokenizer, tool_form, checked_from=history,
+                               generation=generation)
     _refuse_oversized(rendered.text, tokenizer, max_tokens)
     cut = rendered.block_chars[k - 1]
     last = _block_text(request.messages[history - 1].content[-1], tool_form)
@@ -130,7 +135,8 @@ def continue_prompt(request: PromptRequest, tokenizer: ChatTokenizer, tool_form:
 
 
 def _render_request(request: PromptRequest, tokenizer: ChatTokenizer,
-                    tool_form: ToolCallForm, checked_from: int = 0) -> BuiltPrompt:
+                    tool_form: ToolCallForm, checked_from: int = 0,
+                    generation: GenerationPrompt = PLAIN) -> BuiltPrompt:
     """The prompt's text and blocks (at ``block_chars``), not yet tokenized; messages from
     ``checked_from`` on are checked."""
     _check_messages(request.messages, checked_from)
@@ -142,7 +148,7 @@ def _render_request(request: PromptRequest, tokenizer: ChatTokenizer,
     top = [("system", tool_pieces + system_pieces)] if tool_pieces or system_pieces else []
     # a conversation that opens with a system message goes on with the system turn
     chat = merge_roles(top + turns)
-    text, ends = _render_placing_system_turns(tokenizer, chat, prefill)
+    text, ends = _render_placing_system_turns(tokenizer, chat, prefill, generation)
     owned = [(piece, end) for piece, end in ends if piece.section is not None]
     return BuiltPrompt(
         text=text, token_ids=[],
@@ -242,7 +248,8 @@ def _tool_choice_text(choice: ToolChoice | None) -> str:
 def _merge_turns(messages: list[InputMessage],
                  form: ToolCallForm) -> list[tuple[str, list[_Piece]]]:
     """Consecutive messages of one role are one turn, as Anthropic merges them."""
-    return merge_roles([(m.role, [_Piece(_block_text(b, form), "messages", b.cache_control)
+    return merge_roles([(m.role, [_Piece(_block_text(b, form), "messages",
+                                         getattr(b, "cache_control", None))  # thinking: none
                                   for b in m.content]) for m in messages])
 
 
@@ -251,6 +258,8 @@ def _block_text(block, form: ToolCallForm) -> str:
         return block.text
     if isinstance(block, ToolUseBlock):
         return form.render(block.name, block.input)
+    if isinstance(block, ThinkingBlock):  # kept only for a model that thinks (model_input)
+        return thinking_text(block.thinking)
     assert isinstance(block, ToolResultBlock)
     error = ' is_error="true"' if block.is_error else ""
     result = BLOCK_SEPARATOR.join(part.text for part in block.content)
@@ -261,12 +270,13 @@ def _block_text(block, form: ToolCallForm) -> str:
 
 
 def _render_placing_system_turns(tokenizer: ChatTokenizer, chat: list[tuple[str, list[_Piece]]],
-                                 prefill: bool) -> tuple[str, list[tuple[_Piece, int]]]:
+                                 prefill: bool, generation: GenerationPrompt
+                                 ) -> tuple[str, list[tuple[_Piece, int]]]:
     """``_render``, with system turns inside the conversation as the template's own system
     turns where it renders them there, else folded into user turns (``system_turns.py``)."""
     inside = any(role == "system" for role, _ in chat[1:])
     try:
-        text, ends, starts = _render(tokenizer, chat, prefill)
+        text, ends, starts = _render(tokenizer, chat, prefill, generation)
     except ChatTemplateError:
         if not inside:
             raise
@@ -274,7 +284,7 @@ def _render_placing_system_turns(tokenizer: ChatTokenizer, chat: list[tuple[str,
         if not inside or all(start >= 0 for i, ((role, _), start) in enumerate(zip(chat, starts))
                              if role == "system" and i > 0):
             return text, ends
-    text, ends, _ = _render(tokenizer, fold_system_turns(chat, _delimited), prefill)
+    text, ends, _ = _render(tokenizer, fold_system_turns(chat, _delimited), prefill, generation)
     return text, ends
 
 
@@ -283,13 +293,16 @@ def _delimited(pieces: list[_Piece]) -> list[_Piece]:
 
 
 def _render(tokenizer: ChatTokenizer, chat: list[tuple[str, list[_Piece]]],
-            prefill: bool) -> tuple[str, list[tuple[_Piece, int]], list[int]]:
+            prefill: bool, generation: GenerationPrompt
+            ) -> tuple[str, list[tuple[_Piece, int]], list[int]]:
     """The prompt text, for every piece the char offset where it ends, and where each
     turn's content starts (-1 where the template rewrote or dropped it)."""
     history = chat[:-1] if prefill else chat
     messages = [{"role": role, "content": _join(pieces)} for role, pieces in history]
-    text = tokenizer.render_chat(messages, add_generation_prompt=True)
-    starts = _content_starts(tokenizer, messages, text)
+    text = tokenizer.render_chat(messages, add_generation_prompt=True,
+                                 **generation.template_vars)
+    starts = _content_starts(tokenizer, messages, text, generation.template_vars)
+    text += generation.suffix
     if prefill:
         starts.append(len(text))
         text += _join(chat[-1][1])
@@ -307,7 +320,7 @@ def _render(tokenizer: ChatTokenizer, chat: list[tuple[str, list[_Piece]]],
 
 
 def _content_starts(tokenizer: ChatTokenizer, messages: list[dict[str, str]],
-                    text: str) -> list[int]:
+                    text: str, template_vars: dict) -> list[int]:
     """Where each turn's content starts in ``text`` (-1 where it can't be found).
 
     The conversation is rendered once more with each turn's content replaced by a
@@ -319,7 +332,7 @@ def _content_starts(tokenizer: ChatTokenizer, messages: list[dict[str, str]],
     """
     sentinels = [f"{_SENTINEL}{i}\x00" for i in range(len(messages))]
     probe = tokenizer.render_chat([{"role": m["role"], "content": s} for m, s in zip(messages, sentinels)],
-                                  add_generation_prompt=True)
+                                  add_generation_prompt=True, **template_vars)
     starts, cursor, shift = [], 0, 0
     for message, sentinel in zip(messages, sentinels):
         content = message["content"]

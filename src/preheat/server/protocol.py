@@ -150,8 +150,8 @@ class SearchResultBlock(_Strict):
 
 
 class ThinkingBlock(_Strict):
-    """An earlier reply's reasoning, sent back: accepted, and not part of the prompt (Anthropic
-    leaves earlier turns' thinking out of the context)."""
+    """An earlier reply's reasoning, sent back. For a model without a reasoning format it is
+    not part of the prompt; for one with it, its signature is checked (``model_input``)."""
 
     type: Literal["thinking"]
     thinking: str
@@ -313,13 +313,17 @@ class ToolChoice(_Strict):
 
 
 class Thinking(_Strict):
-    """Extended thinking, as asked for. The served model has no reasoning format, so a
-    reply holds no thinking blocks whatever is asked (as Anthropic's models without
-    thinking answer)."""
+    """Extended thinking, as asked for: a model with a reasoning format thinks
+    (``reasoning.py``); one without answers without thinking blocks, as Anthropic's
+    models without thinking do."""
 
     type: Literal["enabled", "disabled", "adaptive", "between_tools"]
     budget_tokens: int | None = Field(default=None, ge=1024)  # for "enabled", and required there
     display: Literal["summarized", "omitted"] | None = None
+
+    @property
+    def on(self) -> bool:
+        return self.type != "disabled"
 
     @model_validator(mode="after")
     def _budget_for_enabled(self) -> Thinking:
@@ -528,6 +532,12 @@ class TextContent(BaseModel):
     text: str
 
 
+class ThinkingContent(BaseModel):
+    type: Literal["thinking"] = "thinking"
+    thinking: str
+    signature: str
+
+
 class ToolUseContent(BaseModel):
     type: Literal["tool_use"] = "tool_use"
     id: str
@@ -540,7 +550,8 @@ class MessageResponse(BaseModel):
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
     model: str
-    content: list[Annotated[TextContent | ToolUseContent, Field(discriminator="type")]]
+    content: list[Annotated[TextContent | ToolUseContent | ThinkingContent,
+                            Field(discriminator="type")]]
     stop_reason: str | None
     stop_sequence: str | None
     usage: Usage

@@ -21,6 +21,7 @@ from preheat.server.heartbeat import with_heartbeat
 from preheat.server.protocol import MessageResponse
 from preheat.server.reply_events import Closed, Opened, Ping, ReplyEvent
 from preheat.server.reply_parser import ReplyParser
+from preheat.server.thinking_parser import ThinkingReplyParser
 
 if TYPE_CHECKING:
     from preheat.engine import RequestStream
@@ -140,7 +141,7 @@ class Reply:
             diagnostics=diagnostics, context_management=prepared.context_management)
 
     def _final(self, opened: MessageResponse | None, finished: Finished,
-               parser: ReplyParser) -> MessageResponse:
+               parser: ReplyParser | ThinkingReplyParser) -> MessageResponse:
         """The whole message; ``parser`` has seen all of the reply's text."""
         if opened is None or finished.stop_reason not in STOP_REASONS:
             raise InternalError("the engine aborted the request")

@@ -40,11 +40,23 @@ class JsonPiece:
 
 
 @dataclass(frozen=True)
+class ThinkingPiece:
+    index: int
+    thinking: str
+
+
+@dataclass(frozen=True)
+class SignaturePiece:
+    index: int
+    signature: str
+
+
+@dataclass(frozen=True)
 class BlockStop:
     index: int
 
 
-BlockEvent = BlockStart | TextPiece | JsonPiece | BlockStop
+BlockEvent = BlockStart | TextPiece | JsonPiece | ThinkingPiece | SignaturePiece | BlockStop
 
 
 @dataclass

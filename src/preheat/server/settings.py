@@ -31,6 +31,9 @@ class ServerSettings:
     # An image block for the text-only model: a 400 naming it ("reject", Anthropic's answer
     # for a model without vision), or a short note in its place ("placeholder").
     images: str = "reject"
+    # The key that signs a thinking model's thinking blocks (made on first use; None:
+    # thinking.key in the cache dir).
+    thinking_key_file: Path | None = None
     # A ping is sent on an SSE stream after this long without another event.
     ping_interval_seconds: float = 5.0
     # Recent requests remembered for cache diagnostics.

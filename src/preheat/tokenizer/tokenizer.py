@@ -138,9 +138,12 @@ class Tokenizer:
         *,
         tools: list[dict] | None = None,
         add_generation_prompt: bool = True,
+        **template_vars: Any,
     ) -> str:
-        """Render `messages` (`{"role", "content"}` dicts) into a prompt with the chat template."""
+        """Render `messages` (`{"role", "content"}` dicts) into a prompt with the chat
+        template; `template_vars` are what some templates read (Qwen3's `enable_thinking`)."""
         return self._template.render(
+            **template_vars,
             messages=messages,
             tools=tools,
             add_generation_prompt=add_generation_prompt,

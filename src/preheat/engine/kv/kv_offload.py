@@ -34,7 +34,7 @@ from preheat.engine.kv.kv_budget import disk_quota
 from preheat.engine.kv.pin_table import PinEntry
 from preheat.engine.kv.radix_cache import RadixCache
 from preheat.engine.sequence import Sequence, SeqStatus
-from preheat.loader.weight_cache import resolve_cache_dir
+from preheat.cache_dir import resolve_cache_dir
 from preheat.models.llama import LlamaModel
 
 log = logging.getLogger(__name__)
