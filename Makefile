@@ -4,6 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The 0.3x SDK that most tutorials were written with, in a venv of its own (it needs httpx<0.28).
 OLD_SDK_VENV := .venv-anthropic034
+# Python LLM frameworks, tested as clients (tests/e2e/test_clients_python.py), away from the
+# project's venv. Those on the anthropic 2.x SDK share one venv; instructor[anthropic] pins
+# anthropic==0.93.0 and llama-index-llms-anthropic fails on 2.x, so they share a second one.
+CLIENTS_VENV := .venv-clients
+CLIENTS_PACKAGES := 'anthropic==2.16.0' 'langchain-anthropic==1.7.10' \
+	'pydantic-ai-slim[anthropic]==2.68.0' 'litellm==1.110.2'
+CLIENTS093_VENV := .venv-clients-anthropic093
+CLIENTS093_PACKAGES := 'instructor[anthropic]==1.17.0' 'llama-index-llms-anthropic==0.12.3' \
+	'llama-index-core==0.14.25'
 
 .PHONY: setup serve test bench clean
 
@@ -24,14 +33,30 @@ $(OLD_SDK_VENV)/.installed:
 	$(OLD_SDK_VENV)/bin/pip install --quiet 'anthropic==0.34.2' 'httpx<0.28'
 	touch $@
 
+# Remade from scratch when the Makefile changes, so a changed pin takes effect.
+$(CLIENTS_VENV)/.installed: Makefile
+	rm -rf $(CLIENTS_VENV)
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/pip install --quiet $(CLIENTS_PACKAGES)
+	touch $@
+
+$(CLIENTS093_VENV)/.installed: Makefile
+	rm -rf $(CLIENTS093_VENV)
+	$(PYTHON) -m venv $(CLIENTS093_VENV)
+	$(CLIENTS093_VENV)/bin/pip install --quiet $(CLIENTS093_PACKAGES)
+	touch $@
+
 serve: setup
 	$(BIN)/preheat serve
 
-test: setup $(OLD_SDK_VENV)/.installed
-	PREHEAT_OLD_SDK_PYTHON=$(OLD_SDK_VENV)/bin/python $(BIN)/pytest -q
+test: setup $(OLD_SDK_VENV)/.installed $(CLIENTS_VENV)/.installed $(CLIENTS093_VENV)/.installed
+	PREHEAT_OLD_SDK_PYTHON=$(OLD_SDK_VENV)/bin/python \
+	PREHEAT_CLIENTS_PYTHON=$(CURDIR)/$(CLIENTS_VENV)/bin/python \
+	PREHEAT_CLIENTS_ANTHROPIC093_PYTHON=$(CURDIR)/$(CLIENTS093_VENV)/bin/python \
+	$(BIN)/pytest -q
 
 bench: setup
 	$(BIN)/python bench/engine.py
 
 clean:
-	rm -rf $(VENV) $(OLD_SDK_VENV)
+	rm -rf $(VENV) $(OLD_SDK_VENV) $(CLIENTS_VENV) $(CLIENTS093_VENV)

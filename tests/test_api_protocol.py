@@ -204,3 +204,12 @@ def test_count_tokens_body_has_no_generation_fields():
     assert parse({"model": "m", "messages": USER}, PromptRequest).model == "m"
     assert error_of({"model": "m", "messages": USER, "max_tokens": 5}, PromptRequest) == \
         "max_tokens: Extra inputs are not permitted"
+
+
+def test_the_structured_outputs_betas_output_format_is_output_config_format():
+    schema = {"type": "json_schema", "schema": {"type": "object"}}
+    request = parse({"model": "m", "max_tokens": 5, "messages": USER, "output_format": schema})
+    assert request.output_config.format == schema and request.output_format is None
+    assert error_of({"model": "m", "max_tokens": 5, "messages": USER, "output_format": schema,
+                     "output_config": {"format": schema}}).endswith(
+        "output_format and output_config.format can't both be set: they are the same field")

@@ -426,6 +426,8 @@ class PromptRequest(_Strict):
     cache_control: CacheControl | None = None  # automatic caching: one breakpoint, last block
     thinking: Thinking | None = None
     output_config: OutputConfig | None = None
+    # The structured-outputs beta's spelling of output_config.format (LiteLLM sends it)
+    output_format: dict[str, Any] | None = None
     context_management: ContextManagement | None = None
     speed: Literal["standard", "fast"] | None = None  # accepted; there is one speed
     # Billing and routing on Anthropic's side: accepted, and nothing to do here.
@@ -442,6 +444,19 @@ class PromptRequest(_Strict):
         "compaction requests are not supported: this server does not summarize conversations"))
     system_as_blocks = field_validator("system", mode="before")(_as_blocks)
     null_tools = field_validator("tools", mode="before")(_none_as_empty)
+
+    @model_validator(mode="after")
+    def _one_output_format(self) -> PromptRequest:
+        """``output_format`` is read as ``output_config.format``; both at once is a 400."""
+        if self.output_format is None:
+            return self
+        config = self.output_config or OutputConfig()
+        if config.format is not None:
+            raise PydanticCustomError("output_format", "output_format and output_config.format "
+                                      "can't both be set: they are the same field")
+        self.output_config = config.model_copy(update={"format": self.output_format})
+        self.output_format = None
+        return self
 
 
 class MessagesRequest(PromptRequest):
