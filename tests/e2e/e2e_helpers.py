@@ -23,6 +23,12 @@ GPL3 = Path("/usr/share/common-licenses/GPL-3")
 # The 2.x SDK has no temperature keyword: clients send it in extra_body.
 GREEDY = {"temperature": 0}
 
+# The framework clients' servers (test_clients_python.py, test_clients_js.py): greedy by
+# default (not every client sends a temperature), a key the clients must send
+CLIENTS_KEY = "clients-key"
+CLIENTS_SERVER_ARGS = ["--api-key", CLIENTS_KEY, "--default-temperature", "0",
+                       "--context-window", "2048", "--min-cache-tokens", "128"]
+
 MAIN_SERVER_ARGS = [
     "--api-key", KEY_A, "--api-key", KEY_B, "--alias", ALIAS,
     "--min-cache-tokens", str(MIN_CACHE_TOKENS), "--context-window", str(CONTEXT_WINDOW),

@@ -16,11 +16,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_helpers import document, start_server
+from e2e_helpers import CLIENTS_KEY, CLIENTS_SERVER_ARGS, document, start_server
 
 PACKAGES = {"@anthropic-ai/sdk": "1.15.0", "ai": "6.0.325", "@ai-sdk/anthropic": "3.0.140",
             "zod": "4.6.7"}
-KEY = "clients-key"
+KEY = CLIENTS_KEY
 MODEL = "claude-sonnet-4-6"
 
 SCRIPT = r'''
@@ -189,9 +189,7 @@ def node_modules() -> Path:
 
 @pytest.fixture(scope="module")
 def js_server(server_logs):
-    srv = start_server(server_logs, "clients-js",
-                       ["--api-key", KEY, "--default-temperature", "0",
-                        "--context-window", "2048", "--min-cache-tokens", "128"])
+    srv = start_server(server_logs, "clients-js", CLIENTS_SERVER_ARGS)
     yield srv
     srv.stop()
 

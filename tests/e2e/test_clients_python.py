@@ -22,7 +22,7 @@ import os
 import subprocess
 
 import pytest
-from e2e_helpers import document, start_server
+from e2e_helpers import CLIENTS_KEY, CLIENTS_SERVER_ARGS, document, start_server
 from pydantic import BaseModel
 
 
@@ -34,7 +34,7 @@ class City(BaseModel):
 
 CLIENTS_PYTHON = os.environ.get("PREHEAT_CLIENTS_PYTHON")
 ANTHROPIC093_PYTHON = os.environ.get("PREHEAT_CLIENTS_ANTHROPIC093_PYTHON")
-KEY = "clients-key"
+KEY = CLIENTS_KEY
 MODEL = "claude-sonnet-4-6"
 # What the Makefile installs; a mismatch means a stale venv (delete it and run `make test`).
 PINS = {
@@ -404,9 +404,7 @@ def cache():
 
 @pytest.fixture(scope="module")
 def clients_server(server_logs):
-    srv = start_server(server_logs, "clients-python",
-                       ["--api-key", KEY, "--default-temperature", "0",
-                        "--context-window", "2048", "--min-cache-tokens", "128"])
+    srv = start_server(server_logs, "clients-python", CLIENTS_SERVER_ARGS)
     yield srv
     srv.stop()
 

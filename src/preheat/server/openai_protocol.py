@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from preheat.server.lone_surrogates import lone_surrogate_message, lone_surrogate_path
 from preheat.server.openai_errors import ParamError
-from preheat.server.protocol import describe_validation_error
+from preheat.server.protocol import describe_validation_error, refuse_kind
 
 FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 MAX_STOP_SEQUENCES = 4
@@ -91,10 +91,8 @@ class UnsupportedPart(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _reject(cls, data: Any) -> Any:
-        kind = data.get("type") if isinstance(data, dict) else None
-        raise PydanticCustomError(
-            "unsupported_content", "content parts of type '{kind}' are not supported: this "
-            "server's model reads text only", {"kind": kind})
+        refuse_kind(data, "unsupported_content", "content parts of type '{kind}' are not "
+                    "supported: this server's model reads text only")
 
 
 TextOnly = Annotated[

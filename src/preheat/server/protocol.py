@@ -6,7 +6,7 @@ are declared so the error can say why instead of just "extra input".
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
                       field_validator, model_validator)
@@ -25,6 +25,13 @@ class _Strict(BaseModel):
 class CacheControl(_Strict):
     type: Literal["ephemeral"]
     ttl: Literal["5m", "1h"] = "5m"
+
+
+def refuse_kind(data: Any, code: str, message: str) -> NoReturn:
+    """The 400 for a block (or content part) of a type this server does not take;
+    ``message`` may name it as ``{kind}``."""
+    kind = data.get("type") if isinstance(data, dict) else None
+    raise PydanticCustomError(code, message, {"kind": kind})
 
 
 def _as_blocks(value: Any) -> Any:
@@ -50,14 +57,10 @@ class UnsupportedBlock(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _reject(cls, data: Any) -> Any:
-        kind = data.get("type") if isinstance(data, dict) else None
-        raise PydanticCustomError(
-            "unsupported_block",
-            "content blocks of type '{kind}' are not supported: this server reads text, "
-            "tool_use, tool_result, document, search_result and thinking blocks (and image "
-            "blocks with --images placeholder)",
-            {"kind": kind},
-        )
+        refuse_kind(data, "unsupported_block",
+                    "content blocks of type '{kind}' are not supported: this server reads "
+                    "text, tool_use, tool_result, document, search_result and thinking blocks "
+                    "(and image blocks with --images placeholder)")
 
 
 class CitationsConfig(_Strict):
@@ -73,11 +76,10 @@ class FetchedSource(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _refuse(cls, data: Any) -> Any:
-        kind = data.get("type") if isinstance(data, dict) else None
-        raise PydanticCustomError(
-            "unsupported_source", "document sources of type '{kind}' are not supported: this "
-            "server fetches nothing on a request's behalf and has no Files API; send the "
-            "document inline (base64, text or content)", {"kind": kind})
+        refuse_kind(data, "unsupported_source",
+                    "document sources of type '{kind}' are not supported: this server fetches "
+                    "nothing on a request's behalf and has no Files API; send the document "
+                    "inline (base64, text or content)")
 
 
 class Base64ImageSource(_Strict):
