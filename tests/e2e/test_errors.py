@@ -27,7 +27,7 @@ def error_of(response: httpx.Response, status: int, error_type: str) -> str:
     ({"model": ALIAS, "max_tokens": 5, "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
     ({"model": ALIAS, "max_tokens": 5, "messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}]},
-     "messages.0.content.0: content blocks of type 'image' are not supported"),
+     "messages.0.content.0: image blocks are not supported: the served model reads text only"),
 ])
 def test_invalid_requests(http, body, expected):
     kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
