@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The 0.3x SDK that most tutorials were written with, in a venv of its own (it needs httpx<0.28).
 OLD_SDK_VENV := .venv-anthropic034
-# Python LLM frameworks, tested as clients (tests/e2e/test_clients_python.py), away from the
+# Python LLM frameworks (and the OpenAI Agents SDK, on the Responses API), tested as clients (tests/e2e/test_clients_python.py), away from the
 # project's venv. Those on the anthropic 2.x SDK share one venv; instructor[anthropic] pins
 # anthropic==0.93.0 and llama-index-llms-anthropic fails on 2.x, so they share a second one.
 CLIENTS_VENV := .venv-clients
 CLIENTS_PACKAGES := 'anthropic==2.16.0' 'langchain-anthropic==1.7.10' \
-	'pydantic-ai-slim[anthropic]==2.68.0' 'litellm==1.110.2'
+	'pydantic-ai-slim[anthropic]==2.68.0' 'litellm==1.110.2' 'openai-agents==0.24.0'
 CLIENTS093_VENV := .venv-clients-anthropic093
 CLIENTS093_PACKAGES := 'instructor[anthropic]==1.17.0' 'llama-index-llms-anthropic==0.12.3' \
 	'llama-index-core==0.14.25'

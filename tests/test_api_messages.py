@@ -61,7 +61,8 @@ async def events_of(stream, prep) -> list[tuple[str, dict]]:
 
 
 async def whole(stream, prep) -> MessageResponse | None:
-    return await whole_reply(await service(stream).run(prep), _connected)
+    closed = await whole_reply(await service(stream).run(prep), _connected)
+    return None if closed is None else closed.message
 
 
 def finished(reason=StopReason.EOS, text="Hello!", output_tokens=3) -> Finished:

@@ -94,7 +94,7 @@ async def test_a_whole_reply_holds_the_thinking_block_first(tokenizer):
     svc = service(tokenizer, *reply_events("<think>plan</think>Blue."))
     prepared = await svc.prepare(body(thinking={"type": "enabled", "budget_tokens": 1024},
                                       max_tokens=2000), "ns", "req")
-    message = await whole_reply(await svc.run(prepared), lambda: _connected())
+    message = (await whole_reply(await svc.run(prepared), lambda: _connected())).message
     assert [b.type for b in message.content] == ["thinking", "text"]
     assert message.content[0].thinking == "plan" and message.content[1].text == "Blue."
 

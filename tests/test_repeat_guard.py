@@ -81,3 +81,20 @@ def test_text_without_calls_is_untouched():
     text = "Paris is sunny.\nParis is sunny.\nParis is sunny."
     out, detok = stream(HERMES_RULE, text, piece=3)
     assert not detok.repeated and "".join(out) == text
+
+
+@pytest.mark.parametrize("form, rule", [(HERMES, HERMES_RULE), (LLAMA3_JSON, LLAMA_RULE)])
+def test_a_repeat_cut_short_by_the_token_limit_is_dropped_not_released(form, rule):
+    # max_tokens ends the reply while the second call is still the first one's start
+    first = call(form, "Paris")
+    for cut in (len(form.separator) + len(form.trigger), len(first) - 3):
+        out, detok = stream(rule, first + form.separator + first[:cut])
+        assert detok.repeated and detok.text == first == "".join(out)
+        assert detok.kept_tokens == len(first.encode())
+
+
+def test_a_different_call_cut_short_is_released_as_it_came():
+    first, second = call(HERMES, "Paris"), call(HERMES, "Lyon")
+    text = first + "\n" + second[:-5]
+    out, detok = stream(HERMES_RULE, text)
+    assert not detok.repeated and detok.text == text == "".join(out)

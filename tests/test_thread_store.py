@@ -3,11 +3,12 @@ import pytest
 
 from engine_driver import FakeClock
 from preheat.server.errors import APIError
+from preheat.server.held_history import HeldHistory
 from preheat.server.thread_store import ThreadStore, ThreadTurn
 
 
 def turn(message_id: str, namespace: str = "a", tokens: int = 10, at: float = 0.0) -> ThreadTurn:
-    return ThreadTurn(message_id, namespace, [], [], [], list(range(tokens)), [], at)
+    return ThreadTurn(message_id, namespace, HeldHistory([], [], [], list(range(tokens)), []), at)
 
 
 def code_of(store: ThreadStore, namespace: str, message_id: str) -> tuple[int, str]:

@@ -162,11 +162,18 @@ def add_serve_parser(commands) -> None:
     add_option(parser, "--preheat-key", default=defaults.preheat_key,
                help="on a server without --api-key: the client key to warm the prompt for")
     add_option(parser, "--thread-ttl-seconds", convert=float, default=defaults.thread_ttl_seconds,
-               help="how long a stored response of a message thread may be continued")
+               help="how long a stored response of a message thread may be continued (and the "
+                    "KV of a stored Responses API response is held for its next turn)")
     add_option(parser, "--max-threads", convert=int, default=defaults.max_threads,
                help="stored thread responses kept per API key (the oldest go first)")
     add_option(parser, "--max-thread-tokens", convert=int, default=defaults.max_thread_tokens,
                help="tokens of stored thread responses kept per API key")
+    add_option(parser, "--responses-db", convert=Path,
+               help="the SQLite file of stored Responses API responses (default: "
+                    "responses.sqlite3 in the cache dir)")
+    add_option(parser, "--response-retention-days", convert=float,
+               default=defaults.response_retention_seconds / 86400,
+               help="how long a stored Responses API response is kept")
     add_option(parser, "--shutdown-grace-seconds", convert=float,
                default=defaults.shutdown_grace_seconds,
                help="on SIGTERM or SIGINT: how long running requests may finish (new ones get "
@@ -207,6 +214,9 @@ def serve(args: argparse.Namespace) -> int:
         preheat_ttl=args.preheat_ttl, preheat_key=args.preheat_key,
         thread_ttl_seconds=args.thread_ttl_seconds, max_threads=args.max_threads,
         max_thread_tokens=args.max_thread_tokens,
+        responses_file=(args.responses_db
+                        or resolve_cache_dir(args.cache_dir) / "responses.sqlite3"),
+        response_retention_seconds=args.response_retention_days * 86400,
         shutdown_grace_seconds=args.shutdown_grace_seconds)
     config = engine_config(args)
     try:

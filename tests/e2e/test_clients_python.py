@@ -1,11 +1,12 @@
 """Python LLM frameworks against ``preheat serve``: LangChain, LlamaIndex, pydantic-ai, instructor
-and LiteLLM, each through its own Anthropic (or OpenAI) integration with only the base URL changed.
+and LiteLLM, each through its own Anthropic (or OpenAI) integration, and the OpenAI Agents SDK
+on its default Responses API model, with only the base URL changed.
 
 The frameworks pin anthropic SDK versions that cannot share the project's venv (or each other's),
 so ``make test`` installs them in two venvs of their own and exports their interpreters:
 
 - ``PREHEAT_CLIENTS_PYTHON`` (``.venv-clients``, anthropic 2.x): langchain-anthropic,
-  pydantic-ai-slim[anthropic], litellm;
+  pydantic-ai-slim[anthropic], litellm, openai-agents;
 - ``PREHEAT_CLIENTS_ANTHROPIC093_PYTHON`` (``.venv-clients-anthropic093``): instructor[anthropic],
   which pins anthropic==0.93.0, and llama-index-llms-anthropic, which breaks on anthropic 2.x
   (it instantiates ``MessageParam``, a ``Union`` there).
@@ -39,7 +40,7 @@ MODEL = "claude-sonnet-4-6"
 # What the Makefile installs; a mismatch means a stale venv (delete it and run `make test`).
 PINS = {
     "langchain-anthropic": "1.7.10", "pydantic-ai-slim": "2.68.0", "litellm": "1.110.2",
-    "anthropic": "2.16.0",
+    "anthropic": "2.16.0", "openai-agents": "0.24.0",
 }
 PINS_ANTHROPIC093 = {
     "llama-index-llms-anthropic": "0.12.3", "llama-index-core": "0.14.25",
@@ -305,6 +306,74 @@ def openai_response_format():
 @scenario
 def openai_cache():
     return cache(OPENAI, marked=False)  # the Chat Completions endpoint caches prompts by itself
+'''
+
+OPENAI_AGENTS = r'''
+import asyncio
+
+from agents import (Agent, ModelSettings, Runner, function_tool, set_default_openai_client,
+                    set_tracing_disabled)
+from openai import AsyncOpenAI
+
+set_tracing_disabled(True)  # traces would go to OpenAI
+CALLS = []
+
+def connect():
+    """A client of its own for each run: an async client belongs to one event loop."""
+    set_default_openai_client(AsyncOpenAI(base_url=BASE + "/v1", api_key=KEY, max_retries=0,
+                                          timeout=120), use_for_tracing=False)
+
+@function_tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    CALLS.append(city)
+    return "sunny"
+
+def agent(**settings):
+    # the model name alone: the SDK's default model class, OpenAIResponsesModel. The first
+    # turn must call the tool (the 135M model would rarely choose to); the SDK then resets
+    # tool_choice, and the reply after the tool's output is text.
+    return Agent(name="weather", instructions="Answer in one short sentence.", model=MODEL,
+                 tools=[get_weather], model_settings=ModelSettings(
+                     temperature=0, max_tokens=40, tool_choice="required", **settings))
+
+def usage(result):
+    u = result.context_wrapper.usage
+    return {"requests": u.requests, "input_tokens": u.input_tokens,
+            "output_tokens": u.output_tokens,
+            "cached_tokens": u.input_tokens_details.cached_tokens}
+
+def summary(result):
+    return {"output": result.final_output, "calls": list(CALLS),
+            "response_ids": [r.response_id for r in result.raw_responses],
+            "usage": usage(result)}
+
+@scenario
+def tool_run():
+    CALLS.clear()
+    connect()
+    return summary(Runner.run_sync(agent(), "What is the weather in Oslo?"))
+
+@scenario
+def tool_run_chained():
+    # each turn sends only its new items, continuing from the previous response on the server
+    CALLS.clear()
+    connect()
+    result = Runner.run_sync(agent(), "What is the weather in Oslo?",
+                             auto_previous_response_id=True)
+    return summary(result)
+
+@scenario
+def streamed_run():
+    CALLS.clear()
+    async def run():
+        connect()
+        streamed = Runner.run_streamed(agent(), "What is the weather in Oslo?")
+        deltas = [event.data.delta async for event in streamed.stream_events()
+                  if event.type == "raw_response_event"
+                  and event.data.type == "response.output_text.delta"]
+        return {**summary(streamed), "deltas": deltas}
+    return asyncio.run(run())
 '''
 
 LLAMA_INDEX = r'''
@@ -593,6 +662,41 @@ def test_litellm_cache_read(litellm, route):
     assert not first["cached_tokens"]
     assert 0 < second["cached_tokens"] < second["prompt_tokens"]
     assert second["prompt_tokens"] == first["prompt_tokens"]
+
+
+# --- OpenAI Agents SDK -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def openai_agents(request):
+    return run_client(CLIENTS_PYTHON, "PREHEAT_CLIENTS_PYTHON", OPENAI_AGENTS,
+                      ["openai-agents"], request)
+
+
+def test_openai_agents_version(openai_agents):
+    assert openai_agents["versions"] == {"openai-agents": PINS["openai-agents"]}
+
+
+@pytest.mark.parametrize("run", ["tool_run", "tool_run_chained", "streamed_run"])
+def test_openai_agents_run_calls_the_tool_and_answers(openai_agents, run):
+    result = ok(openai_agents, run)
+    [city] = result["calls"]  # the tool ran once, with the model's argument
+    assert isinstance(city, str) and city
+    assert isinstance(result["output"], str) and result["output"].strip()
+    ids = result["response_ids"]
+    assert len(ids) == 2 and all(i.startswith("resp_") for i in ids)
+    assert result["usage"]["requests"] == 2 and result["usage"]["output_tokens"] > 0
+
+
+def test_openai_agents_chained_turn_reads_the_first_from_the_cache(openai_agents):
+    usage = ok(openai_agents, "tool_run_chained")["usage"]
+    # turn 2 continued on the KV held for turn 1: its prompt (all of turn 2's but the tool's
+    # output) was read from the cache
+    assert usage["cached_tokens"] > usage["input_tokens"] / 4
+
+
+def test_openai_agents_stream_sends_text_deltas(openai_agents):
+    result = ok(openai_agents, "streamed_run")
+    assert "".join(result["deltas"]) == result["output"]
 
 
 # --- LlamaIndex --------------------------------------------------------------------------------

@@ -58,6 +58,18 @@ BASES: list[tuple[str, dict[str, Any]]] = [
                               "tools": [{"type": "function", "function": {
                                   "name": "get_weather", "parameters": WEATHER["input_schema"]}}],
                               "messages": [{"role": "user", "content": "Weather in Rome?"}]}),
+    ("/v1/responses", {"model": ALIAS, "max_output_tokens": 4, "temperature": 0,
+                       "instructions": "Be brief.", "input": "Hi"}),
+    ("/v1/responses", {"model": ALIAS, "max_output_tokens": 6, "stream": True, "store": False,
+                       "tools": [{"type": "function", "name": "get_weather",
+                                  "parameters": WEATHER["input_schema"], "strict": False}],
+                       "text": {"format": {"type": "text"}},
+                       "input": [{"role": "user", "content": [{"type": "input_text",
+                                                               "text": "Weather in Rome?"}]},
+                                 {"type": "function_call", "call_id": "call_1",
+                                  "name": "get_weather", "arguments": '{"city": "Rome"}'},
+                                 {"type": "function_call_output", "call_id": "call_1",
+                                  "output": "Sunny"}]}),
 ]
 CANARY = {"model": ALIAS, "max_tokens": 12, "temperature": 0,
           "messages": [{"role": "user", "content": "Name a colour."}]}
@@ -144,9 +156,13 @@ def mutated(draw) -> tuple[str, bytes]:
     return path, json.dumps(body).encode()
 
 
+def speaks_openai(path: str) -> bool:
+    return path.startswith(("/v1/chat/", "/v1/responses"))
+
+
 def well_formed_error(path: str, response: httpx.Response) -> None:
     body = response.json()
-    if path.startswith("/v1/chat/"):
+    if speaks_openai(path):
         error = body["error"]
         assert isinstance(error["message"], str) and isinstance(error["type"], str)
         assert set(error) == {"message", "type", "param", "code"}
@@ -161,6 +177,12 @@ def checked_sse(path: str, text: str) -> None:
         data = [line.removeprefix("data: ") for line in text.splitlines() if line.startswith("data: ")]
         assert data and data[-1] == "[DONE]", text[-500:]
         assert not any('"error"' in d[:20] for d in data), text[-500:]
+        return
+    if path.startswith("/v1/responses"):
+        kinds = [json.loads(line.removeprefix("data: "))["type"] for line in text.splitlines()
+                 if line.startswith("data: ")]
+        assert kinds and kinds[0] == "response.created", text[-500:]
+        assert kinds[-1] in ("response.completed", "response.incomplete"), text[-500:]
         return
     events = [line.removeprefix("event: ") for line in text.splitlines() if line.startswith("event: ")]
     events = [e for e in events if e != "ping"]

@@ -54,7 +54,13 @@ class IncrementalDetokenizer:
         return self._release() if grew else ""
 
     def flush(self) -> str:
-        """Release what was held back (the request ended without a stop string)."""
+        """Release what was held back (the request ended without a stop string). A segment
+        the guard holds as the start of a repeat is not released: the reply ends before it
+        (``repeated``), as it would have once the repeat was whole."""
+        if self._guard is not None:
+            start = self._guard.repeating(self.text + self._pending)
+            if start is not None:
+                return self._end_before(start)
         out, self._pending = self._pending, ""
         self.text += out
         return out

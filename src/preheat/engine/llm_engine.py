@@ -239,7 +239,7 @@ class LLMEngine:
         for seq in [*self.scheduler.running, *self.scheduler.waiting]:
             self.scheduler.finish(seq)
             out.append((seq.id, Finished(StopReason.ABORTED, None, seq.usage, seq.num_output,
-                                         seq.output_ids, reason)))
+                                         seq.output_ids, reason, seq.reused_prompt_tokens)))
         return out
 
     def _drain_inbox(self) -> Emitted:
@@ -290,6 +290,8 @@ class LLMEngine:
             return out
         if reason is not StopReason.STOP_SEQUENCE:
             out += self._text(seq, seq.detokenizer.flush())
+            if seq.detokenizer.repeated:
+                reason = StopReason.EOS  # cut short in a repeat: the reply before it is whole
         return out + [self._finish(seq, reason)]
 
     def _advance_grammar(self, seq: Sequence, token: int) -> bool:
@@ -313,7 +315,7 @@ class LLMEngine:
         # a reply the guard ended keeps only the tokens before the repeat (what a thread stores)
         kept = seq.output_ids[:seq.detokenizer.kept_tokens]
         return seq.id, Finished(reason, seq.detokenizer.stop_sequence, seq.usage, seq.num_output,
-                                kept, seq.detokenizer.text)
+                                kept, seq.detokenizer.text, seq.reused_prompt_tokens)
 
 
 FOUR_BIT_TYPES = frozenset({"Q4_0", "Q4_1", "Q4_K"})

@@ -57,6 +57,10 @@ class Finished:
     output_tokens: int
     output_ids: list[int]
     text: str
+    # prompt tokens whose KV the cache already had when the request was admitted (pinned,
+    # held for a conversation, or shared with an earlier prompt): what was not prefilled.
+    # ``usage`` stays Anthropic's, which counts reads of pinned prefixes only.
+    reused_prompt_tokens: int = 0
 
 
 EngineEvent = Started | TextDelta | Finished

@@ -51,6 +51,16 @@ class RepeatGuard:
         # the next boundary may be starting at the very end: it would hold from there
         return Verdict(len(text) - partial_suffix(text, self._boundary), None)
 
+    def repeating(self, text: str) -> int | None:
+        """Where the segment being written starts, if it is so far the start of an earlier
+        one (a repeat cut short); else None."""
+        self._find_boundaries(text)
+        if len(self._starts) < 2 or not self._done:
+            return None
+        start = self._starts[-1]
+        current = text[start + len(self.rule.separator):].rstrip()
+        return start if any(done.startswith(current) for done in self._done) else None
+
     def _find_boundaries(self, text: str) -> None:
         while (at := text.find(self._boundary, self._scan)) >= 0:
             if self._starts:

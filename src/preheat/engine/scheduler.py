@@ -144,6 +144,7 @@ class Scheduler:
             seq.num_computed += tail[1]
         if not seq.admitted:  # a preempted sequence coming back is not a new prompt
             seq.admitted = True
+            seq.reused_prompt_tokens = seq.num_computed
             self.prompt_tokens += seq.num_prompt_tokens
             self.prompt_tokens_cached += seq.num_computed
 

@@ -36,6 +36,7 @@ class Sequence:
     pending_load: str | None = None  # disk key of that entry while its blocks are read back
     grammar: GrammarState | None = None  # where its output stands in its grammar, if any
     admitted: bool = False  # has been scheduled once
+    reused_prompt_tokens: int = 0  # prompt tokens the cache had at its first admission
     status: SeqStatus = SeqStatus.WAITING
 
     def __post_init__(self) -> None:

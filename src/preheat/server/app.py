@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,11 +31,13 @@ from preheat.server.middleware import RequestIdMiddleware
 from preheat.server.model_registry import ModelRegistry
 from preheat.server.openai_chat import ChatCompletions
 from preheat.server.openai_errors import openai_error_response, speaks_openai
+from preheat.server.openai_responses import MAX_LIST_LIMIT, Responses
 from preheat.server.prewarm import Prewarmer
 from preheat.server.reasoning import ReasoningFormat, ThinkingSigner, ThinkingSupport
 from preheat.server.protocol import MessagesRequest, PromptRequest, parse_request
 from preheat.server.request_record import CLIENT_CLOSED
 from preheat.server.request_tracking import RequestTracker
+from preheat.server.response_store import ResponseStore
 from preheat.server.settings import ServerSettings
 from preheat.server.thread_store import ThreadStore
 from preheat.server.tool_format import form_for_template
@@ -77,6 +79,9 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
                              thinking=thinking_support(engine.tokenizer, settings))
     auth = Authenticator(settings.api_keys)
     chat = ChatCompletions(service)
+    responses = Responses(service, ResponseStore(settings.responses_file,
+                                                 settings.response_retention_seconds),
+                          hold_seconds=settings.thread_ttl_seconds)
 
     metrics, drain = ServerMetrics(), Drain()
 
@@ -92,6 +97,7 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
         finally:
             for task in tasks:
                 task.cancel()
+            responses.store.close()
 
     app = FastAPI(title="preheat", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None, dependencies=[Depends(drain.admit)],  # 529 while draining
@@ -115,10 +121,10 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
                                      headers={"cache-control": "no-cache"},
                                      background=BackgroundTask(reply.close))
         reply = await service.run(prepared, heartbeat=DISCONNECT_CHECK_SECONDS)
-        message = await whole_reply(reply, request.is_disconnected)
-        if message is None:
+        closed = await whole_reply(reply, request.is_disconnected)
+        if closed is None:
             return Response(status_code=CLIENT_CLOSED)
-        return JSONResponse(message.model_dump())
+        return JSONResponse(closed.message.model_dump())
 
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(request: Request) -> Response:
@@ -133,6 +139,33 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
         response = await chat.create(raw, namespace, request.state.request_id,
                                      request.is_disconnected, request.state.record)
         return Response(status_code=CLIENT_CLOSED) if response is None else response
+
+    @app.post("/v1/responses")
+    async def create_response(request: Request) -> Response:
+        namespace = auth.namespace(request.headers)
+        raw = await _read_body(request, settings.max_request_bytes)
+        response = await responses.create(raw, namespace, request.state.request_id,
+                                          request.is_disconnected, request.state.record)
+        return Response(status_code=CLIENT_CLOSED) if response is None else response
+
+    @app.get("/v1/responses/{response_id}")
+    async def get_response(request: Request, response_id: str) -> Response:
+        namespace = auth.namespace(request.headers)
+        return JSONResponse(await responses.retrieve(namespace, response_id))
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(request: Request, response_id: str) -> Response:
+        namespace = auth.namespace(request.headers)
+        return JSONResponse(await responses.delete(namespace, response_id))
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    async def list_input_items(request: Request, response_id: str,
+                               limit: int = Query(20, ge=1, le=MAX_LIST_LIMIT),
+                               order: Literal["asc", "desc"] = "desc",
+                               after: str | None = None) -> Response:
+        namespace = auth.namespace(request.headers)
+        return JSONResponse(await responses.input_items(namespace, response_id, limit, order,
+                                                        after))
 
     @app.get("/v1/models")
     async def list_models(request: Request, limit: int = Query(20, ge=1, le=1000),
@@ -190,7 +223,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _install_error_handlers(app: FastAPI) -> None:
     def respond(request: Request, err: APIError) -> JSONResponse:
         if speaks_openai(request.url.path):
-            return openai_error_response(err, request.state.request_id)
+            return openai_error_response(err, request.state.request_id, request.url.path)
         return JSONResponse(err.body(request.state.request_id), status_code=err.status,
                             headers=err.headers)
 

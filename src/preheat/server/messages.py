@@ -17,8 +17,9 @@ from preheat.engine import EngineError, GenerationRequest, SamplingParams
 from preheat.server.cache_policy import CachePolicy
 from preheat.server.context_edits import EditedRequest, apply_edits
 from preheat.server.diagnostics import DiagnosticsStore, message_digests
-from preheat.server.errors import InvalidRequestError, from_engine_error
 from preheat.server.documents import DocumentReader
+from preheat.server.errors import InvalidRequestError, from_engine_error
+from preheat.server.held_history import HeldHistory
 from preheat.server.model_input import model_input
 from preheat.server.model_registry import ModelRegistry
 from preheat.server.output_grammar import FREE_TEXT, OutputPlan, plan_output
@@ -159,11 +160,17 @@ class MessageService:
 
     async def prepare(self, body: MessagesRequest, namespace: str, request_id: str,
                       record: RequestRecord | None = None,
-                      sampling: SamplingOverrides = SamplingOverrides()) -> PreparedMessage:
+                      sampling: SamplingOverrides = SamplingOverrides(), *,
+                      history: HeldHistory | None = None,
+                      hold_seconds: float = 0.0) -> PreparedMessage:
         """Validate and render a request; a thread continue holds its turn until the
         request's reply ends (``run``). ``record`` (the HTTP request's) is told the caller
         and model, and watches the engine's events. What is not model input (``model_input``)
-        is left out."""
+        is left out.
+
+        ``history`` (another API's held conversation, whose preamble ``body`` repeats)
+        comes before ``body.messages``, from its exact tokens; ``hold_seconds`` keeps the
+        reply's KV that long for the conversation's next request (a thread's: its TTL)."""
         if record is not None:
             record.identify(namespace, body.model, self.registry.served(body.model), body.stream)
         # A max_tokens past what the prompt leaves of the context window is no error, as on
@@ -174,8 +181,13 @@ class MessageService:
         body, edits = await self._edited(body)
         applied = None if edits is None else {"applied_edits": edits.applied}
         turn = self.threads.begin(body, namespace)
+        if turn is not None:
+            history, hold_seconds = turn.history, self.threads.ttl
+        elif body.thread is not None:
+            hold_seconds = self.threads.ttl
         try:
-            prepared = await self._prepare(body, namespace, request_id, turn, record, sampling)
+            prepared = await self._prepare(body, namespace, request_id, turn, history,
+                                           hold_seconds, record, sampling)
             return replace(prepared, context_management=applied, sent_messages=sent)
         except BaseException:
             if turn is not None:
@@ -183,17 +195,19 @@ class MessageService:
             raise
 
     async def _prepare(self, body: MessagesRequest, namespace: str, request_id: str,
-                       turn: ThreadTurn | None, record: RequestRecord | None,
+                       turn: ThreadTurn | None, history: HeldHistory | None,
+                       hold_seconds: float, record: RequestRecord | None,
                        sampling: SamplingOverrides) -> PreparedMessage:
-        if turn is None:
+        if history is None:
             prompt = await self.build(body, self.context_window)
         else:
-            body = body.model_copy(update={"system": turn.system, "tools": turn.tools,
-                                           "messages": turn.messages + body.messages})
+            body = body.model_copy(update={"system": history.system, "tools": history.tools,
+                                           "messages": history.messages + body.messages})
             self.registry.resolve(body.model)
             prompt = await asyncio.to_thread(continue_prompt, body, self.engine.tokenizer,
-                                             self.tool_form, turn.token_ids, turn.blocks,
-                                             self.context_window, self._generation(body))
+                                             self.tool_form, history.token_ids,
+                                             history.blocks, self.context_window,
+                                             self._generation(body))
         breakpoints = self.policy.breakpoints(body, prompt)
         output = await asyncio.to_thread(plan_output, body, self.tool_form)
         if body.max_tokens == 0:
@@ -214,7 +228,7 @@ class MessageService:
         message_id = new_message_id()
         generation = GenerationRequest(
             prompt.token_ids, params, namespace, breakpoints, message_id,
-            hold_seconds=self.threads.ttl if body.thread is not None else 0.0)
+            hold_seconds=hold_seconds)
         return PreparedMessage(message_id, request_id, namespace, self.registry.model_id, body,
                                prompt, output, self.tool_form, generation, turn, record,
                                thinking=thinking)
@@ -272,9 +286,14 @@ class MessageService:
             self.threads.end_continue(prepared.continues, succeeded=message is not None)
         if message is None or prepared.body.thread is None:
             return
+        self.threads.record(prepared.message_id, prepared.namespace,
+                            self.history_after(prepared, message, finished))
+
+    def history_after(self, prepared: PreparedMessage, message: MessageResponse,
+                      finished: Finished) -> HeldHistory:
+        """The conversation ``prepared`` answered, with its reply, to continue from."""
         reply_ids = list(finished.output_ids)
         while reply_ids and reply_ids[-1] in self.engine.tokenizer.eos_token_ids:
             reply_ids.pop()  # the template writes the end of the turn in the next prompt
-        self.threads.record(prepared.message_id, prepared.namespace, prepared.body,
-                            prepared.prompt, [b.model_dump() for b in message.content],
-                            reply_ids)
+        return HeldHistory.after(prepared.body, prepared.prompt,
+                                 [b.model_dump() for b in message.content], reply_ids)

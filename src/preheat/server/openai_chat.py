@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls",
                   "max_tokens": "length", "model_context_window_exceeded": "length"}
 # OpenAI's cache lifetimes are minimums; its shortest, 30m, is served by the 1h TTL.
-_CACHE_TTLS = {"30m": "1h"}
+CACHE_TTLS = {"30m": "1h"}
 # An SSE comment: keeps proxies from timing out a long prefill; SDKs skip it.
 PING = b": ping\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -78,30 +78,41 @@ class ChatCompletions:
                                      headers={"cache-control": "no-cache", **headers},
                                      background=BackgroundTask(reply.close))
         reply = await self.service.run(prepared, heartbeat=DISCONNECT_CHECK_SECONDS)
-        message = await whole_reply(reply, is_disconnected)
-        if message is None:
+        closed = await whole_reply(reply, is_disconnected)
+        if closed is None:
             return None
-        return JSONResponse(to_completion(completion_id, created, message).model_dump(),
+        return JSONResponse(to_completion(completion_id, created, closed.message).model_dump(),
                             headers=headers)
 
     async def _prepare(self, body: ChatCompletionRequest, namespace: str, request_id: str,
                        record: RequestRecord | None) -> PreparedMessage:
-        context_window = self.service.context_window
-        request = to_messages_request(body, context_window)
+        request = to_messages_request(body, self.service.context_window)
         # OpenAI's sampling where it goes past the Messages API's: temperatures up to 2, a seed
         sampling = SamplingOverrides(temperature=body.temperature, seed=body.seed)
-        try:
-            prepared = await self.service.prepare(request, namespace, request_id, record,
-                                                  sampling)
-        except NotFoundError:  # without a thread, prepare's only 404: an unknown model
-            raise ModelNotFoundError(
-                f"The model '{body.model}' does not exist on this server") from None
-        prompt_tokens = len(prepared.prompt.token_ids)
-        if prompt_tokens >= context_window:  # one token must fit after the prompt
-            raise ParamError(
-                f"This model's maximum context length is {context_window} tokens; the "
-                f"messages are {prompt_tokens} tokens", "messages", "context_length_exceeded")
-        return prepared
+        return await prepare_translated(self.service, request, namespace, request_id, record,
+                                        sampling, "messages")
+
+
+async def prepare_translated(service: MessageService, request: MessagesRequest, namespace: str,
+                             request_id: str, record: RequestRecord | None,
+                             sampling: SamplingOverrides, input_param: str,
+                             **history) -> PreparedMessage:
+    """Prepare an OpenAI request translated into ``request``, with OpenAI's errors for an
+    unknown model and a prompt that leaves no room to answer (``input_param`` names the
+    field that holds the prompt). ``history``: ``MessageService.prepare``'s keywords."""
+    try:
+        prepared = await service.prepare(request, namespace, request_id, record, sampling,
+                                         **history)
+    except NotFoundError:  # without a thread, prepare's only 404: an unknown model
+        raise ModelNotFoundError(
+            f"The model '{request.model}' does not exist on this server") from None
+    prompt_tokens = len(prepared.prompt.token_ids)
+    context_window = service.context_window
+    if prompt_tokens >= context_window:  # one token must fit after the prompt
+        raise ParamError(
+            f"This model's maximum context length is {context_window} tokens; the "
+            f"{input_param} are {prompt_tokens} tokens", input_param, "context_length_exceeded")
+    return prepared
 
 
 @dataclass
@@ -211,11 +222,11 @@ def completion_usage(usage: Usage) -> CompletionUsage:
 def to_messages_request(body: ChatCompletionRequest, context_window: int) -> MessagesRequest:
     """The Messages API request that renders and runs as ``body`` asks."""
     options = body.prompt_cache_options or PromptCacheOptions()
-    ttl = _CACHE_TTLS.get(options.ttl, "5m")
+    ttl = CACHE_TTLS.get(options.ttl, "5m")
     automatic = options.mode == "implicit"
     system, messages = _conversation(body, ttl)
     tools = [_tool(t.function) for t in body.tools or ()]
-    _place_breakpoints([*tools, *system], [b for m in messages for b in m["content"]],
+    place_breakpoints([*tools, *system], [b for m in messages for b in m["content"]],
                        ttl if automatic else None)
     payload: dict[str, Any] = {
         "model": body.model, "system": system, "messages": messages, "tools": tools,
@@ -294,7 +305,7 @@ def _user_blocks(part: TextPart | ImagePart, ttl: str) -> list[dict[str, Any]]:
 
 def _text_blocks(parts: list[TextPart], ttl: str) -> list[dict[str, Any]]:
     """Text parts with something to read (whitespace-only parts say nothing)."""
-    return [{"type": "text", "text": p.text, **_cache_control(p, ttl)}
+    return [{"type": "text", "text": p.text, **cache_control_of(p, ttl)}
             for p in parts if p.text.strip()]
 
 
@@ -306,12 +317,12 @@ def _assistant_blocks(i: int, message: AssistantMessage, ttl: str) -> list[dict[
                                         if r.strip()]
     for j, call in enumerate(message.tool_calls or ()):
         blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name,
-                       "input": _arguments(call.function.arguments,
+                       "input": parse_arguments(call.function.arguments,
                                            f"messages.{i}.tool_calls.{j}.function.arguments")})
     return blocks
 
 
-def _arguments(text: str, param: str) -> dict[str, Any]:
+def parse_arguments(text: str, param: str) -> dict[str, Any]:
     try:
         value = json.loads(text or "{}")
     except (json.JSONDecodeError, RecursionError):
@@ -324,7 +335,7 @@ def _arguments(text: str, param: str) -> dict[str, Any]:
 
 
 def _tool_result(message: ToolMessage, ttl: str) -> dict[str, Any]:
-    marks = [_cache_control(p, ttl) for p in message.content if p.prompt_cache_breakpoint]
+    marks = [cache_control_of(p, ttl) for p in message.content if p.prompt_cache_breakpoint]
     return {"type": "tool_result", "tool_use_id": message.tool_call_id,
             "content": [{"type": "text", "text": p.text} for p in message.content],
             **(marks[-1] if marks else {})}
@@ -337,16 +348,16 @@ def _as_prefill(message: dict[str, Any]) -> None:
         content[-1]["text"] = content[-1]["text"].rstrip()
 
 
-def _cache_control(part: TextPart, ttl: str) -> dict[str, Any]:
+def cache_control_of(part: TextPart, ttl: str) -> dict[str, Any]:
     """``{"cache_control": ...}`` for a part with a ``prompt_cache_breakpoint``, else ``{}``."""
     mark = part.prompt_cache_breakpoint
     if mark is None:
         return {}
     return {"cache_control": {"type": "ephemeral",
-                              "ttl": _CACHE_TTLS[mark.ttl] if mark.ttl else ttl}}
+                              "ttl": CACHE_TTLS[mark.ttl] if mark.ttl else ttl}}
 
 
-def _place_breakpoints(preamble: list[dict[str, Any]], conversation: list[dict[str, Any]],
+def place_breakpoints(preamble: list[dict[str, Any]], conversation: list[dict[str, Any]],
                        automatic_ttl: str | None) -> None:
     """Fit the explicit breakpoints to the Messages API's rules, and with automatic caching
     (``automatic_ttl``) mark the end of the preamble, tools and system: what requests share

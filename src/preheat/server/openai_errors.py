@@ -1,8 +1,8 @@
 """OpenAI's error shape, for the OpenAI-compatible paths: ``{"error": {message, type, param,
 code}}``.
 
-The server raises the same ``APIError``s everywhere; on ``/v1/chat/...`` they are written
-the way the ``openai`` SDK reads them. Statuses stay the same except overload: Anthropic's
+The server raises the same ``APIError``s everywhere; on ``/v1/chat/...`` and
+``/v1/responses...`` they are written the way the ``openai`` SDK reads them. Statuses stay the same except overload: Anthropic's
 529 becomes 503, which OpenAI clients know as "try again" (the SDK retries it, honouring
 ``retry-after``) without mistaking it for their account's rate limit, as 429 would say.
 """
@@ -14,24 +14,34 @@ from starlette.responses import JSONResponse
 
 from preheat.server.errors import APIError, InvalidRequestError, NotFoundError, OverloadedError
 
-OPENAI_PATH_PREFIX = "/v1/chat/"
+OPENAI_PATH_PREFIXES = ("/v1/chat/", "/v1/responses")
 SERVICE_UNAVAILABLE = 503
 # OpenAI's codes where the status alone says which one applies.
 _CODES_BY_STATUS = {401: "invalid_api_key"}
-# Shared validation speaks the Messages API's field names; these are their OpenAI names.
-_OPENAI_TERMS = (
-    (re.compile(r"\btools\.(\d+)\.input_schema"), r"tools.\1.function.parameters"),
-    (re.compile(r"\boutput_config\.format\.schema"), "response_format.json_schema.schema"),
-    (re.compile(r"\boutput_config\.format"), "response_format"),
+# Shared validation speaks the Messages API's field names; these are their names in
+# Chat Completions and in the Responses API.
+_KEY_TERMS = (
     (re.compile(r"\binvalid x-api-key"), "invalid API key"),
     (re.compile(r"\bx-api-key header is required"),
      "an API key is required (Authorization: Bearer <key>)"),
+)
+CHAT_TERMS = (
+    (re.compile(r"\btools\.(\d+)\.input_schema"), r"tools.\1.function.parameters"),
+    (re.compile(r"\boutput_config\.format\.schema"), "response_format.json_schema.schema"),
+    (re.compile(r"\boutput_config\.format"), "response_format"),
+    *_KEY_TERMS,
+)
+RESPONSES_TERMS = (
+    (re.compile(r"\btools\.(\d+)\.input_schema"), r"tools.\1.parameters"),
+    (re.compile(r"\boutput_config\.format\.schema"), "text.format.schema"),
+    (re.compile(r"\boutput_config\.format"), "text.format"),
+    *_KEY_TERMS,
 )
 
 
 def speaks_openai(path: str) -> bool:
     """Whether errors on ``path`` are written in OpenAI's shape."""
-    return path.startswith(OPENAI_PATH_PREFIX)
+    return path.startswith(OPENAI_PATH_PREFIXES)
 
 
 class ParamError(InvalidRequestError):
@@ -50,10 +60,10 @@ class ModelNotFoundError(NotFoundError):
     param, code = "model", "model_not_found"
 
 
-def openai_error_body(err: APIError) -> dict:
-    """``err`` as the ``openai`` SDK reads an error body."""
+def openai_error_body(err: APIError, terms=CHAT_TERMS) -> dict:
+    """``err`` as the ``openai`` SDK reads an error body, fields named by ``terms``."""
     message = err.message
-    for pattern, replacement in _OPENAI_TERMS:
+    for pattern, replacement in terms:
         message = pattern.sub(replacement, message)
     return {"error": {
         "message": message,
@@ -63,8 +73,9 @@ def openai_error_body(err: APIError) -> dict:
     }}
 
 
-def openai_error_response(err: APIError, request_id: str) -> JSONResponse:
-    """The HTTP response for ``err`` on an OpenAI-compatible path."""
+def openai_error_response(err: APIError, request_id: str, path: str) -> JSONResponse:
+    """The HTTP response for ``err`` on the OpenAI-compatible ``path``."""
     status = SERVICE_UNAVAILABLE if isinstance(err, OverloadedError) else err.status
-    return JSONResponse(openai_error_body(err), status_code=status,
+    terms = RESPONSES_TERMS if path.startswith("/v1/responses") else CHAT_TERMS
+    return JSONResponse(openai_error_body(err, terms), status_code=status,
                         headers={**err.headers, "x-request-id": request_id})

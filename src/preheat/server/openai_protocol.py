@@ -8,7 +8,7 @@ Unions are told apart by a tag (``role=user``, ``type=text``) that never shows u
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
                       ValidationInfo, field_validator, model_validator)
@@ -18,17 +18,21 @@ from preheat.server.lone_surrogates import lone_surrogate_message, lone_surrogat
 from preheat.server.openai_errors import ParamError
 from preheat.server.protocol import describe_validation_error, refuse_kind
 
+Request = TypeVar("Request", bound=BaseModel)
+
 FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 MAX_STOP_SEQUENCES = 4
 
 # ---- requests -----------------------------------------------------------------
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A request model: unknown fields are 400s, values are not coerced."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def _tagged_by(key: str, known: dict[str, str]) -> Discriminator:
+def tagged_by(key: str, known: dict[str, str]) -> Discriminator:
     """Tell a union's members apart by ``value[key]``; unknown values go to ``other``."""
     def tag(value: Any) -> str:
         kind = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
@@ -37,14 +41,14 @@ def _tagged_by(key: str, known: dict[str, str]) -> Discriminator:
     return Discriminator(tag)
 
 
-def _as_parts(value: Any) -> Any:
+def as_parts(value: Any) -> Any:
     """OpenAI's string content is one text part; null (an assistant's) is none."""
     if isinstance(value, str):
         return [{"type": "text", "text": value}]
     return [] if value is None else value
 
 
-class CacheBreakpoint(_Strict):
+class CacheBreakpoint(Strict):
     """``prompt_cache_breakpoint`` on a text part: the cached prefix ends with that part."""
 
     mode: Literal["explicit"]
@@ -60,23 +64,23 @@ class CacheBreakpoint(_Strict):
         return value
 
 
-class TextPart(_Strict):
+class TextPart(Strict):
     type: Literal["text"]
     text: str
     prompt_cache_breakpoint: CacheBreakpoint | None = None
 
 
-class RefusalPart(_Strict):
+class RefusalPart(Strict):
     type: Literal["refusal"]
     refusal: str
 
 
-class ImageUrl(_Strict):
+class ImageUrl(Strict):
     url: str
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class ImagePart(_Strict):
+class ImagePart(Strict):
     """An image: the Messages API's image block, so ``--images`` decides (a 400 or a note)."""
 
     type: Literal["image_url"]
@@ -97,45 +101,45 @@ class UnsupportedPart(BaseModel):
 
 TextOnly = Annotated[
     Annotated[TextPart, Tag("type=text")] | Annotated[UnsupportedPart, Tag("type=other")],
-    _tagged_by("type", {"text": "text"})]
+    tagged_by("type", {"text": "text"})]
 UserPart = Annotated[
     Annotated[TextPart, Tag("type=text")] | Annotated[ImagePart, Tag("type=image_url")]
     | Annotated[UnsupportedPart, Tag("type=other")],
-    _tagged_by("type", {"text": "text", "image_url": "image_url"})]
+    tagged_by("type", {"text": "text", "image_url": "image_url"})]
 AssistantPart = Annotated[
     Annotated[TextPart, Tag("type=text")] | Annotated[RefusalPart, Tag("type=refusal")]
     | Annotated[UnsupportedPart, Tag("type=other")],
-    _tagged_by("type", {"text": "text", "refusal": "refusal"})]
+    tagged_by("type", {"text": "text", "refusal": "refusal"})]
 
 
-class SystemMessage(_Strict):
+class SystemMessage(Strict):
     role: Literal["system", "developer"]
     content: list[TextOnly]
     name: str | None = None  # accepted; the chat template has no place for it
 
-    parts = field_validator("content", mode="before")(_as_parts)
+    parts = field_validator("content", mode="before")(as_parts)
 
 
-class UserMessage(_Strict):
+class UserMessage(Strict):
     role: Literal["user"]
     content: list[UserPart]
     name: str | None = None  # accepted; the chat template has no place for it
 
-    parts = field_validator("content", mode="before")(_as_parts)
+    parts = field_validator("content", mode="before")(as_parts)
 
 
-class FunctionCall(_Strict):
+class FunctionCall(Strict):
     name: str
     arguments: str  # a JSON object, as text
 
 
-class ToolCall(_Strict):
+class ToolCall(Strict):
     id: str
     type: Literal["function"]
     function: FunctionCall
 
 
-class AssistantMessage(_Strict):
+class AssistantMessage(Strict):
     role: Literal["assistant"]
     content: list[AssistantPart] = []
     refusal: str | None = None  # an earlier refusal: shown to the model as what it said
@@ -145,15 +149,15 @@ class AssistantMessage(_Strict):
     audio: None = None
     function_call: None = None  # deprecated by OpenAI: history holds tool_calls
 
-    parts = field_validator("content", mode="before")(_as_parts)
+    parts = field_validator("content", mode="before")(as_parts)
 
 
-class ToolMessage(_Strict):
+class ToolMessage(Strict):
     role: Literal["tool"]
     content: list[TextOnly]
     tool_call_id: str
 
-    parts = field_validator("content", mode="before")(_as_parts)
+    parts = field_validator("content", mode="before")(as_parts)
 
 
 class UnsupportedMessage(BaseModel):
@@ -174,27 +178,27 @@ ChatMessage = Annotated[
     Annotated[SystemMessage, Tag("role=system")] | Annotated[UserMessage, Tag("role=user")]
     | Annotated[AssistantMessage, Tag("role=assistant")]
     | Annotated[ToolMessage, Tag("role=tool")] | Annotated[UnsupportedMessage, Tag("role=other")],
-    _tagged_by("role", {"system": "system", "developer": "system", "user": "user",
+    tagged_by("role", {"system": "system", "developer": "system", "user": "user",
                         "assistant": "assistant", "tool": "tool"})]
 
 
-class FunctionDefinition(_Strict):
+class FunctionDefinition(Strict):
     name: str = Field(pattern=FUNCTION_NAME)
     description: str | None = None
     parameters: dict[str, Any] | None = None  # None: no parameters
     strict: bool | None = None  # every call is held to its schema, strict or not
 
 
-class FunctionTool(_Strict):
+class FunctionTool(Strict):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class FunctionName(_Strict):
+class FunctionName(Strict):
     name: str
 
 
-class ToolChoice(_Strict):
+class ToolChoice(Strict):
     """``"none"``, ``"auto"``, ``"required"`` (as ``{"type": ...}``) or a named function."""
 
     type: Literal["none", "auto", "required", "function"]
@@ -213,14 +217,14 @@ class ToolChoice(_Strict):
         return self
 
 
-class JSONSchemaFormat(_Strict):
+class JSONSchemaFormat(Strict):
     name: str = Field(pattern=FUNCTION_NAME)
     description: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # None: any JSON
     strict: bool | None = None  # the reply is held to the schema, strict or not
 
 
-class ResponseFormat(_Strict):
+class ResponseFormat(Strict):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 
@@ -232,12 +236,12 @@ class ResponseFormat(_Strict):
         return self
 
 
-class StreamOptions(_Strict):
+class StreamOptions(Strict):
     include_usage: bool | None = None
     include_obfuscation: bool | None = None  # accepted; chunks are never padded
 
 
-class PromptCacheOptions(_Strict):
+class PromptCacheOptions(Strict):
     """``implicit`` (default): one breakpoint at the end of the prompt, besides explicit ones."""
 
     mode: Literal["implicit", "explicit"] = "implicit"
@@ -263,7 +267,16 @@ _DEFAULT_ONLY: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 
-class ChatCompletionRequest(_Strict):
+def default_only(table: dict[str, tuple[tuple[Any, ...], str]], value: Any,
+                 info: ValidationInfo) -> Any:
+    """``value`` if ``table`` accepts it for the field; else the 400 saying why not."""
+    accepted, why = table[info.field_name]
+    if value not in accepted:
+        raise PydanticCustomError("unsupported_parameter", "{why}", {"why": why})
+    return value
+
+
+class ChatCompletionRequest(Strict):
     """Body of ``POST /v1/chat/completions``."""
 
     model: str
@@ -330,10 +343,7 @@ class ChatCompletionRequest(_Strict):
     @field_validator(*_DEFAULT_ONLY)
     @classmethod
     def _default_only(cls, value: Any, info: ValidationInfo) -> Any:
-        accepted, why = _DEFAULT_ONLY[info.field_name]
-        if value not in accepted:
-            raise PydanticCustomError("unsupported_parameter", "{why}", {"why": why})
-        return value
+        return default_only(_DEFAULT_ONLY, value, info)
 
     @property
     def max_output_tokens(self) -> int | None:
@@ -349,11 +359,17 @@ _ERROR_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unk
 
 
 def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
-    """Validate a JSON body; any problem is a 400 naming the field (``param``)."""
+    """Validate a Chat Completions body; any problem is a 400 naming the field (``param``)."""
+    return parse_openai_request(ChatCompletionRequest, raw)
+
+
+def parse_openai_request(model: type[Request], raw: bytes) -> Request:
+    """Validate a JSON body as ``model``; any problem is a 400 naming the field (``param``)
+    with OpenAI's error code."""
     if (path := lone_surrogate_path(raw)) is not None:
         raise ParamError(lone_surrogate_message(path), path, "invalid_value")
     try:
-        return ChatCompletionRequest.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         if first["type"] == "json_invalid":

@@ -48,6 +48,11 @@ class ServerSettings:
     thread_ttl_seconds: float = FIVE_MINUTES
     max_threads: int = 256
     max_thread_tokens: int = 2_000_000
+    # Stored Responses API responses: their SQLite file (None: in memory, for this process
+    # only) and how long they are kept (OpenAI: 30 days). Their KV is held for the next
+    # turn for thread_ttl_seconds.
+    responses_file: Path | None = None
+    response_retention_seconds: float = 30 * 24 * ONE_HOUR
     # On SIGTERM/SIGINT: how long running requests may finish (new ones get 529 meanwhile)
     # before the rest are ended with an error event.
     shutdown_grace_seconds: float = 30.0

@@ -1,8 +1,8 @@
 """Message threads (beta ``message-threads-2026-08-12``): conversations the server holds.
 
-Each stored response is one ``ThreadTurn``: everything needed to continue from it
-(system, tools, the messages so far with the reply appended, and the exact token ids
-of that prompt and reply). A continue takes the turn it names, and the response it
+Each stored response is one ``ThreadTurn``: its ``HeldHistory``, everything needed to
+continue from it (system, tools, the messages so far with the reply appended, and the
+exact token ids of that prompt and reply). A continue takes the turn it names, and the response it
 produces is stored as the next turn. Turns live per tenant, for ``ttl`` seconds after
 they are stored, within caps on their number and tokens (the oldest go first). A
 dropped or expired turn is simply not found, which the SDK answers by replaying the
@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from preheat.server.errors import InvalidRequestError, NotFoundError
-from preheat.server.prompt_builder import BuiltPrompt, PromptBlock
-from preheat.server.protocol import InputMessage, MessagesRequest, TextBlock, Tool
+from preheat.server.held_history import HeldHistory
+from preheat.server.protocol import MessagesRequest
 
 THREADS_BETA = "message-threads-2026-08-12"
 
@@ -34,14 +34,15 @@ class ThreadTurn:
 
     message_id: str
     namespace: str
-    system: list[TextBlock]
-    tools: list[Tool]
-    messages: list[InputMessage]  # the whole conversation, this response last
-    token_ids: list[int]  # its prompt, then its reply as generated (no end-of-turn token)
-    blocks: list[PromptBlock]  # one per content block of ``messages``, marks removed
+    history: HeldHistory | None  # None once continued: its history lives on in the next turn
     stored_at: float
     continued: bool = False
     in_flight: bool = False  # a continue from it is running
+
+    @property
+    def tokens(self) -> int:
+        """Tokens it holds (what the per-tenant cap counts)."""
+        return 0 if self.history is None else len(self.history.token_ids)
 
 
 @dataclass
@@ -71,28 +72,10 @@ class ThreadStore:
                                       "tools: the thread keeps them")
         return self.begin_continue(namespace, request.thread.previous_message_id)
 
-    def record(self, message_id: str, namespace: str, request: MessagesRequest,
-               prompt: BuiltPrompt, reply: list[dict], reply_ids: list[int]) -> None:
-        """Store a threaded request's response as a turn to continue from.
-
-        ``request`` is the whole conversation it answered (a continue's included) and
-        ``reply_ids`` the reply's tokens as generated, without an end-of-turn token.
-        """
-        # Kept as generated, whitespace-only text included: a reply the API would refuse
-        # in a replayed history still continues here, from its exact tokens. An empty reply
-        # is one empty text block, so the history's last block has a place.
-        reply = reply or [{"type": "text", "text": ""}]
-        token_ids = prompt.token_ids + reply_ids
-        self.store(ThreadTurn(
-            message_id=message_id, namespace=namespace, system=request.system,
-            tools=request.tools,
-            messages=[*request.messages,
-                      InputMessage.model_validate({"role": "assistant", "content": reply})],
-            token_ids=token_ids,
-            # the history's marks were the earlier requests': a continue brings its own
-            blocks=[replace(b, cache_control=None) for b in prompt.blocks]
-            + [PromptBlock("messages", len(token_ids), None)] * len(reply),
-            stored_at=self.clock()))
+    def record(self, message_id: str, namespace: str, history: HeldHistory) -> None:
+        """Store a threaded request's response (the conversation it ends) as a turn to
+        continue from."""
+        self.store(ThreadTurn(message_id, namespace, history, stored_at=self.clock()))
 
     def begin_continue(self, namespace: str, message_id: str) -> ThreadTurn:
         """The turn to continue from, now marked in flight; the thread errors otherwise."""
@@ -114,16 +97,15 @@ class ThreadStore:
         """A continue from ``turn`` ended; once one succeeds, ``turn`` is spent."""
         turn.in_flight = False
         if succeeded:
-            # kept until it expires, to say "already continued"; its history lives on in
-            # the next turn
+            # kept until it expires, to say "already continued"
             turn.continued = True
-            turn.messages, turn.token_ids, turn.blocks = [], [], []
+            turn.history = None
 
     def store(self, turn: ThreadTurn) -> None:
         turns = self._live(turn.namespace)
         turns[turn.message_id] = turn
         while len(turns) > self.max_turns or (
-                len(turns) > 1 and sum(len(t.token_ids) for t in turns.values()) > self.max_tokens):
+                len(turns) > 1 and sum(t.tokens for t in turns.values()) > self.max_tokens):
             turns.popitem(last=False)
 
     def _live(self, namespace: str) -> OrderedDict[str, ThreadTurn]:

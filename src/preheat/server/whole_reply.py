@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from preheat.server.protocol import MessageResponse
 from preheat.server.reply import Reply
 from preheat.server.reply_events import Closed
 
@@ -14,12 +13,13 @@ DISCONNECT_CHECK_SECONDS = 1.0
 
 
 async def whole_reply(reply: Reply,
-                      is_disconnected: Callable[[], Awaitable[bool]]) -> MessageResponse | None:
-    """The finished message; None if the client went away first (the reply is then
-    abandoned, which aborts it). Failures raise as ``APIError``s."""
+                      is_disconnected: Callable[[], Awaitable[bool]]) -> Closed | None:
+    """The reply's end: the finished message and the engine's account of it; None if the
+    client went away first (the reply is then abandoned, which aborts it). Failures raise
+    as ``APIError``s."""
     loop = asyncio.get_running_loop()
     next_check = loop.time() + DISCONNECT_CHECK_SECONDS
-    message: MessageResponse | None = None
+    closed: Closed | None = None
     try:
         async for event in reply:
             if loop.time() >= next_check:
@@ -27,7 +27,7 @@ async def whole_reply(reply: Reply,
                     return None
                 next_check = loop.time() + DISCONNECT_CHECK_SECONDS
             if isinstance(event, Closed):
-                message = event.message  # read on to the end: then it counts as delivered
+                closed = event  # read on to the end: then it counts as delivered
     finally:
         reply.close()
-    return message
+    return closed
