@@ -228,30 +228,37 @@ def to_messages_request(body: ChatCompletionRequest, context_window: int) -> Mes
     tools = [_tool(t.function) for t in body.tools or ()]
     place_breakpoints([*tools, *system], [b for m in messages for b in m["content"]],
                        ttl if automatic else None)
-    payload: dict[str, Any] = {
+    param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    return validated_request({
         "model": body.model, "system": system, "messages": messages, "tools": tools,
-        "max_tokens": _max_tokens(body, context_window),
+        "max_tokens": output_limit(body.max_output_tokens, context_window, param),
         "top_p": body.top_p, "stop_sequences": body.stop or [],
         "tool_choice": _tool_choice(body), "output_config": _output_config(body),
         "stream": bool(body.stream),
-    }
-    if body.temperature is not None:  # the engine gets it whole (up to 2) from the overrides
-        payload["temperature"] = min(1.0, body.temperature)
-    if automatic:  # the Messages API's automatic caching: the end of the prompt
-        payload["cache_control"] = {"type": "ephemeral", "ttl": ttl}
+    }, body.temperature, ttl if automatic else None)
+
+
+def validated_request(payload: dict[str, Any], temperature: float | None,
+                      automatic_ttl: str | None) -> MessagesRequest:
+    """An OpenAI request's translation ``payload`` as a Messages API request, with its
+    ``temperature`` and, with automatic caching (``automatic_ttl``), a breakpoint at the
+    end of the prompt."""
+    if temperature is not None:  # the engine gets it whole (up to 2) from the overrides
+        payload["temperature"] = min(1.0, temperature)
+    if automatic_ttl is not None:  # the Messages API's automatic caching
+        payload["cache_control"] = {"type": "ephemeral", "ttl": automatic_ttl}
     try:
         return MessagesRequest.model_validate(payload)
     except ValidationError as err:  # a value OpenAI allows that the Messages API doesn't
         raise ParamError(describe_validation_error(err)) from None
 
 
-def _max_tokens(body: ChatCompletionRequest, context_window: int) -> int:
-    """The output limit; without one, the context window ends the reply."""
-    asked = body.max_output_tokens
+def output_limit(asked: int | None, context_window: int, param: str) -> int:
+    """The output limit asked for (in ``param``); without one, the context window ends
+    the reply."""
     if asked is None:
         return context_window
     if asked > context_window:
-        param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         raise ParamError(f"{param}: {asked} is more than the model's context window "
                          f"({context_window} tokens)", param, "invalid_value")
     return asked

@@ -267,6 +267,14 @@ _DEFAULT_ONLY: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 
+def only_when_streaming(value: Any, info: ValidationInfo) -> Any:
+    """``stream_options``, which only a streamed request may send."""
+    if value is not None and not info.data.get("stream"):
+        raise PydanticCustomError(
+            "invalid_value", "stream_options is only allowed when stream is true")
+    return value
+
+
 def default_only(table: dict[str, tuple[tuple[Any, ...], str]], value: Any,
                  info: ValidationInfo) -> Any:
     """``value`` if ``table`` accepts it for the field; else the 400 saying why not."""
@@ -331,14 +339,7 @@ class ChatCompletionRequest(Strict):
             raise PydanticCustomError("invalid_value", "stop sequences must be non-empty strings")
         return value
 
-    @field_validator("stream_options")
-    @classmethod
-    def _only_streaming(cls, value: StreamOptions | None,
-                        info: ValidationInfo) -> StreamOptions | None:
-        if value is not None and not info.data.get("stream"):
-            raise PydanticCustomError(
-                "invalid_value", "stream_options is only allowed when stream is true")
-        return value
+    only_streaming = field_validator("stream_options")(only_when_streaming)
 
     @field_validator(*_DEFAULT_ONLY)
     @classmethod

@@ -14,13 +14,11 @@ import binascii
 import re
 from typing import Any
 
-from pydantic import ValidationError
-
-from preheat.server.openai_chat import (CACHE_TTLS, cache_control_of, parse_arguments,
-                                        place_breakpoints)
+from preheat.server.openai_chat import (CACHE_TTLS, cache_control_of, output_limit,
+                                        parse_arguments, place_breakpoints, validated_request)
 from preheat.server.openai_errors import ParamError
 from preheat.server.openai_protocol import PromptCacheOptions
-from preheat.server.protocol import MessagesRequest, describe_validation_error
+from preheat.server.protocol import MessagesRequest
 from preheat.server.responses_protocol import (FunctionCallItem, FunctionCallOutputItem,
                                                FunctionTool, InputFile, InputImage, InputText,
                                                MessageItem, NamedFunction, Refusal,
@@ -53,22 +51,14 @@ def to_messages_request(body: ResponseCreateRequest, context_window: int,
     place_breakpoints([*tools, *system], [b for m in messages for b in m["content"]],
                       ttl if automatic else None)
     fmt = body.text.format if body.text else None
-    payload: dict[str, Any] = {
+    return validated_request({
         "model": body.model, "system": system, "messages": messages, "tools": tools,
-        "max_tokens": _max_tokens(body, context_window), "top_p": body.top_p,
-        "tool_choice": _tool_choice(body), "stream": bool(body.stream),
+        "max_tokens": output_limit(body.max_output_tokens, context_window, "max_output_tokens"),
+        "top_p": body.top_p, "tool_choice": _tool_choice(body), "stream": bool(body.stream),
         "output_config": None if fmt is None or fmt.type == "text" else {"format": {
             "type": "json_schema",
             "schema": {"type": "object"} if fmt.type == "json_object" else fmt.schema_}},
-    }
-    if body.temperature is not None:  # the engine gets it whole (up to 2) from the overrides
-        payload["temperature"] = min(1.0, body.temperature)
-    if automatic:  # the Messages API's automatic caching: the end of the prompt
-        payload["cache_control"] = {"type": "ephemeral", "ttl": ttl}
-    try:
-        return MessagesRequest.model_validate(payload)
-    except ValidationError as err:  # a value OpenAI allows that the Messages API doesn't
-        raise ParamError(describe_validation_error(err)) from None
+    }, body.temperature, ttl if automatic else None)
 
 
 def _message(where: str, item: Any, ttl: str) -> dict[str, Any] | None:
@@ -157,14 +147,3 @@ def _tool_choice(body: ResponseCreateRequest) -> dict[str, Any] | None:
     if body.parallel_tool_calls is False and out["type"] != "none":
         out["disable_parallel_tool_use"] = True
     return out
-
-
-def _max_tokens(body: ResponseCreateRequest, context_window: int) -> int:
-    """The output limit; without one, the context window ends the reply."""
-    asked = body.max_output_tokens
-    if asked is None:
-        return context_window
-    if asked > context_window:
-        raise ParamError(f"max_output_tokens: {asked} is more than the model's context window "
-                         f"({context_window} tokens)", "max_output_tokens", "invalid_value")
-    return asked

@@ -19,10 +19,10 @@ from preheat.server.openai_chat import call_id
 from preheat.server.protocol import MessageResponse, TextContent, ToolUseContent, Usage
 from preheat.server.reply_events import Closed, Opened, Ping, ReplyEvent
 from preheat.server.reply_parser import BlockStart, BlockStop, JsonPiece, TextPiece
-from preheat.server.responses_protocol import (FunctionCall, IncompleteDetails,
-                                               InputTokensDetails, OutputItem, OutputMessage,
-                                               OutputText, ResponseCreateRequest, ResponseError,
-                                               ResponseObject, ResponseUsage)
+from preheat.server.openai_protocol import PromptTokensDetails
+from preheat.server.responses_protocol import (FunctionCall, IncompleteDetails, OutputItem,
+                                               OutputMessage, OutputText, ResponseCreateRequest,
+                                               ResponseError, ResponseObject, ResponseUsage)
 from preheat.server.sse import sse_event
 from preheat.server.tool_format import dumps
 
@@ -108,7 +108,7 @@ def response_usage(usage: Usage, reused_tokens: int = 0) -> ResponseUsage:
     return ResponseUsage(
         input_tokens=prompt, output_tokens=usage.output_tokens,
         total_tokens=prompt + usage.output_tokens,
-        input_tokens_details=InputTokensDetails(
+        input_tokens_details=PromptTokensDetails(
             cached_tokens=cached,
             cache_write_tokens=max(0, usage.cache_creation_input_tokens - (cached - read))))
 

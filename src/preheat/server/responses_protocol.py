@@ -14,8 +14,10 @@ from pydantic import (BaseModel, ConfigDict, Field, Tag, ValidationInfo, field_v
                       model_validator)
 from pydantic_core import PydanticCustomError
 
-from preheat.server.openai_protocol import (FUNCTION_NAME, CacheBreakpoint, PromptCacheOptions,
-                                            Strict, default_only, tagged_by)
+from preheat.server.openai_protocol import (FUNCTION_NAME, CacheBreakpoint,
+                                            CompletionTokensDetails, PromptCacheOptions,
+                                            PromptTokensDetails, Strict, default_only,
+                                            only_when_streaming, tagged_by)
 from preheat.server.protocol import refuse_kind
 
 MAX_METADATA_PAIRS = 16
@@ -74,14 +76,21 @@ class InputFile(Strict):
         return self
 
 
-class UnsupportedPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+def _refused(message: str) -> type[BaseModel]:
+    """A union's catch-all member: whatever lands in it is a 400 saying ``message`` (which
+    may name the value's type as ``{kind}``)."""
+    class Refused(BaseModel):
+        model_config = ConfigDict(extra="allow")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _reject(cls, data: Any) -> Any:
-        refuse_kind(data, "unsupported_content", "content parts of type '{kind}' are not "
-                    "supported: use input_text, input_image or input_file")
+        @model_validator(mode="before")
+        @classmethod
+        def _reject(cls, data: Any) -> Any:
+            refuse_kind(data, "unsupported_content", message)
+    return Refused
+
+
+UnsupportedPart = _refused("content parts of type '{kind}' are not supported: use input_text, "
+                           "input_image or input_file")
 
 
 ContentPart = Annotated[
@@ -146,14 +155,8 @@ class ReasoningItem(BaseModel):
     type: Literal["reasoning"]
 
 
-class UnsupportedItem(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reject(cls, data: Any) -> Any:
-        refuse_kind(data, "unsupported_content", "input items of type '{kind}' are not "
-                    "supported: use message, function_call and function_call_output items")
+UnsupportedItem = _refused("input items of type '{kind}' are not supported: use message, "
+                           "function_call and function_call_output items")
 
 
 InputItem = Annotated[
@@ -188,14 +191,8 @@ class FunctionTool(Strict):
         return value
 
 
-class UnsupportedTool(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reject(cls, data: Any) -> Any:
-        refuse_kind(data, "unsupported_content", "tools of type '{kind}' are not supported: "
-                    "this server runs function tools only (there are no hosted tools)")
+UnsupportedTool = _refused("tools of type '{kind}' are not supported: this server runs "
+                           "function tools only (there are no hosted tools)")
 
 
 ToolParam = Annotated[
@@ -323,14 +320,7 @@ class ResponseCreateRequest(Strict):
                                           "this server does not produce it", {"name": name})
         return value
 
-    @field_validator("stream_options")
-    @classmethod
-    def _only_streaming(cls, value: StreamOptions | None,
-                        info: ValidationInfo) -> StreamOptions | None:
-        if value is not None and not info.data.get("stream"):
-            raise PydanticCustomError(
-                "invalid_value", "stream_options is only allowed when stream is true")
-        return value
+    only_streaming = field_validator("stream_options")(only_when_streaming)
 
     @field_validator(*_DEFAULT_ONLY)
     @classmethod
@@ -373,20 +363,13 @@ class FunctionCall(BaseModel):
 OutputItem = OutputMessage | FunctionCall
 
 
-class InputTokensDetails(BaseModel):
-    cached_tokens: int  # read from the cache
-    cache_write_tokens: int  # written to it by this request
-
-
-class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int = 0
-
-
 class ResponseUsage(BaseModel):
+    """Chat Completions' usage under the Responses API's names; the details are the same."""
+
     input_tokens: int
-    input_tokens_details: InputTokensDetails
+    input_tokens_details: PromptTokensDetails
     output_tokens: int
-    output_tokens_details: OutputTokensDetails = OutputTokensDetails()
+    output_tokens_details: CompletionTokensDetails = CompletionTokensDetails()
     total_tokens: int
 
 
