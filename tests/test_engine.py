@@ -326,3 +326,56 @@ def test_a_failure_of_one_sequence_fails_it_alone(where):
     assert [done[r.request_id].output_ids for r in (reqs[0], *reqs[2:])] == [want[0], *want[2:]]
     assert engine.stats().failed == 1 and held_only_by_tree(engine)
     assert run_one(engine, prompts[0]).output_ids == want[0]  # and the engine serves on
+
+
+def test_background_work_pauses_while_an_interactive_request_runs():
+    engine = tiny_engine(max_step_tokens=32)
+    long = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+    batch = [GenerationRequest(ids(8, i), long, background=True) for i in range(3)]
+    for request in batch:
+        engine.enqueue(engine.prepare(request))
+    engine.step()
+    background = [engine.scheduler.find(r.request_id) for r in batch]
+    assert all(s.num_output == 1 for s in background)  # idle capacity: batch work runs
+    interactive = GenerationRequest(ids(40, 9), SamplingParams(max_tokens=5, temperature=0,
+                                                                ignore_eos=True))
+    engine.enqueue(engine.prepare(interactive))
+    done = None
+    while done is None:
+        for rid, event in engine.step():
+            if rid == interactive.request_id and isinstance(event, Finished):
+                done = event
+        assert all(s.num_output == 1 for s in background)  # paused all along
+    assert done.output_tokens == 5
+    engine.step()
+    assert all(s.num_output == 2 for s in background)  # and back once it is gone
+
+
+def test_an_interactive_request_takes_a_background_slot_and_its_tokens_are_unchanged():
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    prompts = [ids(10 + i, 30 + i) for i in range(3)]
+    want = [r.output_ids for r in run(tiny_engine(), [GenerationRequest(p, params)
+                                                      for p in prompts])]
+    engine = tiny_engine(max_running=2)
+    batch = [GenerationRequest(p, params, background=True) for p in prompts[:2]]
+    for request in batch:
+        engine.enqueue(engine.prepare(request))
+    engine.step()
+    interactive = GenerationRequest(prompts[2], params)
+    engine.enqueue(engine.prepare(interactive))
+    engine.step()
+    assert engine.scheduler.find(interactive.request_id) in engine.scheduler.running
+    assert engine.scheduler.num_preemptions == 1  # the newest background sequence
+    finished = {}
+    while engine.has_work:
+        finished |= {rid: ev for rid, ev in engine.step() if isinstance(ev, Finished)}
+    got = [finished[r.request_id].output_ids for r in [*batch, interactive]]
+    assert got == want and held_only_by_tree(engine)
+
+
+def test_background_requests_are_never_refused_for_a_full_queue():
+    engine = tiny_engine(max_waiting=2)
+    for i in range(5):  # bounded by the batch runner, not by the queue
+        engine.enqueue(engine.prepare(GenerationRequest(ids(8, i), GREEDY, background=True)))
+    with pytest.raises(EngineOverloadedError):  # they take its places all the same
+        engine.prepare(GenerationRequest(ids(8, 9), GREEDY))

@@ -174,6 +174,17 @@ def add_serve_parser(commands) -> None:
     add_option(parser, "--response-retention-days", convert=float,
                default=defaults.response_retention_seconds / 86400,
                help="how long a stored Responses API response is kept")
+    add_option(parser, "--batches-db", convert=Path,
+               help="the SQLite file of Message Batches (default: batches.sqlite3 in the "
+                    "cache dir)")
+    add_option(parser, "--batch-concurrency", convert=int, default=defaults.batch_concurrency,
+               help="batch items run at once (on capacity no interactive request needs)")
+    add_option(parser, "--batch-lifetime-seconds", convert=float,
+               default=defaults.batch_lifetime_seconds,
+               help="how long a batch may run before its unfinished items expire")
+    add_option(parser, "--batch-retention-days", convert=float,
+               default=defaults.batch_retention_seconds / 86400,
+               help="how long an ended batch and its results are kept")
     add_option(parser, "--shutdown-grace-seconds", convert=float,
                default=defaults.shutdown_grace_seconds,
                help="on SIGTERM or SIGINT: how long running requests may finish (new ones get "
@@ -217,6 +228,10 @@ def serve(args: argparse.Namespace) -> int:
         responses_file=(args.responses_db
                         or resolve_cache_dir(args.cache_dir) / "responses.sqlite3"),
         response_retention_seconds=args.response_retention_days * 86400,
+        batches_file=args.batches_db or resolve_cache_dir(args.cache_dir) / "batches.sqlite3",
+        batch_concurrency=args.batch_concurrency,
+        batch_lifetime_seconds=args.batch_lifetime_seconds,
+        batch_retention_seconds=args.batch_retention_days * 86400,
         shutdown_grace_seconds=args.shutdown_grace_seconds)
     config = engine_config(args)
     try:

@@ -75,7 +75,7 @@ def start_server(log_dir: Path, name: str, args: list[str]) -> Server:
     """Start ``preheat serve`` on a free loopback port and wait until /health answers.
 
     Unless ``args`` name them, the server's disk tier is a fresh folder of its own and its
-    stored responses a fresh database.
+    stored responses and batches fresh databases.
     """
     port = _free_port()
     log = log_dir / f"{name}.log"
@@ -83,6 +83,8 @@ def start_server(log_dir: Path, name: str, args: list[str]) -> Server:
         args = [*args, "--kv-disk-dir", str(log_dir / f"{name}-kv")]
     if "--responses-db" not in args:
         args = [*args, "--responses-db", str(log_dir / f"{name}-responses.sqlite3")]
+    if "--batches-db" not in args:
+        args = [*args, "--batches-db", str(log_dir / f"{name}-batches.sqlite3")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREHEAT_") or k == "PREHEAT_CACHE_DIR"}
     with log.open("wb") as out:
         process = subprocess.Popen([*_preheat_command(), "serve", "--port", str(port), *args],

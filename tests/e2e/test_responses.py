@@ -13,6 +13,7 @@ import jsonschema
 import openai
 import pytest
 from e2e_helpers import ALIAS, KEY_A, KEY_B, document
+from pydantic import BaseModel
 
 WEATHER = {"type": "function", "name": "get_weather",
            "description": "The current weather in a city",
@@ -127,6 +128,18 @@ def test_text_format_json_schema_holds_the_reply_to_it(oai):
                          "strict": True}}, max_output_tokens=60, **GREEDY)
     jsonschema.validate(json.loads(response.output_text), schema)
     assert response.text.format.type == "json_schema"
+
+
+class City(BaseModel):
+    name: str
+    population: int
+
+
+def test_responses_parse_returns_the_pydantic_model(oai):
+    response = oai.responses.parse(model=ALIAS, input="Name a large city and its population.",
+                                   text_format=City, max_output_tokens=60, **GREEDY)
+    assert isinstance(response.output_parsed, City)
+    City.model_validate_json(response.output_text, strict=True)
 
 
 def test_a_ten_turn_chain_prefills_only_each_turn_s_new_input(oai):

@@ -101,7 +101,9 @@ class LLMEngine:
             raise RequestTooLargeError(
                 f"the request needs up to {most} tokens of KV cache; the pool holds "
                 f"{self.pool.num_blocks * self.pool.block_size}")
-        if len(self._inbox) + len(self.scheduler.waiting) >= self.config.max_waiting:
+        # batch work is bounded by its runner (its few places count for interactive ones)
+        if (not request.background
+                and len(self._inbox) + len(self.scheduler.waiting) >= self.config.max_waiting):
             raise EngineOverloadedError("too many requests are waiting; retry later")
         bps = tuple(b for b in request.breakpoints if 0 < b.position <= n)
         last = max((b.position for b in bps), default=0)

@@ -64,3 +64,6 @@ class GenerationRequest:
     # after the reply, hold its KV (prompt and reply) in the cache this long, unreported,
     # for a follow-up that starts with both (a message thread's next turn)
     hold_seconds: float = 0.0
+    # batch work: it runs only while no interactive request is waiting or running, is
+    # preempted first, and is never refused for a full queue (its runner bounds it)
+    background: bool = False

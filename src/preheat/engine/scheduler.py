@@ -8,6 +8,12 @@ cache entries are evicted, and then the most recently admitted sequence is
 preempted: its blocks are freed and it is recomputed later. Only when pinned
 prefixes alone are in the way do they leave RAM (to their disk copy if they have
 one): no request waits for a pin to expire.
+
+Batch work (``GenerationRequest.background``) fills idle capacity only: while any
+interactive request is running or waiting, background sequences are not stepped (they
+keep their KV, and are the first to be preempted), waiting interactive requests are
+admitted ahead of them, and one that finds every running slot taken takes a background
+sequence's.
 """
 from __future__ import annotations
 
@@ -78,8 +84,10 @@ class Scheduler:
         batch = ScheduledBatch()
         budget = self.max_step_tokens
         chosen: set[int] = set()
-        decoding = [s for s in self.running if s.remaining_prefill == 1]
-        prefilling = [s for s in self.running if s.remaining_prefill > 1]
+        urgent = self._interactive_work()
+        running = [s for s in self.running if not (urgent and s.request.background)]
+        decoding = [s for s in running if s.remaining_prefill == 1]
+        prefilling = [s for s in running if s.remaining_prefill > 1]
         for seq in decoding + prefilling:
             if budget == 0:
                 break
@@ -93,8 +101,10 @@ class Scheduler:
             budget -= n
         # A request whose cached prefix is being read back from disk keeps its place in the
         # queue while the others go ahead.
-        for seq in [s for s in self.waiting if s.pending_load is None]:
-            if budget == 0 or len(self.running) >= self.max_running:
+        admissible = [s for s in self.waiting if s.pending_load is None
+                      and not (urgent and s.request.background)]
+        for seq in sorted(admissible, key=lambda s: s.request.background):  # interactive first
+            if budget == 0 or not self._slot_for(seq):
                 break
             self._admit(seq)
             n = min(seq.remaining_prefill, budget)
@@ -107,6 +117,22 @@ class Scheduler:
             self._add(batch, seq, n, chosen)
             budget -= n
         return batch
+
+    def _interactive_work(self) -> bool:
+        return any(not s.request.background for s in (*self.running, *self.waiting))
+
+    def _slot_for(self, seq: Sequence) -> bool:
+        """Whether ``seq`` may start running: a slot is free, or it is interactive and a
+        background sequence gives up its slot."""
+        if len(self.running) < self.max_running:
+            return True
+        if seq.request.background:
+            return False
+        victim = next((s for s in reversed(self.running) if s.request.background), None)
+        if victim is None:
+            return False
+        self._preempt(victim)
+        return True
 
     def commit(self, batch: ScheduledBatch) -> None:
         """After the forward pass: advance progress, share full blocks, place pins."""
@@ -153,7 +179,8 @@ class Scheduler:
         while need > self.pool.num_free:
             if self.radix.evict(need - self.pool.num_free) > 0:
                 continue
-            victim = next((s for s in reversed(self.running)
+            victim = next((s for s in sorted(reversed(self.running),
+                                             key=lambda s: not s.request.background)
                            if s is not seq and id(s) not in chosen), None)
             if victim is not None:
                 self._preempt(victim)

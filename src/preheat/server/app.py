@@ -16,6 +16,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from preheat.cache_dir import resolve_cache_dir
 from preheat.engine import EngineError
 from preheat.server.auth import Authenticator
+from preheat.server.batch_runner import BatchRunner
+from preheat.server.batch_store import BatchStore
 from preheat.server.cache_policy import CachePolicy
 from preheat.server.diagnostics import DiagnosticsStore
 from preheat.server.documents import DocumentReader
@@ -24,6 +26,7 @@ from preheat.server.errors import (APIError, InvalidRequestError, MethodNotAllow
                                    NotFoundError, RequestTooLarge)
 from preheat.server.memory_trim import MemoryTrimmer
 from preheat.server.message_sse import message_sse
+from preheat.server.message_batches import MessageBatches
 from preheat.server.messages import MessageService
 from preheat.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from preheat.server.metrics import ServerMetrics
@@ -82,12 +85,17 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
     responses = Responses(service, ResponseStore(settings.responses_file,
                                                  settings.response_retention_seconds),
                           hold_seconds=settings.thread_ttl_seconds)
+    batch_store = BatchStore(settings.batches_file)
+    batch_runner = BatchRunner(service, batch_store, settings.batch_concurrency,
+                               settings.batch_retention_seconds)
+    batches = MessageBatches(batch_store, batch_runner, settings.batch_lifetime_seconds)
 
     metrics, drain = ServerMetrics(), Drain()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        tasks = [asyncio.create_task(MemoryTrimmer(lambda: len(drain)).run())]
+        tasks = [asyncio.create_task(MemoryTrimmer(lambda: len(drain)).run()),
+                 asyncio.create_task(batch_runner.run())]
         if settings.preheat_file is not None:
             prewarmer = Prewarmer(service, settings, settings.preheat_file.read_text())
             await prewarmer.warm()  # pinned before the server takes requests
@@ -97,7 +105,9 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
         finally:
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             responses.store.close()
+            batch_store.close()
 
     app = FastAPI(title="preheat", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None, dependencies=[Depends(drain.admit)],  # 529 while draining
@@ -125,6 +135,41 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
         if closed is None:
             return Response(status_code=CLIENT_CLOSED)
         return JSONResponse(closed.message.model_dump())
+
+    @app.post("/v1/messages/batches")
+    async def create_batch(request: Request) -> Response:
+        namespace = auth.namespace(request.headers)
+        raw = await _read_body(request, settings.max_batch_bytes)
+        return JSONResponse(await batches.create(raw, namespace, _base_url(request)))
+
+    @app.get("/v1/messages/batches")
+    async def list_batches(request: Request, limit: int = Query(20, ge=1, le=1000),
+                           after_id: str | None = None,
+                           before_id: str | None = None) -> Response:
+        namespace = auth.namespace(request.headers)
+        return JSONResponse(await batches.page(namespace, limit, after_id, before_id,
+                                               _base_url(request)))
+
+    @app.get("/v1/messages/batches/{batch_id}")
+    async def get_batch(request: Request, batch_id: str) -> Response:
+        namespace = auth.namespace(request.headers)
+        return JSONResponse(await batches.retrieve(namespace, batch_id, _base_url(request)))
+
+    @app.post("/v1/messages/batches/{batch_id}/cancel")
+    async def cancel_batch(request: Request, batch_id: str) -> Response:
+        namespace = auth.namespace(request.headers)
+        return JSONResponse(await batches.cancel(namespace, batch_id, _base_url(request)))
+
+    @app.delete("/v1/messages/batches/{batch_id}")
+    async def delete_batch(request: Request, batch_id: str) -> Response:
+        namespace = auth.namespace(request.headers)
+        return JSONResponse(await batches.delete(namespace, batch_id))
+
+    @app.get("/v1/messages/batches/{batch_id}/results")
+    async def batch_results(request: Request, batch_id: str) -> Response:
+        namespace = auth.namespace(request.headers)
+        lines = await batches.results(namespace, batch_id)
+        return StreamingResponse(lines, media_type="application/x-jsonl")
 
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(request: Request) -> Response:
@@ -185,6 +230,7 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
+        metrics.count_batch_items(await asyncio.to_thread(batch_store.counts))
         return Response(await metrics.scrape(engine), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/health")
@@ -201,9 +247,15 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
                                  "model": engine.model_id, "engine_restarts": engine.restarts},
                                 status_code=503)
         return JSONResponse({"status": "ok", "model": engine.model_id,
-                             "engine_restarts": engine.restarts, **asdict(stats)})
+                             "engine_restarts": engine.restarts, **asdict(stats),
+                             "batch_items": await asyncio.to_thread(batch_store.counts)})
 
     return app
+
+
+def _base_url(request: Request) -> str:
+    """This server as the client reached it (for URLs it hands out)."""
+    return str(request.base_url).rstrip("/")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

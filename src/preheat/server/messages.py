@@ -161,8 +161,8 @@ class MessageService:
     async def prepare(self, body: MessagesRequest, namespace: str, request_id: str,
                       record: RequestRecord | None = None,
                       sampling: SamplingOverrides = SamplingOverrides(), *,
-                      history: HeldHistory | None = None,
-                      hold_seconds: float = 0.0) -> PreparedMessage:
+                      history: HeldHistory | None = None, hold_seconds: float = 0.0,
+                      background: bool = False) -> PreparedMessage:
         """Validate and render a request; a thread continue holds its turn until the
         request's reply ends (``run``). ``record`` (the HTTP request's) is told the caller
         and model, and watches the engine's events. What is not model input (``model_input``)
@@ -170,7 +170,8 @@ class MessageService:
 
         ``history`` (another API's held conversation, whose preamble ``body`` repeats)
         comes before ``body.messages``, from its exact tokens; ``hold_seconds`` keeps the
-        reply's KV that long for the conversation's next request (a thread's: its TTL)."""
+        reply's KV that long for the conversation's next request (a thread's: its TTL).
+        ``background`` requests (batch work) run only on capacity no interactive one needs."""
         if record is not None:
             record.identify(namespace, body.model, self.registry.served(body.model), body.stream)
         # A max_tokens past what the prompt leaves of the context window is no error, as on
@@ -188,6 +189,7 @@ class MessageService:
         try:
             prepared = await self._prepare(body, namespace, request_id, turn, history,
                                            hold_seconds, record, sampling)
+            prepared.generation.background = background
             return replace(prepared, context_management=applied, sent_messages=sent)
         except BaseException:
             if turn is not None:

@@ -65,6 +65,9 @@ class ServerMetrics:
             "since start: cache_read / (cache_read + cache_write + input) prompt tokens",
             registry=self.registry)
         self._prompt_sums = {CACHE_READ: 0, CACHE_WRITE: 0, INPUT: 0}
+        self.batch_items = Gauge(
+            "preheat_batch_items", "Message Batches' items by state (pending and running are "
+            "the queue)", ("state",), registry=self.registry)
         self.engine = EngineStatsCollector()
         self.registry.register(self.engine)
 
@@ -105,6 +108,10 @@ class ServerMetrics:
             self.duration.labels(endpoint, model).observe(duration)
 
     # ---- scrape ------------------------------------------------------------------------------
+
+    def count_batch_items(self, counts: dict[str, int]) -> None:
+        for state, count in counts.items():
+            self.batch_items.labels(state).set(count)
 
     async def scrape(self, engine: EngineClient) -> bytes:
         """The text exposition, with the engine's state as of now."""

@@ -18,11 +18,13 @@ from preheat.server.lone_surrogates import lone_surrogate_message, lone_surrogat
 # ---- requests -----------------------------------------------------------------
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A request model: unknown fields are 400s, values are not coerced."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class CacheControl(_Strict):
+class CacheControl(Strict):
     type: Literal["ephemeral"]
     ttl: Literal["5m", "1h"] = "5m"
 
@@ -41,7 +43,7 @@ def _as_blocks(value: Any) -> Any:
     return [] if value is None else value
 
 
-class TextBlock(_Strict):
+class TextBlock(Strict):
     type: Literal["text"]
     text: str
     cache_control: CacheControl | None = None
@@ -63,7 +65,7 @@ class UnsupportedBlock(BaseModel):
                     "(and image blocks with --images placeholder)")
 
 
-class CitationsConfig(_Strict):
+class CitationsConfig(Strict):
     enabled: bool | None = None  # accepted; no citations are generated
 
 
@@ -82,23 +84,23 @@ class FetchedSource(BaseModel):
                     "inline (base64, text or content)")
 
 
-class Base64ImageSource(_Strict):
+class Base64ImageSource(Strict):
     type: Literal["base64"]
     media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
     data: str
 
 
-class ImageUrlSource(_Strict):
+class ImageUrlSource(Strict):
     type: Literal["url"]
     url: str
 
 
-class ImageFileSource(_Strict):
+class ImageFileSource(Strict):
     type: Literal["file"]
     file_id: str
 
 
-class ImageBlock(_Strict):
+class ImageBlock(Strict):
     """An image. The served model reads text: ``documents.py`` refuses it or puts a
     placeholder in its place (``--images``), so its source is never fetched or decoded."""
 
@@ -109,26 +111,26 @@ class ImageBlock(_Strict):
     transformations: dict[str, Any] | None = None  # accepted; the image is never looked at
 
 
-class PlainTextSource(_Strict):
+class PlainTextSource(Strict):
     type: Literal["text"]
     media_type: Literal["text/plain"]
     data: str
 
 
-class Base64PdfSource(_Strict):
+class Base64PdfSource(Strict):
     type: Literal["base64"]
     media_type: Literal["application/pdf"]
     data: str
 
 
-class ContentSource(_Strict):
+class ContentSource(Strict):
     type: Literal["content"]
     content: list[Annotated[TextBlock | ImageBlock, Field(discriminator="type")]]
 
     content_as_blocks = field_validator("content", mode="before")(_as_blocks)
 
 
-class DocumentBlock(_Strict):
+class DocumentBlock(Strict):
     """A document to read: plain text, content blocks or a PDF (``documents.py``)."""
 
     type: Literal["document"]
@@ -140,7 +142,7 @@ class DocumentBlock(_Strict):
     cache_control: CacheControl | None = None
 
 
-class SearchResultBlock(_Strict):
+class SearchResultBlock(Strict):
     """A search result a client's own search tool found (RAG): read as text."""
 
     type: Literal["search_result"]
@@ -151,7 +153,7 @@ class SearchResultBlock(_Strict):
     cache_control: CacheControl | None = None
 
 
-class ThinkingBlock(_Strict):
+class ThinkingBlock(Strict):
     """An earlier reply's reasoning, sent back. For a model without a reasoning format it is
     not part of the prompt; for one with it, its signature is checked (``model_input``)."""
 
@@ -160,7 +162,7 @@ class ThinkingBlock(_Strict):
     signature: str
 
 
-class RedactedThinkingBlock(_Strict):
+class RedactedThinkingBlock(Strict):
     type: Literal["redacted_thinking"]
     data: str
 
@@ -199,7 +201,7 @@ ToolResultContent = Annotated[
 ]
 
 
-class ToolUseBlock(_Strict):
+class ToolUseBlock(Strict):
     type: Literal["tool_use"]
     id: str
     name: str
@@ -209,7 +211,7 @@ class ToolUseBlock(_Strict):
     toolset_name: str | None = None  # round-tripped; ignored
 
 
-class ToolResultBlock(_Strict):
+class ToolResultBlock(Strict):
     type: Literal["tool_result"]
     tool_use_id: str
     content: list[ToolResultContent] = []
@@ -234,7 +236,7 @@ ContentBlock = Annotated[
 ]
 
 
-class InputMessage(_Strict):
+class InputMessage(Strict):
     """A turn of the conversation. ``system`` messages (the current SDK's
     ``SystemMessageParam``) are instructions at their place in the conversation."""
 
@@ -260,7 +262,7 @@ class InputMessage(_Strict):
         return self
 
 
-class Tool(_Strict):
+class Tool(Strict):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,128}$")
     description: str | None = None
     input_schema: dict[str, Any]
@@ -302,7 +304,7 @@ class Tool(_Strict):
         return data
 
 
-class ToolChoice(_Strict):
+class ToolChoice(Strict):
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = None
     disable_parallel_tool_use: bool | None = None
@@ -314,7 +316,7 @@ class ToolChoice(_Strict):
         return self
 
 
-class Thinking(_Strict):
+class Thinking(Strict):
     """Extended thinking, as asked for: a model with a reasoning format thinks
     (``reasoning.py``); one without answers without thinking blocks, as Anthropic's
     models without thinking do."""
@@ -335,32 +337,32 @@ class Thinking(_Strict):
         return self
 
 
-class OutputConfig(_Strict):
+class OutputConfig(Strict):
     effort: str | None = None  # accepted; the model has one effort level
     # {"type": "json_schema", "schema": {...}}: checked (and enforced) by output_grammar
     format: dict[str, Any] | None = None
 
 
-class TokensValue(_Strict):
+class TokensValue(Strict):
     type: Literal["input_tokens"]
     value: int = Field(ge=0)
 
 
-class ToolUsesValue(_Strict):
+class ToolUsesValue(Strict):
     type: Literal["tool_uses"]
     value: int = Field(ge=0)
 
 
-class ThinkingTurnsValue(_Strict):
+class ThinkingTurnsValue(Strict):
     type: Literal["thinking_turns"]
     value: int = Field(ge=1)
 
 
-class AllThinkingTurns(_Strict):
+class AllThinkingTurns(Strict):
     type: Literal["all"]
 
 
-class ClearToolUsesEdit(_Strict):
+class ClearToolUsesEdit(Strict):
     type: Literal["clear_tool_uses_20250919"]
     trigger: Annotated[TokensValue | ToolUsesValue, Field(discriminator="type")] | None = None
     keep: ToolUsesValue | None = None
@@ -369,7 +371,7 @@ class ClearToolUsesEdit(_Strict):
     clear_tool_inputs: bool | list[str] | None = None
 
 
-class ClearThinkingEdit(_Strict):
+class ClearThinkingEdit(Strict):
     type: Literal["clear_thinking_20251015"]
     keep: Literal["all"] | Annotated[ThinkingTurnsValue | AllThinkingTurns,
                                      Field(discriminator="type")] | None = None
@@ -388,22 +390,22 @@ class CompactEdit(BaseModel):
             "compact conversations (clear_tool_uses_20250919 and clear_thinking_20251015 are)")
 
 
-class ContextManagement(_Strict):
+class ContextManagement(Strict):
     """``context_management``: edits applied to the conversation (``context_edits.py``)."""
 
     edits: list[Annotated[ClearToolUsesEdit | ClearThinkingEdit | CompactEdit,
                           Field(discriminator="type")]] = []
 
 
-class Metadata(_Strict):
+class Metadata(Strict):
     user_id: str | None = None
 
 
-class DiagnosticsParam(_Strict):
+class DiagnosticsParam(Strict):
     previous_message_id: str | None = None
 
 
-class ThreadParam(_Strict):
+class ThreadParam(Strict):
     """``{"type": "create"}`` or ``{"type": "continue", "previous_message_id": ...}``."""
 
     type: Literal["create", "continue"]
@@ -417,7 +419,7 @@ class ThreadParam(_Strict):
         return self
 
 
-class PromptRequest(_Strict):
+class PromptRequest(Strict):
     """The fields that make up a prompt: the body of ``count_tokens``."""
 
     model: str
@@ -494,7 +496,7 @@ class MessagesRequest(PromptRequest):
         return value
 
 
-def parse_request(model: type[_Strict], raw: bytes) -> Any:
+def parse_request(model: type[Strict], raw: bytes) -> Any:
     """Validate a JSON body; any problem is a 400 naming the offending field."""
     if (path := lone_surrogate_path(raw)) is not None:
         raise InvalidRequestError(lone_surrogate_message(path))

@@ -53,6 +53,14 @@ class ServerSettings:
     # turn for thread_ttl_seconds.
     responses_file: Path | None = None
     response_retention_seconds: float = 30 * 24 * ONE_HOUR
+    # Message Batches: their SQLite file (None: in memory), how many items run at once,
+    # how long a batch may run (Anthropic: 24 h) and how long its results are kept after
+    # it ends (Anthropic: 29 days); a create's body limit (Anthropic: 256 MB).
+    batches_file: Path | None = None
+    batch_concurrency: int = 16
+    batch_lifetime_seconds: float = 24 * ONE_HOUR
+    batch_retention_seconds: float = 29 * 24 * ONE_HOUR
+    max_batch_bytes: int = 256 * 1024 * 1024
     # On SIGTERM/SIGINT: how long running requests may finish (new ones get 529 meanwhile)
     # before the rest are ended with an error event.
     shutdown_grace_seconds: float = 30.0
