@@ -15,8 +15,8 @@ from preheat.server.batch_store import (CANCELED, CANCELING, ENDED, EXPIRED, IN_
 DAY = 86400.0
 
 
-def requests(n: int) -> list[tuple[str, str]]:
-    return [(f"q{i}", json.dumps({"i": i})) for i in range(n)]
+def requests(n: int) -> list[tuple[str, str, str | None]]:
+    return [(f"q{i}", json.dumps({"i": i}), None) for i in range(n)]
 
 
 def store_with(n: int, clock=None, **kwargs) -> tuple[BatchStore, str]:
@@ -33,7 +33,7 @@ def succeed(store: BatchStore, items) -> None:
 def test_a_batch_runs_its_items_once_and_ends_when_none_is_left():
     store, batch = store_with(3)
     assert store.get("key-a", batch).counts[PENDING] == 3
-    items = store.start(store.pending())
+    items = store.start(store.pending(1000))
     assert [i.custom_id for i in items] == ["q0", "q1", "q2"]
     assert store.start(items) == []  # running already: nobody starts them twice
     succeed(store, items[:2])
@@ -57,11 +57,11 @@ def test_another_key_never_sees_a_batch():
 
 def test_cancel_ends_pending_items_at_once_and_the_batch_once_running_ones_end():
     store, batch = store_with(3)
-    [running] = store.start(store.pending()[:1])
+    [running] = store.start(store.pending(1000)[:1])
     canceled = store.cancel("key-a", batch)
     assert canceled.status == CANCELING and canceled.cancel_initiated_at is not None
     assert canceled.counts[CANCELED] == 2 and canceled.counts[RUNNING] == 1
-    assert store.pending() == []
+    assert store.pending(1000) == []
     store.finish(running, CANCELED, {"type": "canceled"})
     assert store.get("key-a", batch).status == ENDED
 
@@ -69,8 +69,8 @@ def test_cancel_ends_pending_items_at_once_and_the_batch_once_running_ones_end()
 def test_expiry_ends_what_is_left_and_retention_deletes_ended_batches():
     clock = FakeClock()
     store, batch = store_with(3, clock)
-    succeed(store, store.start(store.pending()[:1]))
-    store.start(store.pending()[:1])
+    succeed(store, store.start(store.pending(1000)[:1]))
+    store.start(store.pending(1000)[:1])
     clock.now += DAY
     assert store.expire() == [batch]
     expired = store.get("key-a", batch)
@@ -101,13 +101,13 @@ def test_a_restart_runs_interrupted_items_again_and_keeps_finished_ones(tmp_path
     path = tmp_path / "batches.sqlite3"
     store = BatchStore(path, spill_bytes=64)
     store.create("b1", "k", requests(3), DAY)
-    items = store.start(store.pending())
+    items = store.start(store.pending(1000))
     big = {"type": "succeeded", "message": {"text": "x" * 500}}  # spilled to a file
     store.finish(items[0], SUCCEEDED, big)
     store.finish(items[1], SUCCEEDED, {"type": "succeeded", "message": {}})
     store.close()  # items[2] was running when the process ended
     store = BatchStore(path, spill_bytes=64)
-    assert [i.position for i in store.pending()] == [2]
+    assert [i.position for i in store.pending(1000)] == [2]
     assert json.loads(next(store.results("b1"))[1]) == big
 
 
@@ -115,13 +115,13 @@ def test_a_torn_result_file_makes_its_item_run_again(tmp_path):
     path = tmp_path / "batches.sqlite3"
     store = BatchStore(path, spill_bytes=8)
     store.create("b1", "k", requests(1), DAY)
-    [item] = store.start(store.pending())
+    [item] = store.start(store.pending(1000))
     store.finish(item, SUCCEEDED, {"type": "succeeded", "message": {"text": "long enough"}})
     store.close()
     [spilled] = (tmp_path / "batches.results").iterdir()
     spilled.write_text(spilled.read_text()[:10])  # a crash mid-write of a copy
     store = BatchStore(path, spill_bytes=8)
-    assert [i.position for i in store.pending()] == [0]
+    assert [i.position for i in store.pending(1000)] == [0]
     assert store.get("k", "b1").status == IN_PROGRESS
 
 
@@ -131,7 +131,7 @@ from preheat.server.batch_store import BatchStore, SUCCEEDED
 store = BatchStore(__import__("pathlib").Path(sys.argv[1]), spill_bytes=200)
 print("ready", flush=True)
 while True:
-    items = store.start(store.pending()[:1])
+    items = store.start(store.pending(1))
     if not items:
         break
     store.finish(items[0], SUCCEEDED, {"type": "succeeded",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # how often expiry and retention are looked at with nothing to wake for
 RETRY_SECONDS = 0.5  # how soon an item refused for overload is tried again
+LOOK_AHEAD = 4  # pending items read per free slot
 
 
 @dataclass
@@ -43,6 +45,7 @@ class BatchRunner:
     _warm: set[str] = field(default_factory=set)  # prefixes whose first item is done
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _canceling: set[str] = field(default_factory=set)  # batches whose items are aborted
+    _next_housekeeping: float = 0.0
 
     def wake(self) -> None:
         """New work, or a cancel: look now rather than at the next poll."""
@@ -78,6 +81,11 @@ class BatchRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _housekeeping(self) -> None:
+        """Expiry and retention, at most once a poll (not on every wake)."""
+        now = asyncio.get_running_loop().time()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + POLL_SECONDS
         for batch_id in await asyncio.to_thread(self.store.expire):
             self._canceling.add(batch_id)  # its results say expired already
             for (owner, _), task in list(self._in_flight.items()):
@@ -93,7 +101,8 @@ class BatchRunner:
         if free <= 0:
             return []
         chosen: list[Item] = []
-        pending = await asyncio.to_thread(self.store.pending)
+        # a look ahead of a few slots' worth: enough past the items held for a warming prefix
+        pending = await asyncio.to_thread(self.store.pending, LOOK_AHEAD * self.concurrency)
         if not pending:
             self._warm.clear()  # nothing left that could read them
         for item in pending:
@@ -101,7 +110,7 @@ class BatchRunner:
                 break
             if (item.batch_id, item.position) in self._in_flight:
                 continue
-            prefix = _prefix_key(item)
+            prefix = item.prefix
             if prefix is not None and prefix not in self._warm:
                 if prefix in self._warming:
                     continue  # its prefix is being written: read it once it is there
@@ -123,7 +132,7 @@ class BatchRunner:
             state, result = CANCELED, {"type": "canceled"}
         finally:
             self._in_flight.pop(key, None)
-            prefix = _prefix_key(item)
+            prefix = item.prefix
             if prefix is not None and self._warming.get(prefix) == key:
                 del self._warming[prefix]
                 self._warm.add(prefix)
@@ -158,14 +167,11 @@ async def _connected() -> bool:
     return False  # nobody to hang up: the item runs to its end
 
 
-def _prefix_key(item: Item) -> str | None:
-    """What the prompts of items that share a prefix have in common: model, tools and
-    system (None: the params are not a JSON object, or have none of these)."""
-    try:
-        params = json.loads(item.params)
-    except ValueError:
+def prefix_key(namespace: str, params: dict) -> str | None:
+    """What the prompts of requests that share a prefix have in common: the key, model,
+    tools and system (None: they have neither tools nor system)."""
+    if not (params.get("system") or params.get("tools")):
         return None
-    if not isinstance(params, dict) or not (params.get("system") or params.get("tools")):
-        return None
-    return item.namespace + json.dumps([params.get("model"), params.get("tools"),
-                                        params.get("system")], sort_keys=True)
+    text = json.dumps([namespace, params.get("model"), params.get("tools"),
+                       params.get("system")], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()

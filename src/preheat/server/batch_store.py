@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS items (
     position INTEGER NOT NULL,
     custom_id TEXT NOT NULL,
     params TEXT NOT NULL,
+    prefix TEXT,        -- what items sharing a cached prefix have in common (None: nothing)
     state TEXT NOT NULL,
     result TEXT,        -- the result JSON, or NULL if it is in result_file
     result_file TEXT,
@@ -70,7 +71,8 @@ class Item:
     namespace: str
     position: int
     custom_id: str
-    params: str  # JSON, as sent
+    prefix: str | None  # items with the same one share a prompt prefix
+    params: str = ""  # JSON, as sent (loaded once the item starts)
 
 
 class BatchStore:
@@ -110,16 +112,16 @@ class BatchStore:
 
     # ---- batches ----------------------------------------------------------------------
 
-    def create(self, batch_id: str, namespace: str, requests: list[tuple[str, str]],
-               lifetime_seconds: float) -> Batch:
-        """A new batch of ``(custom_id, params JSON)`` requests, all pending."""
+    def create(self, batch_id: str, namespace: str,
+               requests: list[tuple[str, str, str | None]], lifetime_seconds: float) -> Batch:
+        """A new batch of ``(custom_id, params JSON, prefix)`` requests, all pending."""
         now = self.clock()
         with self._tx() as db:
             db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, NULL, NULL, ?)",
                        (batch_id, namespace, now, now + lifetime_seconds, IN_PROGRESS))
-            db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, NULL, NULL)",
-                           [(batch_id, i, custom_id, params, PENDING)
-                            for i, (custom_id, params) in enumerate(requests)])
+            db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
+                           [(batch_id, i, custom_id, params, prefix, PENDING)
+                            for i, (custom_id, params, prefix) in enumerate(requests)])
         return self.get(namespace, batch_id)
 
     def get(self, namespace: str, batch_id: str) -> Batch | None:
@@ -203,23 +205,28 @@ class BatchStore:
 
     # ---- items --------------------------------------------------------------------------
 
-    def pending(self) -> list[Item]:
-        """Pending items of unfinished batches, oldest batch first, in submission order."""
+    def pending(self, limit: int) -> list[Item]:
+        """The first ``limit`` pending items of unfinished batches, oldest batch first, in
+        submission order (without their params)."""
         with self._lock:
             return [Item(*row) for row in self._db.execute(
-                "SELECT items.batch_id, namespace, position, custom_id, params FROM items "
+                "SELECT items.batch_id, namespace, position, custom_id, prefix FROM items "
                 "JOIN batches ON batches.id = items.batch_id WHERE state = ? AND status = ? "
-                "ORDER BY batches.created_at, items.batch_id, position", (PENDING, IN_PROGRESS))]
+                "ORDER BY batches.created_at, items.batch_id, position LIMIT ?",
+                (PENDING, IN_PROGRESS, limit))]
 
     def start(self, items: list[Item]) -> list[Item]:
-        """Mark pending items running; returns those that were still pending."""
+        """Mark pending items running; returns those that were still pending, with their
+        params."""
         started = []
         with self._tx() as db:
             for item in items:
                 if db.execute("UPDATE items SET state = ? WHERE batch_id = ? AND position = ? "
                               "AND state = ?", (RUNNING, item.batch_id, item.position,
                                                 PENDING)).rowcount:
-                    started.append(item)
+                    [params] = db.execute("SELECT params FROM items WHERE batch_id = ? AND "
+                                          "position = ?", (item.batch_id, item.position)).fetchone()
+                    started.append(replace(item, params=params))
         return started
 
     def release(self, item: Item) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from preheat.server.batch_runner import BatchRunner
+from preheat.server.batch_runner import BatchRunner, prefix_key
 from preheat.server.batch_store import (CANCELED, ENDED, ERRORED, EXPIRED, PENDING, RUNNING,
                                         SUCCEEDED, Batch, BatchStore)
 from preheat.server.errors import InvalidRequestError, NotFoundError
@@ -60,7 +60,8 @@ class MessageBatches:
 
     async def create(self, raw: bytes, namespace: str, base_url: str) -> dict[str, Any]:
         body = parse_request(BatchCreateRequest, raw)
-        requests = [(r.custom_id, json.dumps(r.params)) for r in body.requests]
+        requests = [(r.custom_id, json.dumps(r.params), prefix_key(namespace, r.params))
+                    for r in body.requests]
         batch = await asyncio.to_thread(self.store.create, new_batch_id(), namespace,
                                         requests, self.lifetime_seconds)
         self.runner.wake()
