@@ -379,3 +379,34 @@ def test_background_requests_are_never_refused_for_a_full_queue():
         engine.enqueue(engine.prepare(GenerationRequest(ids(8, i), GREEDY, background=True)))
     with pytest.raises(EngineOverloadedError):  # they take its places all the same
         engine.prepare(GenerationRequest(ids(8, 9), GREEDY))
+
+
+def test_paced_batch_work_runs_in_short_steps_after_interactive_work_with_its_tokens_unchanged():
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    prompts = [ids(40 + i, 50 + i) for i in range(4)]
+    want = [r.output_ids for r in run(tiny_engine(), [GenerationRequest(p, params)
+                                                      for p in prompts])]
+    engine = tiny_engine(max_step_tokens=64)
+    run_one(engine, ids(8, 99))  # an interactive user was here
+    pacer = engine.scheduler.pacer
+    assert pacer.pacing
+    pacer.interactive_step_s, pacer.cap = 1.0, 3  # as if batch work had proved slow
+    batch = [GenerationRequest(p, params, background=True) for p in prompts]
+    for request in batch:
+        engine.enqueue(engine.prepare(request))
+    scheduled, sizes = engine.scheduler.schedule, []
+
+    def watched():
+        chosen = scheduled()
+        sizes.append((budget, sum(n for _, n in chosen.items())))
+        return chosen
+
+    engine.scheduler.schedule = watched
+    finished = {}
+    while engine.has_work:
+        budget = pacer.budget()
+        finished |= {rid: ev for rid, ev in engine.step() if isinstance(ev, Finished)}
+    assert all(size <= budget for budget, size in sizes)
+    assert sizes[0] == (3, 3)  # the first step held 3 of the 64 tokens it could have
+    assert [finished[r.request_id].output_ids for r in batch] == want
+    assert held_only_by_tree(engine)

@@ -101,6 +101,9 @@ ENGINE_HELP = {
                      "free space; 0 keeps them in RAM only)",
     "max_step_tokens": "token budget of one engine step (prefill chunk + decodes)",
     "max_running": "sequences decoding at once",
+    "batch_step_ms": "while interactive requests come, a step of Message Batches' work is "
+                     "kept about as short as theirs, and at least this long (-1: never "
+                     "limited)",
     "max_waiting": "queued requests before new ones get 529 overloaded",
     "max_pinned_fraction": "share of the KV pool that pinned prefixes may hold in RAM (the "
                            "least recently used beyond it live on in the disk tier)",

@@ -27,6 +27,9 @@ class EngineConfig:
     kv_disk_bytes: int | None = None
     max_step_tokens: int = 512  # token budget of one engine step (prefill chunk + decodes)
     max_running: int = 64  # sequences decoding at once
+    # while interactive users are about, a step of Message Batches' work takes about as long
+    # as theirs, and at least this (engine/background_pacer.py; -1: never paced)
+    batch_step_ms: float = 25.0
     max_waiting: int = 256  # queued requests before new ones are refused as overloaded
     max_pinned_fraction: float = 0.75  # share of the pool that pinned prefixes may hold
     context_window: int | None = None  # None = the model's own

@@ -154,11 +154,32 @@ def test_bench_costs_favour_caching(bench_json):
     costs = bench_json[0]["costs"]
     rows = costs["experiments"]
     assert set(rows) == {"long_document_uncached", "long_document_cached", "conversation",
-                         "streaming", "users"}
+                         "streaming", "users", "batch_one_by_one", "batch"}
     assert all(r["cost_usd"] >= 0 and r["cost_without_cache_usd"] >= 0 for r in rows.values())
     assert rows["long_document_cached"]["cost_usd"] < rows["long_document_uncached"]["cost_usd"]
     assert rows["conversation"]["cost_usd"] < rows["conversation"]["cost_without_cache_usd"]
     assert costs["total_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows.values()))
+
+
+def test_bench_batch_asks_the_same_questions_at_half_the_price(bench_json):
+    report = bench_json[0]
+    batch = report["batch"]
+    assert report["settings"]["batch_items"] == batch["items"] == 4
+    one, whole = batch["one_by_one"], batch["batch"]
+    for side in (one, whole):
+        assert side["succeeded"] == 4 and side["errored"] == 0 and side["wall_s"] > 0
+        assert side["usage"]["output_tokens"] > 0
+        # the first question writes the document's cache and the other three read it
+        assert side["cache_read_share"] == 0.75
+        assert side["usage"]["cache_creation_input_tokens"] > 0
+    # the same prompts but for each side's nonce, which tokenizes to a few more or fewer tokens
+    assert whole["usage"]["prompt_tokens"] == pytest.approx(one["usage"]["prompt_tokens"], rel=0.05)
+    assert batch["wall_ratio"] == pytest.approx(whole["wall_s"] / one["wall_s"])
+    rows = report["costs"]["experiments"]
+    assert rows["batch"]["requests"] == rows["batch_one_by_one"]["requests"] == 4
+    assert whole["cost_usd"] == pytest.approx(rows["batch"]["cost_usd"])
+    # the same prompts at half price (the replies may differ in length by a few tokens)
+    assert batch["cost_ratio"] == pytest.approx(0.5, rel=0.2)
 
 
 def test_bench_plot_writes_a_png(bench_json):
@@ -171,7 +192,7 @@ def test_bench_starts_and_stops_a_server_of_its_own():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     for title in ("a. Two questions", "b. A 4-turn conversation", "c. Streaming",
-                  "d. 1 user,", "e. Cost"):
+                  "d. 1 user,", "e. 4 questions", "f. Cost"):
         assert title in result.stdout
 
 

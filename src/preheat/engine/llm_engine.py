@@ -28,6 +28,7 @@ from preheat.engine.output import CacheUsage, EngineEvent, Finished, StopReason,
 from preheat.engine.repeat_guard import RepeatGuard
 from preheat.engine.request import CacheBreakpoint, GenerationRequest
 from preheat.engine.sampler import make_generator, sample, sample_constrained
+from preheat.engine.background_pacer import BackgroundPacer
 from preheat.engine.scheduler import ScheduledBatch, Scheduler
 from preheat.engine.sequence import Sequence
 from preheat.engine.stats import EngineStats
@@ -73,7 +74,9 @@ class LLMEngine:
         self.pool_bytes = num_blocks * block_bytes
         self.radix = RadixCache(self.pool, clock=clock,
                                 max_pinned_blocks=int(num_blocks * config.max_pinned_fraction))
-        self.scheduler = Scheduler(self.pool, self.radix, config.max_step_tokens, config.max_running)
+        pacer = BackgroundPacer(config.max_step_tokens, config.batch_step_ms / 1000)  # < 0: off
+        self.scheduler = Scheduler(self.pool, self.radix, config.max_step_tokens, config.max_running,
+                                   pacer)
         self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype)
         log.info("KV cache: %d tokens in %.2f GiB of %s (%s); pinned prefixes may hold %.0f%% of it",
                  num_blocks * config.block_size, self.pool_bytes / 2**30, str(kv_dtype).removeprefix("torch."),
@@ -172,8 +175,10 @@ class LLMEngine:
                 # sleep until it has news rather than spin
                 self.offload.wait(0.05)
             return out
+        started = time.perf_counter()
         try:
             ran, logits = self._forward(batch)
+            self.scheduler.observe(batch, time.perf_counter() - started)
         except Exception:
             log.exception("a batch of %d sequences failed; running each alone", len(batch.items()))
             ran, logits = self._forward_each(batch, out)

@@ -13,7 +13,9 @@ Batch work (``GenerationRequest.background``) fills idle capacity only: while an
 interactive request is running or waiting, background sequences are not stepped (they
 keep their KV, and are the first to be preempted), waiting interactive requests are
 admitted ahead of them, and one that finds every running slot taken takes a background
-sequence's.
+sequence's. For a while after interactive work, steps of batch work are kept short
+(``background_pacer.py``), so that the next interactive request waits little for the step
+in progress.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
+from preheat.engine.background_pacer import BackgroundPacer
 from preheat.engine.kv.block_pool import BlockPool
 from preheat.engine.kv.radix_cache import RadixCache
 from preheat.engine.sequence import Sequence, SeqStatus
@@ -43,11 +46,13 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, pool: BlockPool, radix: RadixCache, max_step_tokens: int, max_running: int):
+    def __init__(self, pool: BlockPool, radix: RadixCache, max_step_tokens: int, max_running: int,
+                 pacer: BackgroundPacer | None = None):
         self.pool = pool
         self.radix = radix
         self.max_step_tokens = max_step_tokens
         self.max_running = max_running
+        self.pacer = pacer or BackgroundPacer(max_step_tokens, floor_s=-1.0)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
         self.num_preemptions = 0
@@ -82,9 +87,11 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
-        budget = self.max_step_tokens
         chosen: set[int] = set()
         urgent = self._interactive_work()
+        if urgent:
+            self.pacer.saw_interactive()
+        budget = self.max_step_tokens if urgent else self.pacer.budget()
         running = [s for s in self.running if not (urgent and s.request.background)]
         decoding = [s for s in running if s.remaining_prefill == 1]
         prefilling = [s for s in running if s.remaining_prefill > 1]
@@ -117,6 +124,14 @@ class Scheduler:
             self._add(batch, seq, n, chosen)
             budget -= n
         return batch
+
+    def observe(self, batch: ScheduledBatch, seconds: float) -> None:
+        """How long ``batch``'s forward pass took (for the pacing of batch work)."""
+        items = batch.items()
+        if all(s.request.background for s, _ in items):
+            self.pacer.observe_background(sum(n for _, n in items), seconds)
+        else:
+            self.pacer.observe_interactive(seconds)
 
     def _interactive_work(self) -> bool:
         return any(not s.request.background for s in (*self.running, *self.waiting))

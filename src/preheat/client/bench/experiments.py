@@ -18,12 +18,14 @@ from preheat.client.bench.document import fit_document
 from preheat.client.bench.options import BenchOptions
 from preheat.client.cache_breakpoints import text_block, with_breakpoints
 from preheat.client.timed_reply import TimedReply, create_timed, stream_timed
+from preheat.client.token_usage import TokenUsage
 
 DOCUMENT_QUESTIONS = ["Who may copy and share this program?",
                       "What does the license say about source code?"]
 CONVERSATION = ["What is this document about?", "Who publishes it?",
                 "Can I sell copies of the program?", "What happens if I break its terms?"]
 STORY = "Tell me a story about a lighthouse keeper."
+BATCH_POLL_SECONDS = 0.25
 # Room the conversation needs beside the document: per turn a question and its template
 # (~48 tokens) and a reply; the nonce and the document's heading besides.
 TURN_TOKENS = 48
@@ -57,19 +59,33 @@ class Users:
 
 
 @dataclass
+class BatchSide:
+    wall_s: float
+    usages: list[TokenUsage]  # of the replies, in question order
+    errored: int = 0  # batch items that ended in an error
+
+
+@dataclass
+class BatchComparison:
+    one_by_one: BatchSide  # each question a /v1/messages request, one after another
+    batch: BatchSide | None  # all of them as one Message Batch (None: no batch API)
+
+
+@dataclass
 class BenchResults:
     context_window: int | None
     long_document: LongDocument
     conversation: list[TimedReply]
     streaming: StreamingComparison
     users: Users
+    batch: BatchComparison
 
 
 def requests_needed(options: BenchOptions) -> int:
     """How many replies a run waits for (for its progress bar)."""
     warm_up, streamed_and_not = 1, 2
     return (warm_up + 2 * len(DOCUMENT_QUESTIONS) + len(CONVERSATION) + streamed_and_not
-            + 2 * options.users)
+            + 2 * options.users + 2 * options.batch_items)
 
 
 @dataclass
@@ -82,17 +98,22 @@ class Bench:
 
     def ask(self, system: list[dict] | None, messages: list[dict],
             stream: bool = True) -> TimedReply:
-        params: dict[str, Any] = {"model": self.options.model, "messages": messages,
-                                  "max_tokens": self.options.max_tokens,
-                                  "extra_body": {"temperature": 0}}
-        if system:
-            params["system"] = system
+        params = self.params(system, messages)
+        params["extra_body"] = {"temperature": params.pop("temperature")}  # no 2.x keyword
         if stream:
             reply = stream_timed(self.client, params, TimedReply())
         else:
             reply = create_timed(self.client, params)
         self.done()
         return reply
+
+    def params(self, system: list[dict] | None, messages: list[dict]) -> dict[str, Any]:
+        """A greedy request's body as the Messages API takes it."""
+        body: dict[str, Any] = {"model": self.options.model, "messages": messages,
+                                "max_tokens": self.options.max_tokens, "temperature": 0}
+        if system:
+            body["system"] = system
+        return body
 
     def count_tokens(self, text: str) -> int:
         return self.client.messages.count_tokens(
@@ -184,3 +205,54 @@ def _users_run(bench: Bench, concurrent: bool) -> UsersRun:
     else:
         replies = [bench.ask(None, messages) for messages in questions]
     return UsersRun(started, time.perf_counter() - started, replies)
+
+
+def batch_questions(count: int) -> list[list[dict]]:
+    return [[{"role": "user", "content": f"Question {i + 1}: in one sentence, what does part "
+                                         f"{i % 17 + 1} of this document say?"}]
+            for i in range(count)]
+
+
+def batch(bench: Bench, document: str) -> BatchComparison:
+    """``options.batch_items`` questions about the cached document: one at a time through
+    ``/v1/messages``, then all of them as one Message Batch. Each side has a document of
+    its own (a fresh nonce), so neither reads what the other cached."""
+    ttl = bench.options.cache_ttl
+    questions = batch_questions(bench.options.batch_items)
+    system = document_system(document, True, ttl)
+    started = time.perf_counter()
+    replies = [bench.ask(system, messages, stream=False) for messages in questions]
+    one_by_one = BatchSide(time.perf_counter() - started,
+                           [reply.usage for reply in replies if reply.usage is not None])
+    return BatchComparison(one_by_one, _as_batch(bench, document_system(document, True, ttl),
+                                                 questions))
+
+
+def _as_batch(bench: Bench, system: list[dict],
+              questions: list[list[dict]]) -> BatchSide | None:
+    batches = bench.client.messages.batches
+    started = time.perf_counter()
+    try:
+        created = batches.create(requests=[
+            {"custom_id": f"q{i + 1}", "params": bench.params(system, messages)}
+            for i, messages in enumerate(questions)])
+    except anthropic.NotFoundError:
+        for _ in questions:
+            bench.done()
+        return None  # a server without the Message Batches API
+    reported = 0
+    while True:
+        current = batches.retrieve(created.id)
+        counts = current.request_counts
+        finished = len(questions) - counts.processing
+        for _ in range(finished - reported):
+            bench.done()
+        reported = finished
+        if current.processing_status == "ended":
+            break
+        time.sleep(BATCH_POLL_SECONDS)
+    wall = time.perf_counter() - started
+    results = {line.custom_id: line.result for line in batches.results(created.id)}
+    usages = [TokenUsage.from_sdk(results[f"q{i + 1}"].message.usage)
+              for i in range(len(questions)) if results[f"q{i + 1}"].type == "succeeded"]
+    return BatchSide(wall, usages, errored=len(questions) - len(usages))

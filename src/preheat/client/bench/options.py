@@ -15,6 +15,7 @@ class BenchOptions:
     model: str
     max_tokens: int  # of each reply
     users: int
+    batch_items: int  # questions of the batch experiment
     doc_tokens: int | None  # None: as long as the context window allows
     document: Path
     cache_ttl: str  # of every breakpoint: "5m" or "1h"

@@ -13,16 +13,18 @@ from matplotlib.axes import Axes  # noqa: E402
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
-    """Six panels: long-document TTFT, the conversation, streaming, users' TTFT and
-    finish times, and cost."""
-    figure, axes = plt.subplots(2, 3, figsize=(16, 9), layout="constrained")
+    """Seven panels: long-document TTFT, the conversation, streaming, users' TTFT and
+    finish times, one by one vs a batch, and cost."""
+    figure, axes = plt.subplots(2, 4, figsize=(21, 9), layout="constrained")
     figure.suptitle(f"preheat bench: {report['server']['model']} at {report['server']['base_url']}")
     _long_document(axes[0][0], report["long_document"])
     _conversation(axes[0][1], report["conversation"])
     _streaming(axes[0][2], report["streaming"])
     _users(axes[1][0], report["users"], "ttft_s", "d. TTFT per user")
     _users(axes[1][1], report["users"], "done_at_s", "d. reply done, from the run's start")
+    _batch(axes[0][3], report["batch"])
     _costs(axes[1][2], report["costs"])
+    axes[1][3].axis("off")
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
@@ -76,6 +78,14 @@ def _users(ax: Axes, users: dict[str, Any], field: str, title: str) -> None:
     ax.legend()
 
 
+def _batch(ax: Axes, batch: dict[str, Any]) -> None:
+    sides = [s for s in ("one_by_one", "batch") if batch[s] is not None]
+    ax.bar([s.replace("_", " ") for s in sides], [batch[s]["wall_s"] for s in sides],
+           color=["grey", "tab:green"][:len(sides)])
+    ax.set_ylabel("seconds")
+    ax.set_title(f"e. {batch['items']} questions: wall time")
+
+
 def _costs(ax: Axes, costs: dict[str, Any]) -> None:
     names = list(costs["experiments"])
     ys = range(len(names))
@@ -88,5 +98,5 @@ def _costs(ax: Axes, costs: dict[str, Any]) -> None:
             label="all input at base price")
     ax.set_yticks(list(ys), [n.replace("_", " ") for n in names])
     ax.set_xlabel("US cents")
-    ax.set_title("e. cost")
+    ax.set_title("f. cost")
     ax.legend()

@@ -13,13 +13,15 @@ DEFAULT_OUTPUT_PRICE = 15.0
 @dataclass(frozen=True)
 class PriceTable:
     """Base prices in $ per million tokens; cache writes and reads are priced as multiples
-    of the input price (Anthropic: 1.25x for a 5-minute write, 2x for 1 hour, 0.1x a read)."""
+    of the input price (Anthropic: 1.25x for a 5-minute write, 2x for 1 hour, 0.1x a read),
+    and a batch's tokens at a multiple of what they cost sent alone."""
 
     input_per_mtok: float = DEFAULT_INPUT_PRICE
     output_per_mtok: float = DEFAULT_OUTPUT_PRICE
     cache_write_5m_multiplier: float = 1.25
     cache_write_1h_multiplier: float = 2.0
     cache_read_multiplier: float = 0.1
+    batch_multiplier: float = 0.5  # a Message Batch's tokens, all kinds (Anthropic: half price)
 
     def cost(self, usage: TokenUsage) -> float:
         """Dollars for ``usage`` as billed with caching."""

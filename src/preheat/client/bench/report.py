@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from preheat.client.bench.experiments import BenchResults, UsersRun
+from preheat.client.bench.experiments import BatchSide, BenchResults, UsersRun
 from preheat.client.bench.options import BenchOptions
 from preheat.client.bench.pricing import PriceTable
 from preheat.client.timed_reply import TimedReply
@@ -30,7 +30,8 @@ def build_report(results: BenchResults, options: BenchOptions, prices: PriceTabl
                    "model": options.model, "context_window": results.context_window},
         "settings": {"quick": options.quick, "document": str(options.document),
                      "document_tokens": doc.document_tokens, "max_tokens": options.max_tokens,
-                     "users": options.users, "cache_ttl": options.cache_ttl, "temperature": 0},
+                     "users": options.users, "batch_items": options.batch_items,
+                     "cache_ttl": options.cache_ttl, "temperature": 0},
         "prices": prices.as_dict(),
         "long_document": _long_document(results),
         "conversation": _conversation(results.conversation),
@@ -39,6 +40,7 @@ def build_report(results: BenchResults, options: BenchOptions, prices: PriceTabl
         "users": {"count": options.users,
                   "sequential": _users_run(results.users.sequential),
                   "concurrent": _users_run(results.users.concurrent)},
+        "batch": _batch(results, options.batch_items, prices),
         "costs": _costs(results, prices),
     }
 
@@ -82,6 +84,27 @@ def _users_run(run: UsersRun) -> dict[str, Any]:
     return {"wall_s": run.wall_s, "output_tokens_per_s": output / run.wall_s, "users": users}
 
 
+def _batch(results: BenchResults, items: int, prices: PriceTable) -> dict[str, Any]:
+    one, batch = results.batch.one_by_one, results.batch.batch
+    report: dict[str, Any] = {"items": items,
+              "one_by_one": _batch_side(one, prices, 1.0),
+              "batch": None if batch is None else _batch_side(batch, prices,
+                                                              prices.batch_multiplier)}
+    if batch is not None:
+        report["wall_ratio"] = batch.wall_s / one.wall_s
+        report["cost_ratio"] = (report["batch"]["cost_usd"] / report["one_by_one"]["cost_usd"]
+                                if report["one_by_one"]["cost_usd"] > 0 else None)
+    return report
+
+
+def _batch_side(side: BatchSide, prices: PriceTable, multiplier: float) -> dict[str, Any]:
+    usage = total_usage(side.usages)
+    read = sum(1 for u in side.usages if u.cache_read_input_tokens > 0)
+    return {"wall_s": side.wall_s, "succeeded": len(side.usages), "errored": side.errored,
+            "cache_read_share": read / len(side.usages) if side.usages else 0.0,
+            "usage": usage.as_dict(), "cost_usd": prices.cost(usage) * multiplier}
+
+
 def _costs(results: BenchResults, prices: PriceTable) -> dict[str, Any]:
     groups = {
         "long_document_uncached": results.long_document.uncached,
@@ -90,11 +113,17 @@ def _costs(results: BenchResults, prices: PriceTable) -> dict[str, Any]:
         "streaming": [results.streaming.streaming, results.streaming.non_streaming],
         "users": results.users.sequential.replies + results.users.concurrent.replies,
     }
+    usages = {name: [_usage(r) for r in replies] for name, replies in groups.items()}
+    usages["batch_one_by_one"] = results.batch.one_by_one.usages
+    multipliers = {}
+    if results.batch.batch is not None:
+        usages["batch"] = results.batch.batch.usages
+        multipliers["batch"] = prices.batch_multiplier
     experiments = {}
-    for name, replies in groups.items():
-        usage = total_usage([_usage(r) for r in replies])
-        experiments[name] = {"requests": len(replies), "usage": usage.as_dict(),
-                             "cost_usd": prices.cost(usage),
-                             "cost_without_cache_usd": prices.cost_without_cache(usage)}
+    for name, used in usages.items():
+        usage, multiplier = total_usage(used), multipliers.get(name, 1.0)
+        experiments[name] = {"requests": len(used), "usage": usage.as_dict(),
+                             "cost_usd": prices.cost(usage) * multiplier,
+                             "cost_without_cache_usd": prices.cost_without_cache(usage) * multiplier}
     return {"experiments": experiments,
             "total_usd": sum(e["cost_usd"] for e in experiments.values())}

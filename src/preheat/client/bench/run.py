@@ -34,6 +34,9 @@ def run_bench(options: BenchOptions, run: BenchRun) -> int:
         except anthropic.APIError as error:
             raise SystemExit(f"preheat bench: {server.base_url}: {error}") from None
     _warn_if_nothing_cached(results, err)
+    if results.batch.batch is None:
+        err.print("[yellow]The server has no Message Batches API (404): experiment e ran "
+                  "one by one only.[/]")
     report = build_report(results, options, run.prices, server)
     if run.json:
         print(json.dumps(report, indent=2))
@@ -72,7 +75,7 @@ def _server(run: BenchRun, err: Console) -> Iterator[ServerInfo]:
 
 def measure(client: anthropic.Anthropic, options: BenchOptions,
             err: Console) -> experiments.BenchResults:
-    """The four experiments, one after another, each request a step of the progress bar."""
+    """The five experiments, one after another, each request a step of the progress bar."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as progress:
@@ -95,4 +98,7 @@ def measure(client: anthropic.Anthropic, options: BenchOptions,
         streaming = experiments.streaming(bench)
         stage("d. users")
         users = experiments.users(bench)
-    return experiments.BenchResults(window, long_document, conversation, streaming, users)
+        stage("e. batch")
+        batch = experiments.batch(bench, document)
+    return experiments.BenchResults(window, long_document, conversation, streaming, users,
+                                    batch)

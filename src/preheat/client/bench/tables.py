@@ -10,7 +10,8 @@ from rich.table import Table
 
 def print_tables(report: dict[str, Any], console: Console) -> None:
     for table in (long_document_table(report), conversation_table(report),
-                  streaming_table(report), users_table(report), cost_table(report)):
+                  streaming_table(report), users_table(report), batch_table(report),
+                  cost_table(report)):
         console.print(table)
 
 
@@ -79,13 +80,31 @@ def users_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def batch_table(report: dict[str, Any]) -> Table:
+    batch = report["batch"]
+    caption = (f"the batch took {batch['wall_ratio']:.2f}x the wall time of one by one"
+               if batch["batch"] is not None else "the server has no Message Batches API")
+    table = Table(title=f"e. {batch['items']} questions about the cached document, one by one "
+                        "vs as a Message Batch", caption=caption)
+    for column in ("run", "wall", "succeeded", "errored", "read the cache", "cost"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for side, label in (("one_by_one", "one by one (/v1/messages)"),
+                        ("batch", "as a batch (half price)")):
+        row = batch[side]
+        if row is not None:
+            table.add_row(label, _s(row["wall_s"]), str(row["succeeded"]), str(row["errored"]),
+                          f"{row['cache_read_share']:.0%}", f"${row['cost_usd']:.6f}")
+    return table
+
+
 def cost_table(report: dict[str, Any]) -> Table:
     prices = report["prices"]
-    table = Table(title=f"e. Cost at ${prices['input_per_mtok']:g} in / "
+    table = Table(title=f"f. Cost at ${prices['input_per_mtok']:g} in / "
                         f"${prices['output_per_mtok']:g} out per million tokens",
                   caption=f"cache writes {prices['cache_write_5m_multiplier']:g}x (5m) or "
                           f"{prices['cache_write_1h_multiplier']:g}x (1h) the input price, "
-                          f"reads {prices['cache_read_multiplier']:g}x; breakpoints used "
+                          f"reads {prices['cache_read_multiplier']:g}x, a batch's tokens "
+                          f"{prices['batch_multiplier']:g}x; breakpoints used "
                           f"{report['settings']['cache_ttl']}")
     for column in ("experiment", "requests", "cost", "all input at base price"):
         table.add_column(column, justify="left" if column == "experiment" else "right")
