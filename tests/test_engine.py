@@ -392,21 +392,17 @@ def test_paced_batch_work_runs_in_short_steps_after_interactive_work_with_its_to
     assert pacer.pacing
     pacer.interactive_step_s, pacer.cap = 1.0, 3  # as if batch work had proved slow
     batch = [GenerationRequest(p, params, background=True) for p in prompts]
-    for request in batch:
-        engine.enqueue(engine.prepare(request))
     scheduled, sizes = engine.scheduler.schedule, []
 
     def watched():
+        budget = pacer.budget()
         chosen = scheduled()
         sizes.append((budget, sum(n for _, n in chosen.items())))
         return chosen
 
     engine.scheduler.schedule = watched
-    finished = {}
-    while engine.has_work:
-        budget = pacer.budget()
-        finished |= {rid: ev for rid, ev in engine.step() if isinstance(ev, Finished)}
+    got = [r.output_ids for r in run(engine, batch)]
     assert all(size <= budget for budget, size in sizes)
     assert sizes[0] == (3, 3)  # the first step held 3 of the 64 tokens it could have
-    assert [finished[r.request_id].output_ids for r in batch] == want
+    assert got == want
     assert held_only_by_tree(engine)

@@ -28,7 +28,6 @@ from preheat.engine.output import CacheUsage, EngineEvent, Finished, StopReason,
 from preheat.engine.repeat_guard import RepeatGuard
 from preheat.engine.request import CacheBreakpoint, GenerationRequest
 from preheat.engine.sampler import make_generator, sample, sample_constrained
-from preheat.engine.background_pacer import BackgroundPacer
 from preheat.engine.scheduler import ScheduledBatch, Scheduler
 from preheat.engine.sequence import Sequence
 from preheat.engine.stats import EngineStats
@@ -74,9 +73,8 @@ class LLMEngine:
         self.pool_bytes = num_blocks * block_bytes
         self.radix = RadixCache(self.pool, clock=clock,
                                 max_pinned_blocks=int(num_blocks * config.max_pinned_fraction))
-        pacer = BackgroundPacer(config.max_step_tokens, config.batch_step_ms / 1000)  # < 0: off
         self.scheduler = Scheduler(self.pool, self.radix, config.max_step_tokens, config.max_running,
-                                   pacer)
+                                   config.batch_step_ms / 1000)
         self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype)
         log.info("KV cache: %d tokens in %.2f GiB of %s (%s); pinned prefixes may hold %.0f%% of it",
                  num_blocks * config.block_size, self.pool_bytes / 2**30, str(kv_dtype).removeprefix("torch."),

@@ -47,12 +47,13 @@ class ScheduledBatch:
 
 class Scheduler:
     def __init__(self, pool: BlockPool, radix: RadixCache, max_step_tokens: int, max_running: int,
-                 pacer: BackgroundPacer | None = None):
+                 batch_step_s: float = -1.0):
         self.pool = pool
         self.radix = radix
         self.max_step_tokens = max_step_tokens
         self.max_running = max_running
-        self.pacer = pacer or BackgroundPacer(max_step_tokens, floor_s=-1.0)
+        # the shortest step of batch work while paced (< 0: never paced)
+        self.pacer = BackgroundPacer(max_step_tokens, batch_step_s)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
         self.num_preemptions = 0

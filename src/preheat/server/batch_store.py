@@ -221,12 +221,11 @@ class BatchStore:
         started = []
         with self._tx() as db:
             for item in items:
-                if db.execute("UPDATE items SET state = ? WHERE batch_id = ? AND position = ? "
-                              "AND state = ?", (RUNNING, item.batch_id, item.position,
-                                                PENDING)).rowcount:
-                    [params] = db.execute("SELECT params FROM items WHERE batch_id = ? AND "
-                                          "position = ?", (item.batch_id, item.position)).fetchone()
-                    started.append(replace(item, params=params))
+                row = db.execute("UPDATE items SET state = ? WHERE batch_id = ? AND position = ? "
+                                 "AND state = ? RETURNING params",
+                                 (RUNNING, item.batch_id, item.position, PENDING)).fetchone()
+                if row is not None:
+                    started.append(replace(item, params=row[0]))
         return started
 
     def release(self, item: Item) -> None:
