@@ -104,6 +104,12 @@ ENGINE_HELP = {
     "batch_step_ms": "while interactive requests come, a step of Message Batches' work is "
                      "kept about as short as theirs, and at least this long (-1: never "
                      "limited)",
+    "speculative": "speculative decoding: off, ngram (drafts from the request's own prompt "
+                   "and output) or suffix (and from its API key's earlier replies); the tokens "
+                   "are those of decoding without it",
+    "speculative_tokens": "the longest draft a sequence verifies in one step",
+    "speculative_max_batch": "no drafts in a step that decodes more sequences than this (a "
+                             "full batch already shares each weight read)",
     "max_waiting": "queued requests before new ones get 529 overloaded",
     "max_pinned_fraction": "share of the KV pool that pinned prefixes may hold in RAM (the "
                            "least recently used beyond it live on in the disk tier)",

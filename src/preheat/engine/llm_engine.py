@@ -29,7 +29,8 @@ from preheat.engine.repeat_guard import RepeatGuard
 from preheat.engine.request import CacheBreakpoint, GenerationRequest
 from preheat.engine.sampler import make_generator, sample, sample_constrained
 from preheat.engine.scheduler import ScheduledBatch, Scheduler
-from preheat.engine.sequence import Sequence
+from preheat.engine.sequence import Sequence, SeqStatus
+from preheat.engine.speculative import Speculator
 from preheat.engine.stats import EngineStats
 from preheat.kernels.quant_matmul import load_quant_kernel
 from preheat.models.llama import LlamaModel
@@ -76,6 +77,8 @@ class LLMEngine:
         self.scheduler = Scheduler(self.pool, self.radix, config.max_step_tokens, config.max_running,
                                    config.batch_step_ms / 1000)
         self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype)
+        self.speculator = Speculator(config.speculative, config.speculative_tokens,
+                                     config.speculative_max_batch)
         log.info("KV cache: %d tokens in %.2f GiB of %s (%s); pinned prefixes may hold %.0f%% of it",
                  num_blocks * config.block_size, self.pool_bytes / 2**30, str(kv_dtype).removeprefix("torch."),
                  size.reason, 100 * config.max_pinned_fraction)
@@ -141,6 +144,7 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         s, tier = self.scheduler, self.offload.tier if self.offload else None
+        spec = self.speculator.counters
         now = self.radix.clock()
         return EngineStats(len(s.running), len(s.waiting) + len(self._inbox), self.pool.num_free,
                            self.pool.num_blocks, self.radix.cached_blocks,
@@ -151,7 +155,8 @@ class LLMEngine:
                            tier.num_entries if tier else 0, tier.used_bytes if tier else 0,
                            tier.quota_bytes if tier else 0,
                            self.offload.num_reads if self.offload else 0,
-                           s.prompt_tokens, s.prompt_tokens_cached)
+                           s.prompt_tokens, s.prompt_tokens_cached, spec.drafted, spec.accepted,
+                           spec.verify_steps, spec.verify_tokens)
 
     def close(self, timeout: float = 30.0) -> None:
         """Before the process ends: let queued disk writes finish (within ``timeout`` s)."""
@@ -166,6 +171,8 @@ class LLMEngine:
         self.radix.tick()
         if self.offload is not None:
             self.offload.poll()
+        if self.speculator.enabled:
+            self.speculator.propose([q for q in self.scheduler.running if q.remaining_prefill == 1])
         batch = self.scheduler.schedule()
         if not batch:
             if self.offload is not None and self.scheduler.has_work:
@@ -181,17 +188,59 @@ class LLMEngine:
             log.exception("a batch of %d sequences failed; running each alone", len(batch.items()))
             ran, logits = self._forward_each(batch, out)
         sampled = [s for s in ran if s.request.params.max_tokens > 0 and s.num_computed == s.num_tokens]
-        for seq, token in zip(sampled, self._sample(sampled, logits), strict=True):
+        plain = [s for s in sampled if not s.draft]
+        rows = self._rows(sampled)
+        plain_logits = logits[[rows[id(s)].start for s in plain]] if plain else logits[:0]
+        for seq, token in zip(plain, self._sample(plain, plain_logits), strict=True):
             out.extend(self._append(seq, token) if token is not None else [self._fail(seq)])
+        for seq in sampled:
+            if seq.draft:
+                out.extend(self._verify(seq, logits[rows[id(seq)]]))
         for seq in ran:
             if seq.request.params.max_tokens == 0 and seq.num_computed == seq.num_tokens:
                 out.append(self._finish(seq, StopReason.MAX_TOKENS))  # pre-warm done
         return out
 
+    @staticmethod
+    def _rows(sampled: list[Sequence]) -> dict[int, slice]:
+        """Each sampled sequence's rows of the step's logits (see ``ModelRunner.run``)."""
+        rows, at = {}, 0
+        for seq in sampled:
+            rows[id(seq)] = slice(at, at + 1 + len(seq.draft))
+            at += 1 + len(seq.draft)
+        return rows
+
+    def _verify(self, seq: Sequence, logits: torch.Tensor) -> Emitted:
+        """Speculative decoding: take the token each row gives, as decoding would, and go on
+        to the next row while the token taken is the draft's (that row saw it as input).
+
+        Every token is picked from its own row with the sequence's sampling, grammar and
+        generator, so the output is exactly that of decoding without a draft."""
+        draft, seq.draft = seq.draft, []
+        greedy = seq.request.params.greedy and seq.grammar is None
+        picks = logits.argmax(dim=-1).tolist() if greedy else None
+        out: Emitted = []
+        accepted = produced = 0
+        for i in range(len(draft) + 1):
+            token = picks[i] if picks is not None else self._sample([seq], logits[i:i + 1])[0]
+            if token is None:
+                return out + [self._fail(seq)]
+            out += self._append(seq, token)
+            produced += 1
+            if seq.status is SeqStatus.FINISHED or i == len(draft) or token != draft[i]:
+                break
+            self.scheduler.advance(seq, 1)  # the draft token's KV, written this step, stands
+            accepted += 1
+        self.speculator.observe(seq, len(draft), accepted, produced)
+        if seq.status is not SeqStatus.FINISHED:
+            self.scheduler.trim(seq)
+        return out
+
     def _forward(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         """Run ``batch`` and commit it: its sequences, and logits for those that sample."""
         sample_from = [s for s, n in batch.items()
-                       if s.num_computed + n == s.num_tokens and s.request.params.max_tokens > 0]
+                       if s.num_computed + n - len(s.draft) == s.num_tokens
+                       and s.request.params.max_tokens > 0]
         logits = self.runner.run(batch, sample_from)
         self.scheduler.commit(batch)
         return [s for s, _ in batch.items()], logits
@@ -202,7 +251,8 @@ class LLMEngine:
         Nothing was committed, and KV written for the failed batch is written again."""
         ran, rows = [], []
         for seq, n in batch.items():
-            alone = ScheduledBatch(decodes=[seq]) if n == 1 else ScheduledBatch(prefills=[(seq, n)])
+            alone = (ScheduledBatch(decodes=[seq]) if seq in batch.decodes
+                     else ScheduledBatch(prefills=[(seq, n)]))
             try:
                 done, logits = self._forward(alone)
             except Exception:
@@ -317,6 +367,8 @@ class LLMEngine:
             self.radix.hold(seq.namespace, seq.token_ids[:seq.num_computed], seq.request.hold_seconds,
                             seq.block_table[seq.num_computed // self.pool.block_size] if partial else None)
         self.scheduler.finish(seq)
+        if reason is not StopReason.ABORTED:
+            self.speculator.finished(seq)
         # a reply the guard ended keeps only the tokens before the repeat (what a thread stores)
         kept = seq.output_ids[:seq.detokenizer.kept_tokens]
         return seq.id, Finished(reason, seq.detokenizer.stop_sequence, seq.usage, seq.num_output,

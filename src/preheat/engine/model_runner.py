@@ -53,15 +53,25 @@ class ModelRunner:
         return [table[p // bs] * bs + p % bs for p in range(start, start + n)]
 
     def _decode_batch(self, seqs: list[Sequence]) -> DecodeBatch | None:
+        """One row per decode token: a sequence's last token, then each of its draft tokens,
+        each attending to the context up to itself (as decoding them one by one would)."""
         if not seqs:
             return None
         width = max(len(s.block_table) for s in seqs)
-        tables = [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
-        lengths = self._tensor([s.num_computed + 1 for s in seqs])
-        return DecodeBatch(self._tensor(sum(tables, [])).view(len(seqs), width), lengths, self.block_size)
+        tables: list[int] = []
+        lengths: list[int] = []
+        for s in seqs:
+            padded = s.block_table + [0] * (width - len(s.block_table))
+            for i in range(1 + len(s.draft)):
+                tables += padded
+                lengths.append(s.num_computed + 1 + i)
+        return DecodeBatch(self._tensor(tables).view(len(lengths), width), self._tensor(lengths),
+                           self.block_size)
 
     def run(self, batch: ScheduledBatch, sample_from: list[Sequence]) -> torch.Tensor:
-        """Forward one step; returns logits [len(sample_from), vocab] for the given sequences.
+        """Forward one step; returns logits for the given sequences, in their order: one row
+        for a prefill chunk, ``1 + len(draft)`` rows for a decode (its last token, then each
+        draft token).
 
         ``sample_from`` lists sequences whose last scheduled token completes their
         context (decodes and final prompt chunks); other chunks yield no logits.
@@ -69,19 +79,21 @@ class ModelRunner:
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        last_index: dict[int, int] = {}
+        rows_of: dict[int, range] = {}
         prefills: list[PrefillSlice] = []
         for seq, n in batch.items():
             start = seq.num_computed
-            if n > 1:
+            if seq.remaining_prefill > 1:
                 prefills.append(PrefillSlice(len(ids), n, start + n, self._tensor(seq.block_table)))
-            ids.extend(seq.token_ids[start: start + n])
+                rows_of[id(seq)] = range(len(ids) + n - 1, len(ids) + n)
+            else:
+                rows_of[id(seq)] = range(len(ids), len(ids) + n)
+            ids.extend((seq.token_ids[start: start + n] + seq.draft)[:n])
             positions.extend(range(start, start + n))
             slots.extend(self._slots(seq, start, n))
-            last_index[id(seq)] = len(ids) - 1
         meta = AttentionMetadata(self._tensor(slots), self._decode_batch(batch.decodes), prefills)
         hidden = self.model.forward(self._tensor(ids), self._tensor(positions), self.kv_cache, meta)
         if not sample_from:
             return hidden.new_empty((0, self.model.cfg.vocab_size))
-        rows = self._tensor([last_index[id(s)] for s in sample_from])
+        rows = self._tensor([r for s in sample_from for r in rows_of[id(s)]])
         return self.model.logits(hidden[rows])

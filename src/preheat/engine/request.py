@@ -67,3 +67,5 @@ class GenerationRequest:
     # batch work: it runs only while no interactive request is waiting or running, is
     # preempted first, and is never refused for a full queue (its runner bounds it)
     background: bool = False
+    # may be sped up by speculative decoding (its tokens are the same either way)
+    speculative: bool = True

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ScheduledBatch:
-    """Sequences and how many new tokens each runs this step (decodes have 1)."""
+    """Sequences and how many new tokens each runs this step."""
 
     decodes: list[Sequence] = field(default_factory=list)
     prefills: list[tuple[Sequence, int]] = field(default_factory=list)
@@ -42,7 +42,9 @@ class ScheduledBatch:
         return bool(self.decodes or self.prefills)
 
     def items(self) -> list[tuple[Sequence, int]]:
-        return [(s, 1) for s in self.decodes] + self.prefills
+        """Each sequence with its tokens this step: a decode runs its last token and its
+        draft (speculative decoding), a prefill a chunk of its prompt."""
+        return [(s, 1 + len(s.draft)) for s in self.decodes] + self.prefills
 
 
 class Scheduler:
@@ -101,7 +103,8 @@ class Scheduler:
                 break
             if seq.status is not SeqStatus.RUNNING:  # preempted earlier in this loop
                 continue
-            n = min(seq.remaining_prefill, budget)
+            n = min(seq.remaining_prefill + len(seq.draft), budget)
+            seq.draft = seq.draft[:n - 1]  # a draft fits the step's budget or is cut
             if not self._reserve(seq, n, chosen):
                 self._preempt(seq)
                 continue
@@ -151,23 +154,40 @@ class Scheduler:
         return True
 
     def commit(self, batch: ScheduledBatch) -> None:
-        """After the forward pass: advance progress, share full blocks, place pins."""
-        for seq, n in batch.items():
-            seq.num_computed += n
-            full = seq.num_computed // self.pool.block_size
-            if full > seq.num_inserted_blocks:
-                end = full * self.pool.block_size
-                self.radix.insert(seq.namespace, seq.token_ids[:end], seq.block_table[:full])
-                seq.num_inserted_blocks = full
-            while seq.pending_pins and seq.pending_pins[0].position <= seq.num_computed:
-                bp = seq.pending_pins.pop(0)
-                self.radix.pin(seq.namespace, seq.token_ids[: bp.position], bp.ttl)
+        """After the forward pass: advance progress, share full blocks, place pins.
+
+        A decode's draft is not committed here: the engine advances a sequence past each
+        draft token it accepts (``advance``), and ``trim`` gives back what the rest held."""
+        for seq in batch.decodes:
+            self.advance(seq, 1)
+        for seq, n in batch.prefills:
+            self.advance(seq, n)
+
+    def advance(self, seq: Sequence, n: int) -> None:
+        """``n`` more of ``seq``'s tokens have their KV in its blocks."""
+        seq.num_computed += n
+        full = seq.num_computed // self.pool.block_size
+        if full > seq.num_inserted_blocks:
+            end = full * self.pool.block_size
+            self.radix.insert(seq.namespace, seq.token_ids[:end], seq.block_table[:full])
+            seq.num_inserted_blocks = full
+        while seq.pending_pins and seq.pending_pins[0].position <= seq.num_computed:
+            bp = seq.pending_pins.pop(0)
+            self.radix.pin(seq.namespace, seq.token_ids[: bp.position], bp.ttl)
+
+    def trim(self, seq: Sequence) -> None:
+        """Give back blocks held past ``seq``'s tokens (a rejected draft's); its next step
+        reserves what it needs again."""
+        keep = self.pool.blocks_for(seq.num_tokens)
+        if len(seq.block_table) > keep:
+            self.pool.decref(seq.block_table[keep:])
+            del seq.block_table[keep:]
 
     # ---- memory -------------------------------------------------------------
 
     def _add(self, batch: ScheduledBatch, seq: Sequence, n: int, chosen: set[int]) -> None:
         chosen.add(id(seq))
-        if n == 1:
+        if seq.remaining_prefill == 1:
             batch.decodes.append(seq)
         else:
             batch.prefills.append((seq, n))
@@ -223,3 +243,4 @@ class Scheduler:
         seq.block_table = []
         seq.num_computed = 0
         seq.num_inserted_blocks = 0
+        seq.draft = []

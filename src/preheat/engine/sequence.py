@@ -11,6 +11,7 @@ from preheat.engine.grammar import GrammarState
 from preheat.engine.kv.pin_table import PinEntry
 from preheat.engine.output import CacheUsage
 from preheat.engine.request import GenerationRequest
+from preheat.engine.speculative.draft_state import DraftState
 
 
 class SeqStatus(enum.Enum):
@@ -38,6 +39,10 @@ class Sequence:
     admitted: bool = False  # has been scheduled once
     reused_prompt_tokens: int = 0  # prompt tokens the cache had at its first admission
     status: SeqStatus = SeqStatus.WAITING
+    # speculative decoding: tokens proposed to follow token_ids, scored in this step
+    # beside its last token (see engine/speculative/), and the state they come from
+    draft: list[int] = field(default_factory=list)
+    drafting: DraftState | None = None
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.request.prompt_ids)

@@ -27,3 +27,9 @@ class EngineStats:
     disk_reads: int  # hits whose blocks were read back from disk
     prompt_tokens: int  # of admitted requests, all told
     prompt_tokens_cached: int  # of those, found in the KV cache (reported as read or not)
+    # speculative decoding: draft tokens verified and accepted; sequence-steps that verified
+    # a draft, and the tokens those steps produced
+    spec_drafted: int = 0
+    spec_accepted: int = 0
+    spec_verify_steps: int = 0
+    spec_verify_tokens: int = 0

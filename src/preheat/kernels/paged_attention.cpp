@@ -289,13 +289,26 @@ void run(const Problem<T>& pb, const std::vector<int64_t>& lens, float* out) {
   // Every float of a partial is written before it is read: no zeroing.
   std::unique_ptr<float[]> parts(new float[part_seq.size() * part_size]);
   const auto attend = pick_attend<T>(dim);
-  // Items (partition, KV head): the heads of one partition sit next to each other, so a
-  // thread's contiguous range of items mostly reads whole rows.
-  const int64_t items = static_cast<int64_t>(part_seq.size()) * pb.kv_heads;
+  // Items (partition, KV head) ordered by the partition's place in its sequence, then the
+  // KV head, then the sequence: sequences that share a prefix (one document, many
+  // questions; a sequence's draft rows) read the same blocks in consecutive items, so a
+  // thread reads them from memory once and from its caches for the rest. The order changes
+  // which item runs when, never what an item computes.
+  std::vector<std::pair<int64_t, int64_t>> order;  // (partition, KV head)
+  order.reserve(part_seq.size() * pb.kv_heads);
+  for (int64_t i = 0; static_cast<int64_t>(order.size()) < static_cast<int64_t>(part_seq.size()) * pb.kv_heads; ++i) {
+    for (int64_t h = 0; h < pb.kv_heads; ++h) {
+      for (int64_t b = 0; b < batch; ++b) {
+        if (first[b] + i < first[b + 1]) order.emplace_back(first[b] + i, h);
+      }
+    }
+  }
+  const int64_t items = static_cast<int64_t>(order.size());
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(kMaxChunk * kPartition);
     for (int64_t it = begin; it < end; ++it) {
-      const int64_t p = it / pb.kv_heads, h = it % pb.kv_heads, b = part_seq[p], t0 = part_start[p];
+      const auto [p, h] = order[it];
+      const int64_t b = part_seq[p], t0 = part_start[p];
       attend(pb, b, t0, std::min(t0 + kPartition, lens[b]), h, scores.data(),
              parts.get() + p * part_size + h * group_size);
     }

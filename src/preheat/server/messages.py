@@ -230,7 +230,7 @@ class MessageService:
         message_id = new_message_id()
         generation = GenerationRequest(
             prompt.token_ids, params, namespace, breakpoints, message_id,
-            hold_seconds=hold_seconds)
+            hold_seconds=hold_seconds, speculative=body.speculative)
         return PreparedMessage(message_id, request_id, namespace, self.registry.model_id, body,
                                prompt, output, self.tool_form, generation, turn, record,
                                thinking=thinking)

@@ -167,6 +167,17 @@ class EngineStatsCollector:
                        s.prompt_tokens)
         yield _counter("preheat_engine_prompt_tokens_cached", "of those, found in the KV cache "
                        "(reported in usage as read or not)", s.prompt_tokens_cached)
+        yield _counter("preheat_spec_draft_tokens", "speculative decoding: draft tokens verified",
+                       s.spec_drafted)
+        yield _counter("preheat_spec_accepted_tokens", "speculative decoding: draft tokens "
+                       "accepted (each saved a decode step)", s.spec_accepted)
+        yield _counter("preheat_spec_verify_steps", "speculative decoding: sequence-steps that "
+                       "verified a draft", s.spec_verify_steps)
+        yield _gauge("preheat_spec_acceptance_rate", "speculative decoding: accepted / drafted "
+                     "tokens since start", s.spec_accepted / s.spec_drafted if s.spec_drafted else 0)
+        yield _gauge("preheat_spec_tokens_per_step", "speculative decoding: tokens produced per "
+                     "verifying sequence-step since start (1 would be no gain)",
+                     s.spec_verify_tokens / s.spec_verify_steps if s.spec_verify_steps else 0)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

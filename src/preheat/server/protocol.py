@@ -475,6 +475,8 @@ class MessagesRequest(PromptRequest):
     stream: bool = False
     diagnostics: DiagnosticsParam | None = None
     thread: ThreadParam | None = None  # server-held conversations (server/thread_store.py)
+    # false: no speculative decoding for this request (its tokens are the same either way)
+    speculative: bool = True
     service_tier: str | None = None  # accepted; there is one tier
     inference_geo: str | None = None  # accepted; inference is wherever this server is
     # Anthropic's fallback retries: the served model never declines a request for policy
