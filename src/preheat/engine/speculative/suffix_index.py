@@ -11,9 +11,11 @@ recently used are dropped past ``max_tenants``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import count
+from itertools import chain, count
+
+from preheat.engine.speculative.ngram_index import ngrams
 
 
 @dataclass
@@ -54,11 +56,8 @@ class SuffixIndex:
         while tenant.tokens > self.tenant_tokens:
             self._drop_oldest(tenant)
 
-    def _ngrams(self, doc: list[int]):
-        for end in range(1, len(doc)):
-            for n in self.lengths:
-                if end >= n:
-                    yield tuple(doc[end - n:end]), end
+    def _ngrams(self, doc: list[int]) -> Iterator[tuple[tuple[int, ...], int]]:
+        return chain.from_iterable(ngrams(doc, n, n, len(doc)) for n in self.lengths)
 
     def _index(self, tenant: _Tenant, doc_id: int, doc: list[int]) -> None:
         for key, end in self._ngrams(doc):
