@@ -12,11 +12,13 @@ The goals (issue 24), single stream unless named, greedy, the same GGUF and thre
 
 Decode tok/s is (output tokens - 1) / (last delta - first delta) of one streamed request;
 the 8 users' figure is all their tokens over the time from the first request sent to the
-last token. preheat's acceptance rate and mean accepted draft length per workload come from
+last token. The free-text workloads run ``--repeats`` times on new stories each time, and
+on the speculating preheat each run is sent first with ``"speculative": false`` (the
+per-request opt-out), so the two are also compared on one server; medians are reported. preheat's acceptance rate and mean accepted draft length per workload come from
 its ``/metrics`` counters before and after. Each server is started fresh, one at a time.
 
     .venv/bin/python bench/speculative.py [--threads 2] [--llama-server PATH]
-        [--rewrite-tokens 2048] [--only preheat|llama]
+        [--rewrite-tokens 2048] [--repeats 5] [--only preheat|llama]
 
 Figures, not tests: read them as ratios, on the CPU named in the output.
 """
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import re
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,10 +44,19 @@ from preheat.loader.embedded import embedded_model_path  # noqa: E402
 
 SOURCE = Path("/usr/lib/python3.11/copy.py")  # 304 lines
 RENAMES = [("deepcopy", "deep_copy"), ("_reconstruct", "_rebuild")]
-STORY = "Write a long story about a lighthouse keeper who finds a map in a bottle."
-TOPICS = ["a city under the sea", "a robot who learns to paint", "the last dragon",
-          "a journey across the desert", "a clockmaker's apprentice", "a ship of ghosts",
-          "a garden on the moon", "a detective in Venice"]
+SUBJECTS = ["a lighthouse keeper", "a robot", "a dragon", "a clockmaker", "a detective",
+            "a gardener", "a sailor", "a librarian", "a baker", "an astronaut", "a painter",
+            "a shepherd", "a violinist", "a miner", "a beekeeper", "a cartographer"]
+FINDS = ["a map in a bottle", "a door in a hill", "a letter from the future",
+         "a talking crow", "a frozen river", "a hidden city"]
+
+
+def stories(n: int, first: int) -> list[str]:
+    """``n`` story prompts, each different from the others for ``first`` .. ``first + n``."""
+    return [f"Write a long story about {SUBJECTS[i % len(SUBJECTS)]} who finds "
+            f"{FINDS[i // len(SUBJECTS) % len(FINDS)]}." for i in range(first, first + n)]
+
+
 SPEC_COUNTERS = ("preheat_spec_draft_tokens_total", "preheat_spec_accepted_tokens_total",
                  "preheat_spec_verify_steps_total")
 
@@ -69,6 +81,7 @@ class Workload:
 class Side:
     name: str
     command: list[str]
+    opt_out: bool = False  # a preheat server with speculation: requests may opt out
     results: dict[str, Workload] = field(default_factory=dict)
 
 
@@ -95,21 +108,50 @@ async def counters(client: httpx.AsyncClient) -> dict[str, float]:
     return found
 
 
-async def measured(client: httpx.AsyncClient, side: Side, name: str, requests: list[dict]) -> None:
-    before = await counters(client)
+async def rate_of(client: httpx.AsyncClient, requests: list[dict]) -> tuple[float, int]:
+    """(tok/s, output tokens) of ``requests`` sent at once."""
     start = time.perf_counter()
     results = await asyncio.gather(*(stream(client, r) for r in requests))
-    after = await counters(client)
     tokens = sum(r.output_tokens for r in results)
     if len(results) == 1:
         r = results[0]
-        rate = (r.output_tokens - 1) / (r.last - r.ttft) if r.last > r.ttft else float("nan")
-    else:
-        rate = tokens / (max(r.sent + r.last for r in results) - start)
+        return (r.output_tokens - 1) / (r.last - r.ttft) if r.last > r.ttft else float("nan"), tokens
+    return tokens / (max(r.sent + r.last for r in results) - start), tokens
+
+
+async def measured(client: httpx.AsyncClient, side: Side, name: str, requests: list[dict]) -> None:
+    before = await counters(client)
+    rate, tokens = await rate_of(client, requests)
+    after = await counters(client)
     delta = [int(after.get(k, 0) - before.get(k, 0)) for k in SPEC_COUNTERS]
     side.results[name] = Workload(name, rate, tokens, *delta)
-    w = side.results[name]
-    print(f"  {side.name}: {name}: {rate:.1f} tok/s, {tokens} tokens; {w.acceptance()}", flush=True)
+    print(f"  {side.name}: {name}: {rate:.1f} tok/s, {tokens} tokens; "
+          f"{side.results[name].acceptance()}", flush=True)
+
+
+async def free_text(client: httpx.AsyncClient, side: Side, args: argparse.Namespace,
+                    users: int, name: str) -> None:
+    """``--repeats`` runs of ``users`` new stories at once, each run first with speculation
+    off for the requests (on a preheat server that has it), then as the server serves them:
+    the medians of both, from one server, so that a server's start does not weigh in."""
+    plain, served = [], []
+    counts = [0, 0, 0]
+    for run in range(args.repeats):
+        prompts = stories(users, run * users + (0 if users == 1 else 100))
+        tokens = args.story_tokens // (2 if users > 1 else 1)
+        if side.opt_out:
+            requests = [{**body(nonce(), p, tokens), "speculative": False} for p in prompts]
+            plain.append((await rate_of(client, requests))[0])
+        before = await counters(client)
+        served.append((await rate_of(client, [body(nonce(), p, tokens) for p in prompts]))[0])
+        after = await counters(client)
+        counts = [c + int(after.get(k, 0) - before.get(k, 0)) for c, k in zip(counts, SPEC_COUNTERS)]
+    side.results[name] = Workload(name, statistics.median(served), 0, *counts)
+    line = f"  {side.name}: {name}: {statistics.median(served):.1f} tok/s"
+    if plain:
+        side.results[name + ", opted out"] = Workload(name + ", opted out", statistics.median(plain), 0)
+        line += f" ({statistics.median(plain):.1f} opted out)"
+    print(line + f"; {side.results[name].acceptance()}", flush=True)
 
 
 async def workloads(base_url: str, side: Side, args: argparse.Namespace) -> None:
@@ -123,21 +165,20 @@ async def workloads(base_url: str, side: Side, args: argparse.Namespace) -> None
         # a retry of the first (an agent's regenerate): its reply is what the tenant got before
         await measured(client, side, "rewrite 1 again",
                        [rewrite_body(*RENAMES[0], args.rewrite_tokens)])
-        await measured(client, side, "free text", [body(nonce(), STORY, args.story_tokens)])
-        await measured(client, side, "8 users, free text",
-                       [body(nonce(), f"Write a long story about {t}.", args.story_tokens // 2)
-                        for t in TOPICS])
+        await free_text(client, side, args, 1, "free text")
+        await free_text(client, side, args, 8, "8 users, free text")
 
 
-def run_side(name: str, command: list[str], port: int, args: argparse.Namespace) -> Side:
-    side = Side(name, command)
+def run_side(name: str, command: list[str], port: int, args: argparse.Namespace,
+             opt_out: bool = False) -> Side:
+    side = Side(name, command, opt_out)
     with server(name.replace(" ", "_"), command, port) as base_url:
         asyncio.run(workloads(base_url, side, args))
     return side
 
 
 def llama(binary: str, port: int, threads: int, spec: str | None) -> list[str]:
-    command = [binary, "-m", str(embedded_model_path()), "-t", str(threads), "-c", "16384",
+    command = [binary, "-m", str(embedded_model_path()), "-t", str(threads), "-c", "65536",
                "-np", "8", "--host", "127.0.0.1", "--port", str(port)]
     return command + (["--spec-type", spec] if spec else [])
 
@@ -168,6 +209,11 @@ def report(sides: dict[str, Side], args: argparse.Namespace) -> None:
               f"(goal >= 1.2x); the first again: {r['rewrite 1 again'] / r['rewrite 1']:.2f}x")
     print(f"- free text: {ratio(spec, off, 'free text')} (goal >= 0.95x); 8 users: "
           f"{ratio(spec, off, '8 users, free text')} (goal >= 0.95x)")
+    if spec is not None and "free text, opted out" in spec.results:
+        r = {name: w.tok_s for name, w in spec.results.items()}
+        print(f"  on one server, against its requests opted out: free text "
+              f"{r['free text'] / r['free text, opted out']:.2f}x, 8 users "
+              f"{r['8 users, free text'] / r['8 users, free text, opted out']:.2f}x")
     if spec is not None:
         print("\npreheat's drafts:")
         for w in spec.results.values():
@@ -180,6 +226,8 @@ def main() -> None:
     parser.add_argument("--llama-server", default=shutil.which("llama-server"))
     parser.add_argument("--rewrite-tokens", type=int, default=2048)
     parser.add_argument("--story-tokens", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="runs of the free-text workloads (their median is reported)")
     parser.add_argument("--only", choices=["preheat", "llama"])
     args = parser.parse_args()
     sides: dict[str, Side] = {}
@@ -187,7 +235,8 @@ def main() -> None:
         for name, mode in (("preheat off", "off"), ("preheat", "suffix")):
             port = free_port()
             sides[name] = run_side(name, preheat_command(port, args.threads,
-                                                         ["--speculative", mode]), port, args)
+                                                         ["--speculative", mode]), port, args,
+                                   opt_out=mode != "off")
     if args.only != "preheat":
         if args.llama_server is None:
             print("llama-server not found (PATH or --llama-server): see bench/api_peer.py")

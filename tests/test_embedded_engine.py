@@ -162,3 +162,19 @@ async def test_async_abort_frees_blocks(loaded):
         assert stats.running == 0 and sequence_refs(engine.engine) == 0
     finally:
         engine.shutdown()
+
+
+@pytest.mark.parametrize("weight_format", ["dense", "auto"])
+def test_speculative_decoding_gives_the_same_long_reply(loaded, weight_format):
+    """A reply that copies a file from its prompt, 500 tokens: drafted and verified, it is
+    the reply decoded one token a step, token for token."""
+    source = "".join(open("/usr/lib/python3.11/copy.py").readlines()[:60])
+    ids = chat(loaded, f"Return this file exactly, nothing else.\n\n```python\n{source}```")
+    params = SamplingParams(max_tokens=500, temperature=0, ignore_eos=True)
+    replies = {}
+    for mode in ("off", "suffix"):
+        engine = build_engine(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=4096, speculative=mode,
+                                           weight_format=weight_format), loaded=loaded)[0]
+        replies[mode] = run(engine, [GenerationRequest(list(ids), params)])[0].output_ids
+    assert replies["suffix"] == replies["off"]
+    assert engine.speculator.counters.accepted > 200

@@ -188,14 +188,16 @@ class LLMEngine:
             log.exception("a batch of %d sequences failed; running each alone", len(batch.items()))
             ran, logits = self._forward_each(batch, out)
         sampled = [s for s in ran if s.request.params.max_tokens > 0 and s.num_computed == s.num_tokens]
-        plain = [s for s in sampled if not s.draft]
-        rows = self._rows(sampled)
-        plain_logits = logits[[rows[id(s)].start for s in plain]] if plain else logits[:0]
+        drafted = [s for s in sampled if s.draft]
+        plain, plain_logits = sampled, logits
+        if drafted:  # the logits hold 1 + len(draft) rows for these
+            rows = self._rows(sampled)
+            plain = [s for s in sampled if not s.draft]
+            plain_logits = logits[[rows[id(s)].start for s in plain]]
         for seq, token in zip(plain, self._sample(plain, plain_logits), strict=True):
             out.extend(self._append(seq, token) if token is not None else [self._fail(seq)])
-        for seq in sampled:
-            if seq.draft:
-                out.extend(self._verify(seq, logits[rows[id(seq)]]))
+        for seq in drafted:
+            out.extend(self._verify(seq, logits[rows[id(seq)]]))
         for seq in ran:
             if seq.request.params.max_tokens == 0 and seq.num_computed == seq.num_tokens:
                 out.append(self._finish(seq, StopReason.MAX_TOKENS))  # pre-warm done
