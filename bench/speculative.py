@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_peer import HEADERS, body, cpu_model, nonce, preheat_command, server, stream  # noqa: E402
+from api_peer import body, cpu_model, nonce, preheat_command, server, stream  # noqa: E402
 
 from preheat.client.bench.server_process import free_port  # noqa: E402
 from preheat.loader.embedded import embedded_model_path  # noqa: E402
@@ -119,11 +119,16 @@ async def rate_of(client: httpx.AsyncClient, requests: list[dict]) -> tuple[floa
     return tokens / (max(r.sent + r.last for r in results) - start), tokens
 
 
-async def measured(client: httpx.AsyncClient, side: Side, name: str, requests: list[dict]) -> None:
+async def counted(client: httpx.AsyncClient, requests: list[dict]) -> tuple[float, int, list[int]]:
+    """``rate_of(requests)``, and how much the server's draft counters grew meanwhile."""
     before = await counters(client)
     rate, tokens = await rate_of(client, requests)
     after = await counters(client)
-    delta = [int(after.get(k, 0) - before.get(k, 0)) for k in SPEC_COUNTERS]
+    return rate, tokens, [int(after.get(k, 0) - before.get(k, 0)) for k in SPEC_COUNTERS]
+
+
+async def measured(client: httpx.AsyncClient, side: Side, name: str, requests: list[dict]) -> None:
+    rate, tokens, delta = await counted(client, requests)
     side.results[name] = Workload(name, rate, tokens, *delta)
     print(f"  {side.name}: {name}: {rate:.1f} tok/s, {tokens} tokens; "
           f"{side.results[name].acceptance()}", flush=True)
@@ -142,10 +147,9 @@ async def free_text(client: httpx.AsyncClient, side: Side, args: argparse.Namesp
         if side.opt_out:
             requests = [{**body(nonce(), p, tokens), "speculative": False} for p in prompts]
             plain.append((await rate_of(client, requests))[0])
-        before = await counters(client)
-        served.append((await rate_of(client, [body(nonce(), p, tokens) for p in prompts]))[0])
-        after = await counters(client)
-        counts = [c + int(after.get(k, 0) - before.get(k, 0)) for c, k in zip(counts, SPEC_COUNTERS)]
+        rate, _, delta = await counted(client, [body(nonce(), p, tokens) for p in prompts])
+        served.append(rate)
+        counts = [c + d for c, d in zip(counts, delta)]
     side.results[name] = Workload(name, statistics.median(served), 0, *counts)
     line = f"  {side.name}: {name}: {statistics.median(served):.1f} tok/s"
     if plain:

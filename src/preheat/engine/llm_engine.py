@@ -171,8 +171,7 @@ class LLMEngine:
         self.radix.tick()
         if self.offload is not None:
             self.offload.poll()
-        if self.speculator.enabled:
-            self.speculator.propose([q for q in self.scheduler.running if q.remaining_prefill == 1])
+        self.speculator.propose([q for q in self.scheduler.running if q.remaining_prefill == 1])
         batch = self.scheduler.schedule()
         if not batch:
             if self.offload is not None and self.scheduler.has_work:

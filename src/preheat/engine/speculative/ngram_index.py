@@ -8,7 +8,10 @@ appended and never rescans.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def ngrams(tokens: Sequence[int], n: int, lo: int, hi: int) -> Iterator[tuple[tuple[int, ...], int]]:
@@ -18,6 +21,16 @@ def ngrams(tokens: Sequence[int], n: int, lo: int, hi: int) -> Iterator[tuple[tu
         return iter(())
     window = tokens[lo - n:hi - 1]
     return zip(zip(*(window[j:] for j in range(n))), range(lo, hi))
+
+
+def longest_tail(table: Mapping[tuple[int, ...], T], tokens: Sequence[int],
+                 lengths: tuple[int, ...]) -> tuple[int, T | None]:
+    """(n, ``table``'s entry for ``tokens``' last n tokens) for the first of ``lengths``
+    (longest first) that has one; (0, None) when none has."""
+    for n in lengths:
+        if len(tokens) >= n and (found := table.get(tuple(tokens[-n:]))) is not None:
+            return n, found
+    return 0, None
 
 
 class NgramIndex:
@@ -34,16 +47,10 @@ class NgramIndex:
             self._after.update(ngrams(tokens, n, max(self._indexed, n), len(tokens)))
         self._indexed = max(self._indexed, len(tokens))
 
-    def match(self, tokens: Sequence[int]) -> tuple[int, int]:
-        """(n, position after the latest earlier occurrence of ``tokens``' last n tokens) for
-        the longest n that occurred; (0, -1) when none did."""
-        for n in self.lengths:
-            if len(tokens) > n and (at := self._after.get(tuple(tokens[-n:]))) is not None:
-                return n, at
-        return 0, -1
-
     def propose(self, tokens: Sequence[int], k: int) -> tuple[int, list[int]]:
-        """(match length, up to ``k`` tokens that followed the tail's latest occurrence)."""
+        """(match length, up to ``k`` tokens that followed the latest earlier occurrence of
+        the longest tail that occurred); (0, []) when none did. (The tail's own n-grams have
+        no follower yet, so they are not in the table.)"""
         self.update(tokens)
-        n, at = self.match(tokens)
+        n, at = longest_tail(self._after, tokens, self.lengths)
         return (n, list(tokens[at:at + k])) if n else (0, [])

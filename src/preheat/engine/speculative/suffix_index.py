@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, count
 
-from preheat.engine.speculative.ngram_index import ngrams
+from preheat.engine.speculative.ngram_index import longest_tail, ngrams
 
 
 @dataclass
@@ -78,16 +78,11 @@ class SuffixIndex:
         if tenant is None:
             return 0, []
         self._tenants.move_to_end(namespace)
-        for n in self.lengths:
-            if len(tokens) < n:
-                continue
-            key = tuple(tokens[-n:])
-            found = tenant.after.get(key)
-            if found is None:
-                continue
-            doc = tenant.docs[found[0]]
-            return n, doc[found[1]:found[1] + k]
-        return 0, []
+        n, found = longest_tail(tenant.after, tokens, self.lengths)
+        if found is None:
+            return 0, []
+        doc_id, at = found
+        return n, tenant.docs[doc_id][at:at + k]
 
     def _tenant(self, namespace: str) -> _Tenant:
         tenant = self._tenants.pop(namespace, None) or _Tenant()
