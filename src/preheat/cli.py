@@ -206,24 +206,32 @@ def add_serve_parser(commands) -> None:
                help="if the engine process dies, start a new one in its place (in-flight "
                     "requests get an error; new ones 529 until it is back); "
                     "--no-engine-restart: exit with status 1 for a supervisor instead")
+    scale = parser.add_argument_group("scale-out on Ray Serve (pip install 'preheat[ray]')")
+    add_option(scale, "--replicas", convert=int, default=0,
+               help="serve with this many engine replicas on Ray Serve, each request routed "
+                    "to the replica holding its prefix (0: one engine, no Ray)")
+    add_option(scale, "--ray-address",
+               help="deploy onto this running Ray cluster (auto: the one on this machine) "
+                    "instead of starting a local Ray instance")
+    add_option(scale, "--route-load-spread", convert=int, default=16,
+               help="the router sends a request to the least loaded replica instead of the "
+                    "one holding its prefix when the busiest has this many requests more "
+                    "than the idlest...")
+    add_option(scale, "--route-load-ratio", convert=float, default=1.5,
+               help="...and more than this times its load")
     add_engine_options(parser)
     parser.set_defaults(func=serve)
 
 
-def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from preheat.engine.engine_process import EngineProcess, EngineStartError
-    from preheat.server.app import create_app
-    from preheat.server.graceful_server import GracefulServer
-
+def server_settings(args: argparse.Namespace) -> ServerSettings:
+    """``preheat serve``'s HTTP-side options, checked."""
     if args.preheat_ttl not in ("5m", "1h"):
         raise SystemExit(f'--preheat-ttl must be "5m" or "1h", not {args.preheat_ttl!r}')
     if args.images not in ("reject", "placeholder"):
         raise SystemExit(f'--images must be "reject" or "placeholder", not {args.images!r}')
     if args.preheat is not None and not args.preheat.is_file():
         raise SystemExit(f"--preheat: no such file: {args.preheat}")
-    settings = ServerSettings(
+    return ServerSettings(
         host=args.host, port=args.port, api_keys=tuple(args.api_key), aliases=tuple(args.alias),
         claude_aliases=args.claude_aliases, min_cache_tokens=args.min_cache_tokens,
         ttl_5m_seconds=args.ttl_5m_seconds, ttl_1h_seconds=args.ttl_1h_seconds,
@@ -242,6 +250,23 @@ def serve(args: argparse.Namespace) -> int:
         batch_lifetime_seconds=args.batch_lifetime_seconds,
         batch_retention_seconds=args.batch_retention_days * 86400,
         shutdown_grace_seconds=args.shutdown_grace_seconds)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from preheat.engine.engine_process import EngineProcess, EngineStartError
+    from preheat.server.app import create_app
+    from preheat.server.graceful_server import GracefulServer
+
+    settings = server_settings(args)
+    if args.replicas > 0:
+        try:
+            from preheat.scale.launch import serve_on_ray
+        except ImportError as err:
+            raise SystemExit(f"preheat: --replicas needs Ray Serve ({err}): "
+                             "pip install 'preheat[ray]'") from None
+        return serve_on_ray(settings, engine_config(args), scale_config(args), args.log_level)
     config = engine_config(args)
     try:
         engine = (EngineProcess.start(config, args.log_level, restart=args.engine_restart)
@@ -268,6 +293,33 @@ def serve(args: argparse.Namespace) -> int:
         if server is None or not server.forced:
             engine.shutdown()
     return 1 if server.forced or isinstance(engine, EngineProcess) and engine.failed else 0
+
+
+def scale_config(args: argparse.Namespace):
+    from preheat.scale.scale_config import ScaleConfig
+    if args.replicas < 1:
+        raise SystemExit("--replicas must be at least 1 to scale out")
+    return ScaleConfig(replicas=args.replicas, ray_address=args.ray_address,
+                       route_load_spread=args.route_load_spread,
+                       route_load_ratio=args.route_load_ratio)
+
+
+def scale_from_options(options: dict[str, str]):
+    """The Serve application for ``preheat serve`` options given as ``{name: value}``
+    (``serve run preheat.scale.app:build replicas=2 num-threads=1``)."""
+    from preheat.scale.app import application
+    argv = ["serve"]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if str(value).lower() in _TRUE | _FALSE:  # a switch (or a number-free word)
+            argv.append(flag if str(value).lower() in _TRUE else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(value)]
+    args = build_parser().parse_args(argv)
+    if args.replicas == 0:
+        args.replicas = 1
+    return application(server_settings(args), engine_config(args), scale_config(args),
+                       args.log_level.upper())
 
 
 def _engine_on_a_thread(config: EngineConfig):

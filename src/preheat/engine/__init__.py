@@ -15,11 +15,11 @@ from preheat.engine.output import (CacheUsage, EngineEvent, Finished, Started, S
                                    TextDelta)
 from preheat.engine.request import (CacheBreakpoint, DistinctSegments, GenerationRequest,
                                     SamplingParams)
-from preheat.engine.stats import EngineStats
+from preheat.engine.stats import EngineStats, ReplicaState
 
 __all__ = [
     "CacheBreakpoint", "CacheUsage", "DistinctSegments", "EngineClient", "EngineError",
     "EngineEvent", "EngineOverloadedError", "EngineStats", "EngineStoppedError", "Finished",
-    "GenerationRequest", "PromptTooLongError", "RequestStream", "RequestTooLargeError",
+    "GenerationRequest", "PromptTooLongError", "ReplicaState", "RequestStream", "RequestTooLargeError",
     "SamplingParams", "Started", "StopReason", "TextDelta", "check_grammar",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from preheat.engine.engine_client import RequestStream
 from preheat.engine.llm_engine import LLMEngine, build_engine
 from preheat.engine.output import EngineEvent, Finished, Started
 from preheat.engine.request import GenerationRequest
-from preheat.engine.stats import EngineStats
+from preheat.engine.stats import EngineStats, ReplicaState
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class AsyncEngine:
 
     async def stats(self) -> EngineStats:
         return self.engine.stats()
+
+    async def replicas(self) -> list[ReplicaState]:
+        return [ReplicaState.of("engine", os.getpid(), self.engine.stats())]
 
     def shutdown(self) -> None:
         self._stopped = True

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from preheat.engine.output import EngineEvent, Finished
 from preheat.engine.request import GenerationRequest
-from preheat.engine.stats import EngineStats
+from preheat.engine.stats import EngineStats, ReplicaState
 from preheat.tokenizer.tokenizer import Tokenizer
 
 
@@ -44,6 +44,22 @@ class RequestStream:
                 self._done = True
             yield item
 
+    async def steps(self) -> AsyncIterator[list[EngineEvent]]:
+        """The events in the order they come, grouped as they arrived: the engine delivers
+        each step's events for a request together, so a group is one step's output (a
+        relay sends one message a step, not one a token)."""
+        while not self._done:
+            group = [await self._queue.get()]
+            while not self._queue.empty() and not isinstance(group[-1], (Finished, BaseException)):
+                group.append(self._queue.get_nowait())
+            if isinstance(group[-1], BaseException):
+                self._done = True
+                if len(group) > 1:
+                    yield group[:-1]
+                raise group[-1]
+            self._done = isinstance(group[-1], Finished)
+            yield group
+
     def abort(self) -> None:
         """Stop generating and free the request's KV blocks before the next step."""
         if not self._done:
@@ -66,6 +82,10 @@ class EngineClient(Protocol):
         ...
 
     async def stats(self) -> EngineStats:
+        ...
+
+    async def replicas(self) -> list[ReplicaState]:
+        """The engines serving requests: this one, or each replica behind a router."""
         ...
 
     def shutdown(self) -> None:

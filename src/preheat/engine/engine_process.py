@@ -24,7 +24,7 @@ from preheat.engine.ipc import (AbortRequest, AddRequest, Admitted, Ready, Refus
                                 StartFailed, StatsQuery, StatsReply, StepOutput)
 from preheat.engine.output import Finished, Started
 from preheat.engine.request import GenerationRequest
-from preheat.engine.stats import EngineStats
+from preheat.engine.stats import EngineStats, ReplicaState
 from preheat.tokenizer.load import load_tokenizer
 from preheat.tokenizer.tokenizer import Tokenizer
 
@@ -157,6 +157,14 @@ class EngineProcess:
             return await future
         finally:
             self._calls.pop(call_id, None)
+
+    async def replicas(self) -> list[ReplicaState]:
+        return [ReplicaState.of("engine", self.pid, await self.stats())]
+
+    @property
+    def pid(self) -> int:
+        """The core process's (a new one after a restart)."""
+        return self._process.pid
 
     def shutdown(self) -> None:
         """Stop the core (it finishes its current step first) and wait for it."""

@@ -1,7 +1,7 @@
 """What the engine reports of itself: a snapshot of its queues, KV pool and cache tiers."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -33,3 +33,29 @@ class EngineStats:
     spec_accepted: int = 0
     spec_verify_steps: int = 0
     spec_verify_tokens: int = 0
+
+    @classmethod
+    def total(cls, parts: list[EngineStats]) -> EngineStats:
+        """Several engines' stats as one (each count summed): the engines behind a router."""
+        summed = {f.name: sum(getattr(p, f.name) for p in parts) for f in fields(cls)}
+        summed["block_size"] = max((p.block_size for p in parts), default=0)
+        return cls(**summed)
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """One engine serving the API (``/health``'s ``replicas``): a lone engine, or each
+    replica behind a Ray Serve router (``preheat.scale``)."""
+
+    id: str
+    pid: int  # of the process that owns the engine (its core process)
+    running: int
+    waiting: int
+    pinned_entries: int
+    free_blocks: int
+    routed: dict[str, int] = field(default_factory=dict)  # requests routed here, by reason
+
+    @classmethod
+    def of(cls, replica_id: str, pid: int, stats: EngineStats) -> ReplicaState:
+        return cls(replica_id, pid, stats.running, stats.waiting, stats.pinned_entries,
+                   stats.free_blocks)

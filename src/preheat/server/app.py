@@ -246,8 +246,13 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
             return JSONResponse({"status": "restarting" if engine.restarting else "stopped",
                                  "model": engine.model_id, "engine_restarts": engine.restarts},
                                 status_code=503)
+        try:
+            replicas = [asdict(replica) for replica in await engine.replicas()]
+        except EngineError:
+            replicas = []
         return JSONResponse({"status": "ok", "model": engine.model_id,
                              "engine_restarts": engine.restarts, **asdict(stats),
+                             "replicas": replicas,
                              "batch_items": await asyncio.to_thread(batch_store.counts)})
 
     return app

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from preheat.engine import EngineError
 
 if TYPE_CHECKING:
-    from preheat.engine import CacheUsage, EngineClient, EngineStats
+    from preheat.engine import CacheUsage, EngineClient, EngineStats, ReplicaState
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -116,14 +116,14 @@ class ServerMetrics:
     async def scrape(self, engine: EngineClient) -> bytes:
         """The text exposition, with the engine's state as of now."""
         try:
-            stats = await engine.stats()
+            stats, replicas = await engine.stats(), await engine.replicas()
         except EngineError:
-            stats = None  # a stopped engine: the HTTP side's series still render
-        return self.render(stats)
+            stats, replicas = None, []  # a stopped engine: the HTTP side's series still render
+        return self.render(stats, replicas)
 
-    def render(self, stats: EngineStats | None) -> bytes:
+    def render(self, stats: EngineStats | None, replicas: list[ReplicaState] = ()) -> bytes:
         # no await between setting the snapshot and rendering it: a concurrent scrape can't mix
-        self.engine.snapshot = stats
+        self.engine.snapshot, self.engine.replicas = stats, list(replicas)
         return generate_latest(self.registry)
 
 
@@ -132,8 +132,10 @@ class EngineStatsCollector:
 
     def __init__(self) -> None:
         self.snapshot: EngineStats | None = None
+        self.replicas: list[ReplicaState] = []
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._replica_series()
         s = self.snapshot
         yield _gauge("preheat_engine_up", "1 when the engine answered this scrape", int(s is not None))
         if s is None:
@@ -178,6 +180,29 @@ class EngineStatsCollector:
         yield _gauge("preheat_spec_tokens_per_step", "speculative decoding: tokens produced per "
                      "verifying sequence-step since start (1 would be no gain)",
                      s.spec_verify_tokens / s.spec_verify_steps if s.spec_verify_steps else 0)
+
+
+    def _replica_series(self) -> Iterator[Metric]:
+        """Per engine (one, or each replica behind a router), and the router's decisions."""
+        per_replica = {
+            "running": ("preheat_replica_running", "sequences running on the replica"),
+            "waiting": ("preheat_replica_waiting", "requests waiting on the replica"),
+            "free_blocks": ("preheat_replica_free_blocks", "free KV blocks of the replica"),
+            "pinned_entries": ("preheat_replica_pinned_entries", "live pinned prefixes of the "
+                               "replica, in RAM or on disk")}
+        for attr, (name, documentation) in per_replica.items():
+            family = GaugeMetricFamily(name, documentation, labels=("replica",))
+            for replica in self.replicas:
+                family.add_metric((replica.id,), getattr(replica, attr))
+            yield family
+        routed = CounterMetricFamily(
+            "preheat_routing_decisions", "requests the router sent to each replica, by reason: "
+            "match (it held the longest prefix), load (the best match was too busy), none (no "
+            "replica held a prefix: the least loaded)", labels=("replica", "reason"))
+        for replica in self.replicas:
+            for reason, count in sorted(replica.routed.items()):
+                routed.add_metric((replica.id, reason), count)
+        yield routed
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
