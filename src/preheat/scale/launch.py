@@ -22,12 +22,14 @@ APP_NAME = "preheat"
 # the replica's child); Ray reads it when it starts, so a cluster started with ``ray start``
 # needs it in that environment too (docs/scale-out.md).
 SUBREAPER = "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper"
+SHUTDOWN_SECONDS = 60.0
 
 
 def start_ray(address: str | None) -> None:
     """Join ``address`` (a running cluster, or ``auto``), or start a local instance."""
     os.environ.setdefault(SUBREAPER, "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
@@ -49,6 +51,11 @@ def serve_on_ray(settings: ServerSettings, config: EngineConfig, scale: ScaleCon
                  settings.host, settings.port, scale.replicas)
         stop.wait()
     finally:
+        # A Ray that died under us (its processes signalled with ours) would hang the
+        # goodbyes below: exit anyway after a while.
+        watchdog = threading.Timer(SHUTDOWN_SECONDS, os._exit, (1,))
+        watchdog.daemon = True
+        watchdog.start()
         serve.delete(APP_NAME)
         if scale.ray_address is None:
             serve.shutdown()
