@@ -1,25 +1,27 @@
 """Scale-out on Ray Serve (issue 25): engine replicas behind one endpoint, on one machine.
 
-Servers, started one at a time, each fresh, on the embedded model:
+Throughput: servers started one at a time, each fresh, on the embedded model, each replica
+warmed by a first request, then 16 concurrent users, distinct prompts, ``--max-tokens``
+each: aggregate output tok/s (goal: ray x2 >= 1.7x ray x1):
   - ``direct``: ``preheat serve --num-threads 1`` (one engine, no Ray)
   - ``ray x1``: ``preheat serve --replicas 1 --num-threads 1``
   - ``ray x2``: ``preheat serve --replicas 2 --num-threads 1`` (one thread per replica)
   - ``llama-server -t 2 -np 16`` (the peer, both cores, when it is found)
 
-Workloads (greedy, streamed, raw HTTP + SSE):
-  - 16 concurrent users, distinct prompts, ``--max-tokens`` each: aggregate output tok/s
-    (goal: ray x2 >= 1.7x ray x1)
-  - one user: decode tok/s of one reply, and TTFT p50 of ``--repeats`` requests reading a
-    cached ~3k-token prefix (goal: the router adds <= 5 ms to it against ``direct``); the
-    difference of the per-token times is each token's cost of the hops (engine core ->
-    replica -> ingress -> proxy)
-  - affinity (ray x2): four tenants (API keys) each pin a ~3k-token prefix, then ask
-    ``--rounds`` more questions each: the share of those that read the whole prefix from
-    the cache (goal: 100%; a router that ignores prefixes sends a request to the replica
-    holding its prefix one time in N replicas)
+Latency, with ``direct`` and ``ray x2`` both up and idle, the same requests sent to one
+and then the other ``--repeats`` times (so the machine's noise falls on both alike): TTFT
+p50 of a short prompt and of a cached ~3k-token prefix (goal: the router and Ray's hops
+add <= 5 ms), and one stream's decode rate (the difference of the per-token times is what
+each token pays for the hops: engine core -> replica -> ingress -> proxy).
+
+Affinity (ray x2): four tenants (API keys) each pin a ~3k-token prefix, then ask
+``--rounds`` more questions each: the share of those that read the whole prefix from the
+cache (goal: 100%; a router that ignores prefixes sends a request to the replica holding
+its prefix one time in N replicas).
 
     .venv/bin/python bench/scale_out.py [--users 16] [--max-tokens 128] [--repeats 10]
-        [--rounds 5] [--only direct,ray1,ray2,llama] [--llama-server PATH]
+        [--rounds 5] [--only direct,ray1,ray2,llama,latency]
+        [--llama-server PATH]
 
 Figures, not tests: read them as ratios, on the CPU named in the output.
 """
@@ -29,14 +31,13 @@ import argparse
 import asyncio
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_peer import (HEADERS, body, concurrent_users, cpu_model, document,  # noqa: E402
-                      llama_command, nonce, p50, preheat_command, server, stream, Side)
+from api_peer import (HEADERS, Figure, Side, body, concurrent_users, cpu_model,  # noqa: E402
+                      document, llama_command, nonce, p50, preheat_command, server, stream)
 
 from preheat.client.bench.server_process import free_port  # noqa: E402
 from preheat.loader.embedded import embedded_model_path  # noqa: E402
@@ -45,21 +46,44 @@ PREFIX_TOKENS = 3000
 TENANTS = ["tenant-1", "tenant-2", "tenant-3", "tenant-4"]
 
 
-async def single_user(client: httpx.AsyncClient, side: Side, repeats: int,
-                      max_tokens: int) -> None:
-    reply = await stream(client, body(f"{nonce()} You are a storyteller.",
-                                      "Write a long story about a lighthouse keeper.",
-                                      max_tokens))
-    system = f"{nonce()} Answer questions about this document.\n" \
-             f"{await document(client, PREFIX_TOKENS)}"
-    await stream(client, body(system, "Who publishes it?", 1, cache=True))  # writes it
-    hits = [await stream(client, body(system, f"Question {i}: may I sell copies?", 1,
-                                      cache=True)) for i in range(repeats)]
-    side.figures.append(_figure("1 user: decode", 1 / reply.gap, "tok/s",
-                                f"{reply.output_tokens} tokens"))
-    side.figures.append(_figure(f"1 user: TTFT p50, cached ~{PREFIX_TOKENS}-token prefix",
-                                1000 * p50([r.ttft for r in hits]), "ms",
-                                f"{hits[0].start_usage.get('cache_read_input_tokens')} read"))
+async def warm_up(client: httpx.AsyncClient, replicas: int) -> None:
+    """A first request for every replica (concurrent ones spread over them)."""
+    await asyncio.gather(*(stream(client, body(f"{nonce()} Hi.", "Hi.", 1))
+                           for _ in range(2 * replicas)))
+
+
+async def paired_latency(direct: httpx.AsyncClient, routed: httpx.AsyncClient,
+                         sides: dict[str, Side], repeats: int, max_tokens: int) -> None:
+    """The same requests to ``direct`` and ``routed`` in turn (both servers idle between
+    them, so the machine's noise falls on both alike): TTFT of a small prompt, of a cached
+    ~3k-token prefix, and one stream's decode rate."""
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in sides}
+    text = await document(direct, PREFIX_TOKENS)
+    systems = {name: f"{nonce()} Answer questions about this document.\n{text}"
+               for name in sides}
+    clients = {"direct": direct, "routed": routed}
+    for name, client in clients.items():
+        await stream(client, body(systems[name], "Who publishes it?", 1, cache=True))
+    for i in range(repeats):
+        for name, client in clients.items():
+            small = await stream(client, body(f"{nonce()} Be brief.", f"Hi {i}.", 1))
+            hit = await stream(client, body(systems[name], f"Question {i}: may I sell copies?",
+                                            1, cache=True))
+            samples[name].setdefault("small", []).append(small.ttft)
+            samples[name].setdefault("hit", []).append(hit.ttft)
+    for _ in range(3):
+        for name, client in clients.items():
+            reply = await stream(client, body(f"{nonce()} You are a storyteller.",
+                                              "Write a long story about a lighthouse keeper.",
+                                              max_tokens))
+            samples[name].setdefault("decode", []).append(1 / reply.gap)
+    for name, side in sides.items():
+        side.figures += [
+            _figure("1 user: TTFT p50, short prompt", 1000 * p50(samples[name]["small"]), "ms"),
+            _figure(f"1 user: TTFT p50, cached ~{PREFIX_TOKENS}-token prefix",
+                    1000 * p50(samples[name]["hit"]), "ms"),
+            _figure("1 user: decode", p50(samples[name]["decode"]), "tok/s",
+                    f"median of 3, {max_tokens} tokens at most")]
 
 
 async def affinity(client: httpx.AsyncClient, side: Side, rounds: int) -> None:
@@ -87,32 +111,38 @@ async def _served(client: httpx.AsyncClient, tenant: str, request: dict) -> str:
     return response.headers.get("preheat-replica", "-")
 
 
-def _figure(name, value, unit, detail=""):
-    from api_peer import Figure
+def _figure(name: str, value: float, unit: str, detail: str = "") -> Figure:
     return Figure(name, value, unit, unit != "ms", detail)
 
 
-async def workloads(base_url: str, side: Side, args: argparse.Namespace, *, preheat: bool,
-                    replicas: int) -> None:
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(1800, connect=30),
-                                 limits=limits) as client:
-        await stream(client, body(f"{nonce()} Hi.", "Hi.", 1))  # first-request costs
-        await concurrent_users(client, side, args.users, args.max_tokens)
-        if preheat:
-            await single_user(client, side, args.repeats, args.max_tokens)
-        if replicas > 1:
-            await affinity(client, side, args.rounds)
+def show(side: Side) -> None:
     for figure in side.figures:
         print(f"  {side.server}: {figure.name}: {figure.value:.4g} {figure.unit}"
               + (f" ({figure.detail})" if figure.detail else ""), flush=True)
 
 
-def run(name: str, command: list[str], port: int, args, **kind) -> Side:
-    side = Side(name, command)
-    with server(name, command, port) as base_url:
-        asyncio.run(workloads(base_url, side, args, **kind))
-    return side
+def client_for(base_url: str) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
+    return httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(1800, connect=30),
+                             limits=limits)
+
+
+async def throughput(base_url: str, side: Side, args: argparse.Namespace, replicas: int) -> None:
+    async with client_for(base_url) as client:
+        await warm_up(client, replicas)
+        await concurrent_users(client, side, args.users, args.max_tokens)
+    show(side)
+
+
+async def latency_and_affinity(direct_url: str, routed_url: str, sides: dict[str, Side],
+                               args: argparse.Namespace) -> None:
+    async with client_for(direct_url) as direct, client_for(routed_url) as routed:
+        await warm_up(direct, 1)
+        await warm_up(routed, 2)
+        await paired_latency(direct, routed, sides, args.repeats, args.max_tokens)
+        await affinity(routed, sides["routed"], args.rounds)
+    for side in sides.values():
+        show(side)
 
 
 def value(side: Side | None, prefix: str) -> float | None:
@@ -131,7 +161,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", default="direct,ray1,ray2,llama")
+    parser.add_argument("--only", default="direct,ray1,ray2,llama,latency")
     parser.add_argument("--llama-server", default=shutil.which("llama-server"))
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -139,38 +169,54 @@ def main() -> None:
           "tokens", flush=True)
     sides: dict[str, Side] = {}
     common = ["--kv-cache-tokens", "32768", "--min-cache-tokens", "1024"]
-    for key, name, extra, replicas in [
-            ("direct", "direct (1 engine x 1 thread, no Ray)", [], 1),
-            ("ray1", "ray x1 (1 replica x 1 thread)", ["--replicas", "1"], 1),
-            ("ray2", "ray x2 (2 replicas x 1 thread)", ["--replicas", "2"], 2)]:
+    servers = {"direct": ("direct (1 engine x 1 thread, no Ray)", [], 1),
+               "ray1": ("ray x1 (1 replica x 1 thread)", ["--replicas", "1"], 1),
+               "ray2": ("ray x2 (2 replicas x 1 thread)", ["--replicas", "2"], 2)}
+    for key, (name, extra, replicas) in servers.items():
         if key in only:
             port = free_port()
-            sides[key] = run(name, preheat_command(port, 1, [*extra, *common]), port, args,
-                             preheat=True, replicas=replicas)
+            sides[key] = Side(name, preheat_command(port, 1, [*extra, *common]))
+            with server(name, sides[key].command, port) as base_url:
+                asyncio.run(throughput(base_url, sides[key], args, replicas))
     if "llama" in only and args.llama_server:
         port = free_port()
         command = llama_command(args.llama_server, embedded_model_path(), port, 2)
         command[command.index("-np") + 1] = str(args.users)
-        sides["llama"] = run("llama-server -t 2", command, port, args, preheat=False,
-                             replicas=1)
+        sides["llama"] = Side("llama-server -t 2", command)
+        with server("llama-server", command, port) as base_url:
+            asyncio.run(throughput(base_url, sides["llama"], args, 1))
+    paired: dict[str, Side] = {}
+    if "latency" in only:  # both servers up, idle but for the request in flight
+        direct_port, routed_port = free_port(), free_port()
+        paired = {"direct": Side("direct", preheat_command(direct_port, 1, common)),
+                  "routed": Side("ray x2", preheat_command(routed_port, 1,
+                                                           ["--replicas", "2", *common]))}
+        with server("direct", paired["direct"].command, direct_port) as direct_url, \
+                server("ray x2", paired["routed"].command, routed_port) as routed_url:
+            asyncio.run(latency_and_affinity(direct_url, routed_url, paired, args))
+    summary(sides, paired, args)
+
+
+def summary(sides: dict[str, Side], paired: dict[str, Side], args) -> None:
     users = f"{args.users} users: output tok/s"
     print("\nsummary (CPU: " + cpu_model() + ")")
-    print(f"  {users}: ray x2 / ray x1 = {ratio(value(sides.get('ray2'), users), value(sides.get('ray1'), users))}"
-          f" (goal >= 1.7x); ray x2 / direct = "
-          f"{ratio(value(sides.get('ray2'), users), value(sides.get('direct'), users))}; "
+    print(f"  {users}: ray x2 / ray x1 = "
+          f"{ratio(value(sides.get('ray2'), users), value(sides.get('ray1'), users))} "
+          f"(goal >= 1.7x); ray x1 / direct = "
+          f"{ratio(value(sides.get('ray1'), users), value(sides.get('direct'), users))}; "
           f"ray x2 / llama-server -t 2 = "
           f"{ratio(value(sides.get('ray2'), users), value(sides.get('llama'), users))}")
-    ttft = "1 user: TTFT p50"
-    direct, routed = value(sides.get("direct"), ttft), value(sides.get("ray2"), ttft)
-    if direct and routed:
-        print(f"  TTFT p50 on a cached prefix: ray x2 {routed:.1f} ms, direct {direct:.1f} ms: "
-              f"routing and hops add {routed - direct:+.1f} ms (goal <= 5 ms)")
-    decode = "1 user: decode"
-    d, r = value(sides.get("direct"), decode), value(sides.get("ray1"), decode)
+    for figure in ("1 user: TTFT p50, short prompt", "1 user: TTFT p50, cached"):
+        direct, routed = value(paired.get("direct"), figure), value(paired.get("routed"), figure)
+        if direct and routed:
+            print(f"  {figure}: ray x2 {routed:.1f} ms, direct {direct:.1f} ms: the router "
+                  f"and Ray's hops add {routed - direct:+.1f} ms (goal <= 5 ms)")
+    d, r = value(paired.get("direct"), "1 user: decode"), value(paired.get("routed"),
+                                                                 "1 user: decode")
     if d and r:
-        print(f"  one stream: direct {d:.1f} tok/s, ray x1 {r:.1f} tok/s: the hops cost "
+        print(f"  one stream: direct {d:.1f} tok/s, ray x2 {r:.1f} tok/s: the hops cost "
               f"{1000 / r - 1000 / d:+.2f} ms a token")
-    hit = value(sides.get("ray2"), "affinity")
+    hit = value(paired.get("routed"), "affinity")
     if hit is not None:
         print(f"  affinity: {hit:.0f}% of later requests read their tenant's prefix (goal "
               "100%; ignoring prefixes: about 50% with 2 replicas)")

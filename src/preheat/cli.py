@@ -306,18 +306,24 @@ def scale_config(args: argparse.Namespace):
 
 def scale_from_options(options: dict[str, str]):
     """The Serve application for ``preheat serve`` options given as ``{name: value}``
-    (``serve run preheat.scale.app:build replicas=2 num-threads=1``)."""
+    (``serve run preheat.scale.app:build replicas=2 num-threads=1``); a switch takes
+    true or false."""
     from preheat.scale.app import application
-    argv = ["serve"]
+    commands = argparse.ArgumentParser().add_subparsers()
+    add_serve_parser(commands)
+    parser = commands.choices["serve"]
+    switches = {flag for action in parser._actions
+                if isinstance(action, argparse.BooleanOptionalAction)
+                for flag in action.option_strings}
+    argv = []
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
-        if str(value).lower() in _TRUE | _FALSE:  # a switch (or a number-free word)
-            argv.append(flag if str(value).lower() in _TRUE else "--no-" + flag[2:])
+        if flag in switches:
+            argv.append(flag if parse_bool(str(value)) else "--no-" + flag[2:])
         else:
-            argv += [flag, str(value)]
-    args = build_parser().parse_args(argv)
-    if args.replicas == 0:
-        args.replicas = 1
+            argv.append(f"{flag}={value}")
+    args = parser.parse_args(argv)
+    args.replicas = max(args.replicas, 1)
     return application(server_settings(args), engine_config(args), scale_config(args),
                        args.log_level.upper())
 

@@ -24,6 +24,9 @@ def scaled(server_logs):
     srv = start_server(server_logs, "scale-out", [
         "--replicas", "2", "--num-threads", "1", "--kv-cache-tokens", "4096",
         "--min-cache-tokens", "128"])
+    deadline = time.monotonic() + 240  # /health answers once one replica is up
+    while len(replicas(srv)) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
     yield srv
     srv.stop()
 
@@ -120,6 +123,33 @@ def test_a_thread_continues_on_the_replica_that_holds_it(scaled):
         history = turn.json()["usage"]["input_tokens"] - 32
         assert scaled.health()["prompt_tokens_cached"] - cached > history
         previous = turn.json()["id"]
+
+
+def test_a_client_that_hangs_up_frees_its_request_on_the_replica(scaled):
+    aborted = scaled.health()["aborted"]
+    client = sdk(scaled, "quitter")
+    with client.messages.stream(model=MODEL, max_tokens=1500, messages=[{
+            "role": "user", "content": "Write a very long story about a clockmaker."}]) as stream:
+        for count, _ in enumerate(stream):
+            if count == 5:
+                break  # closes the connection
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        health = scaled.health()
+        if health["aborted"] > aborted and health["running"] == 0:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the replica kept generating for a client that left: {health}")
+
+
+def test_the_application_builds_from_serve_run_arguments():
+    from ray.serve import Application
+
+    from preheat.cli import scale_from_options
+    app = scale_from_options({"replicas": "3", "num-threads": "1", "claude-aliases": "false",
+                              "kv_cache_tokens": "2048"})
+    assert isinstance(app, Application)
 
 
 def test_a_replica_killed_mid_stream_fails_only_its_stream_and_comes_back(scaled):

@@ -9,7 +9,7 @@ report says it holds it. The choice itself is ``routing.choose``.
 from __future__ import annotations
 
 import random
-import time
+from collections import Counter
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
@@ -26,6 +26,10 @@ class PrefixAffinityRouter(RequestRouter):
         self._guard = LoadGuard(spread, ratio)
         self._remember_seconds = remember_seconds
         self._sent: dict[str, HeldPrefixes] = {}  # replica id -> prefixes sent there lately
+        # requests this router placed and not yet completed, per replica: Serve's own queue
+        # lengths are probed lazily, so a burst would otherwise see every replica idle
+        self._in_flight: Counter[str] = Counter()
+        self._placed: dict[str, str] = {}  # internal request id -> replica id
         self._reported: dict[str, tuple[object, dict[str, frozenset[int]]]] = {}
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
@@ -44,15 +48,37 @@ class PrefixAffinityRouter(RequestRouter):
         if ticket.prefixes:
             self._sent.setdefault(decision.replica_id, HeldPrefixes()).hold(
                 ticket.tenant, ticket.prefixes.values(), self._remember_seconds)
+        self._count(pending_request, decision.replica_id)
         chosen = by_id[decision.replica_id]
         return [[chosen], [r for r in replicas if r is not chosen]]  # the rest if it is full
+
+    def _count(self, pending_request: PendingRequest, replica_id: str) -> None:
+        """One more request on ``replica_id`` until it completes (or is never sent)."""
+        request_id = pending_request.metadata.internal_request_id
+        if request_id in self._placed:  # chosen again after a backoff
+            self._in_flight[self._placed[request_id]] -= 1
+        else:
+            pending_request.future.add_done_callback(
+                lambda future: future.cancelled() and self._uncount(request_id))
+        self._placed[request_id] = replica_id
+        self._in_flight[replica_id] += 1
+
+    def _uncount(self, request_id: str) -> None:
+        replica_id = self._placed.pop(request_id, None)
+        if replica_id is not None:
+            self._in_flight[replica_id] -= 1
+
+    def on_request_completed(self, replica_id, internal_request_id: str) -> None:
+        super().on_request_completed(replica_id, internal_request_id)
+        self._uncount(internal_request_id)
 
     def _view(self, replica: RunningReplica, tenant: str) -> ReplicaView:
         replica_id = replica.replica_id.unique_id
         stats = replica.routing_stats or {}
-        load = self.replica_queue_len_cache.get(replica.replica_id)
-        if load is None:  # not probed lately: the replica's own report
-            load = stats.get("running", 0) + stats.get("waiting", 0)
+        probed = self.replica_queue_len_cache.get(replica.replica_id)
+        if probed is None:  # not probed lately: the replica's own report
+            probed = stats.get("running", 0) + stats.get("waiting", 0)
+        load = max(probed, self._in_flight[replica_id])  # another ingress's show in probed
         held = self._reported_holdings(replica_id, stats).get(tenant, frozenset())
         sent = self._sent.get(replica_id)
         if sent is not None:
