@@ -115,6 +115,27 @@ def _figure(name: str, value: float, unit: str, detail: str = "") -> Figure:
     return Figure(name, value, unit, unit != "ms", detail)
 
 
+def decision_cost(replicas: int = 100, tenants: int = 10_000, prefix_tokens: int = 3000,
+                  trials: int = 2000) -> float:
+    """Microseconds of one ``routing.choose`` over ``replicas`` replicas holding
+    ``tenants`` tenants' prefixes between them (the router's own work per request)."""
+    import random
+    import timeit
+
+    from preheat.scale.prefix_hashes import prefix_hashes
+    from preheat.scale.routing import ReplicaView, choose
+    rng = random.Random(0)
+    names = [prefix_hashes([rng.randrange(49152) for _ in range(prefix_tokens)])
+             for _ in range(50)]  # prefix shapes, reused with tenant-specific salts
+    holds: list[dict[str, frozenset[int]]] = [{} for _ in range(replicas)]
+    for t in range(tenants):
+        holds[t % replicas][f"t{t}"] = frozenset(h ^ t for h in names[t % 50].values())
+    views = [ReplicaView(f"r{i}", rng.randrange(8), holds[i]) for i in range(replicas)]
+    asked = {length: h ^ 7 for length, h in names[7].items()}
+    seconds = timeit.timeit(lambda: choose(views, "t7", asked), number=trials)
+    return 1e6 * seconds / trials
+
+
 def show(side: Side) -> None:
     for figure in side.figures:
         print(f"  {side.server}: {figure.name}: {figure.value:.4g} {figure.unit}"
@@ -216,6 +237,8 @@ def summary(sides: dict[str, Side], paired: dict[str, Side], args) -> None:
     if d and r:
         print(f"  one stream: direct {d:.1f} tok/s, ray x2 {r:.1f} tok/s: the hops cost "
               f"{1000 / r - 1000 / d:+.2f} ms a token")
+    print(f"  routing.choose over 100 replicas holding 10,000 tenants' ~3k-token prefixes: "
+          f"{decision_cost():.0f} us a request")
     hit = value(paired.get("routed"), "affinity")
     if hit is not None:
         print(f"  affinity: {hit:.0f}% of later requests read their tenant's prefix (goal "

@@ -32,6 +32,9 @@ def start_ray(address: str | None) -> None:
     # user code on each replica's own event loop, handle calls over gRPC, fewer log lines:
     # about a third less CPU per token on the hops (docs/scale-out.md)
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # ...but not its direct ingress: the ingress would listen on a port of its own (30000
+    # up) beside the proxy that serves --port, and drain for half a minute on shutdown
+    os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "0")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
