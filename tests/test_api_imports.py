@@ -35,6 +35,14 @@ def test_the_api_process_imports_no_torch():
     assert heavy(loaded_after_importing(API_MODULES)) == []
 
 
+def test_the_ray_serve_ingress_and_replica_actors_import_no_torch():
+    """The ingress and each replica actor relay events; only a replica's engine core
+    process (spawned) loads the model."""
+    import pytest
+    pytest.importorskip("ray.serve", reason="the ray extra")
+    assert heavy(loaded_after_importing(["preheat.scale.app", "preheat.scale.launch"])) == []
+
+
 def test_the_check_sees_torch_where_it_is():
     """The engine's own modules do load torch: the test above could fail."""
     assert "torch" in heavy(loaded_after_importing(["preheat.engine.llm_engine"]))

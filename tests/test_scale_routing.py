@@ -209,3 +209,47 @@ def test_the_header_names_the_replica_noted_while_answering_and_only_then():
         assert http.get("/served").headers["preheat-replica"] == "replica-7"
         assert http.get("/streamed").headers["preheat-replica"] == "replica-8"
         assert "preheat-replica" not in http.get("/plain").headers
+
+
+# ---- what the engine side gives a relay ------------------------------------------------------
+
+
+async def test_a_stream_groups_what_arrived_together_and_ends_with_finished_or_an_error():
+    from preheat.engine import CacheUsage, EngineStoppedError, Finished, RequestStream, Started
+    from preheat.engine.output import TextDelta
+
+    stream = RequestStream("r", lambda _: None)
+    usage = CacheUsage(3)
+    stream.push(Started(usage))
+    stream.push(TextDelta("a", 1))
+    groups = []
+    async for group in stream.steps():
+        groups.append(group)
+        if len(groups) == 1:
+            stream.push(TextDelta("b", 1))
+            stream.push(TextDelta("c", 1))
+            stream.push(Finished("end_turn", None, usage, 3, [1, 2, 3], "abc"))
+            stream.push(TextDelta("never", 1))
+    assert [len(g) for g in groups] == [2, 3]
+    assert isinstance(groups[-1][-1], Finished)
+
+    failing = RequestStream("f", lambda _: None)
+    failing.push(Started(usage))
+    failing.push(EngineStoppedError("gone"))
+    seen = []
+    with pytest.raises(EngineStoppedError):
+        async for group in failing.steps():
+            seen.append(group)
+    assert [type(e) for g in seen for e in g] == [Started]
+
+
+def test_engine_stats_of_several_engines_add_up():
+    from dataclasses import fields
+
+    from preheat.engine import EngineStats
+    a = EngineStats(*range(1, 19))
+    b = EngineStats(*range(100, 118))
+    total = EngineStats.total([a, b])
+    for f in fields(EngineStats):
+        expected = max if f.name == "block_size" else sum
+        assert getattr(total, f.name) == expected([getattr(a, f.name), getattr(b, f.name)])

@@ -20,6 +20,7 @@ from preheat.engine.stats import EngineStats, ReplicaState
 __all__ = [
     "CacheBreakpoint", "CacheUsage", "DistinctSegments", "EngineClient", "EngineError",
     "EngineEvent", "EngineOverloadedError", "EngineStats", "EngineStoppedError", "Finished",
-    "GenerationRequest", "PromptTooLongError", "ReplicaState", "RequestStream", "RequestTooLargeError",
-    "SamplingParams", "Started", "StopReason", "TextDelta", "check_grammar",
+    "GenerationRequest", "PromptTooLongError", "ReplicaState", "RequestStream",
+    "RequestTooLargeError", "SamplingParams", "Started", "StopReason", "TextDelta",
+    "check_grammar",
 ]

@@ -47,7 +47,8 @@ class RequestStream:
     async def steps(self) -> AsyncIterator[list[EngineEvent]]:
         """The events in the order they come, grouped as they arrived: the engine delivers
         each step's events for a request together, so a group is one step's output (a
-        relay sends one message a step, not one a token)."""
+        relay sends one message a step, not one a token). Unlike iterating the events one
+        by one, an ``abort`` takes effect between groups, not between events."""
         while not self._done:
             group = [await self._queue.get()]
             while not self._queue.empty() and not isinstance(group[-1], (Finished, BaseException)):
