@@ -12,6 +12,7 @@ import logging
 from collections import Counter, defaultdict
 from dataclasses import replace
 
+from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
 from preheat.engine import (EngineError, EngineStats, EngineStoppedError, GenerationRequest,
@@ -76,9 +77,9 @@ class ReplicaEngineClient:
             async for events in replies:
                 for event in events:
                     stream.push(event)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:  # cancelled by our abort, or the replica died mid-stream
+        except RequestCancelledError:  # our abort: the client went away
+            return
+        except Exception as err:  # the replica died mid-stream
             log.warning("the stream from replica %s ended: %r", replica_id, err)
             stream.push(EngineStoppedError(f"the engine replica serving this request failed "
                                            f"({type(err).__name__}); retry the request"))
@@ -87,7 +88,12 @@ class ReplicaEngineClient:
         """Every replica's report: one call to any replica tells the router's list (the
         ticket comes back with it), then one call aimed at each of the others."""
         probe = RouteTicket.probe()
-        first = await self._describe.remote(probe)
+        try:
+            first = await self._describe.remote(probe)
+        except EngineError:  # that replica's engine is restarting
+            raise
+        except Exception as err:
+            raise EngineStoppedError(f"no engine replica answered: {err}") from None
         others = [RouteTicket.probe(rid) for rid in probe.replica_ids if rid != first.state.id]
         rest = await asyncio.gather(*(self._describe.remote(t) for t in others),
                                     return_exceptions=True)
@@ -95,20 +101,11 @@ class ReplicaEngineClient:
         return list({r.state.id: r for r in reports}.values())  # a gone target answers twice
 
     async def stats(self) -> EngineStats:
-        try:
-            return EngineStats.total([r.stats for r in await self._reports()])
-        except EngineError:
-            raise
-        except Exception as err:
-            raise EngineStoppedError(f"no engine replica answered: {err}") from None
+        return EngineStats.total([r.stats for r in await self._reports()])
 
     async def replicas(self) -> list[ReplicaState]:
-        try:
-            reports = await self._reports()
-        except Exception as err:
-            raise EngineStoppedError(f"no engine replica answered: {err}") from None
-        return sorted((replace(r.state, routed=dict(self._routed[r.state.id])) for r in reports),
-                      key=lambda state: state.id)
+        return sorted((replace(r.state, routed=dict(self._routed[r.state.id]))
+                       for r in await self._reports()), key=lambda state: state.id)
 
     def shutdown(self) -> None:
         """The replicas are Serve's: ``serve.shutdown`` stops them."""
