@@ -11,9 +11,12 @@ The engine and the API are those of ``preheat serve``; this room only places the
 ``router.py``         Serve's request router for the engine deployment: it scores the
                       replicas with ``routing.py`` (a pure function) over what each holds
 ``engine_replica.py`` one replica: one engine (its own core process, KV pool and disk
-                      tier), streaming a step's events per message, reporting what it holds
-                      (``held_prefixes.py``) for the router
+                      tier), streaming a step's events per message (``replica_messages.py``),
+                      reporting what it holds (``held_prefixes.py``) for the router
+``launch.py``         Ray, Serve and the application from ``preheat serve --replicas N``
+                      (``scale_config.py`` holds those options)
+``served_by.py``      the ``preheat-replica`` response header
 
-Only ``routing.py``, ``prefix_hashes.py``, ``route_ticket.py`` and ``held_prefixes.py`` are
-free of Ray; the rest imports it.
+Only ``routing.py``, ``prefix_hashes.py``, ``route_ticket.py``, ``held_prefixes.py``,
+``scale_config.py`` and ``served_by.py`` are free of Ray; the rest imports it.
 """
