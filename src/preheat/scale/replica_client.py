@@ -8,6 +8,7 @@ an ordinary ``RequestStream``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter, defaultdict
 from dataclasses import replace
@@ -94,11 +95,13 @@ class ReplicaEngineClient:
             raise
         except Exception as err:
             raise EngineStoppedError(f"no engine replica answered: {err}") from None
-        others = [RouteTicket.probe(rid) for rid in probe.replica_ids if rid != first.state.id]
-        rest = await asyncio.gather(*(self._describe.remote(t) for t in others),
-                                    return_exceptions=True)
-        reports = [first, *(r for r in rest if isinstance(r, ReplicaReport))]
-        return list({r.state.id: r for r in reports}.values())  # a gone target answers twice
+        reports = {first.state.id: first}
+        for replica_id in probe.replica_ids:
+            if replica_id not in reports:
+                with contextlib.suppress(Exception):  # gone since the router listed it
+                    report = await self._describe.remote(RouteTicket.probe(replica_id))
+                    reports[report.state.id] = report  # a gone target's stand-in: once
+        return list(reports.values())
 
     async def stats(self) -> EngineStats:
         return EngineStats.total([r.stats for r in await self._reports()])

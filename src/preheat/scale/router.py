@@ -35,6 +35,12 @@ class PrefixAffinityRouter(RequestRouter):
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None
                               ) -> list[list[RunningReplica]]:
+        if pending_request is not None:
+            # This ranking is whole: if no replica takes the request now (full, or its queue
+            # length probe timed out), Serve must wait before asking again. Left False, it
+            # asks again at once, forever, each time probing the replicas: a flood of
+            # probes that keeps them too busy to answer the next ones.
+            pending_request.routing_context.should_backoff = True
         ticket = _ticket_of(pending_request)
         if ticket is None or not candidate_replicas:  # not a routed call: Serve's own choice
             return [candidate_replicas]
