@@ -9,6 +9,7 @@ where each ``key=value`` is a ``preheat serve`` option (``docs/scale-out.md``).
 from __future__ import annotations
 
 import asyncio
+
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
@@ -20,6 +21,7 @@ from preheat.scale.replica_client import ReplicaEngineClient
 from preheat.scale.router import PrefixAffinityRouter
 from preheat.scale.scale_config import ScaleConfig
 from preheat.scale.served_by import ServedByHeader
+from preheat.server.app import create_app
 from preheat.server.settings import ServerSettings
 from preheat.tokenizer.load import load_tokenizer
 
@@ -34,7 +36,6 @@ class Ingress:
         self._model = model
 
     async def __serve_build_asgi_app__(self):
-        from preheat.server.app import create_app
         tokenizer = await asyncio.to_thread(load_tokenizer, self._model)
         engine = await ReplicaEngineClient.connect(self._engines, tokenizer)
         app = create_app(engine, self._settings)

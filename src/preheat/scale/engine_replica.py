@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from ray import serve
 
@@ -87,8 +87,7 @@ class EngineReplica:
             stats = await self.engine.stats()
         except EngineError:  # restarting: what it held is on its disk tier still
             return report
-        return {**report, "running": stats.running, "waiting": stats.waiting,
-                "free_blocks": stats.free_blocks, "pinned_entries": stats.pinned_entries}
+        return {**report, **asdict(ReplicaState.of(self.replica_id, self.engine.pid, stats))}
 
     def check_health(self) -> None:
         """Serve replaces a replica whose engine is gone for good."""
