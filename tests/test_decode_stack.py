@@ -19,8 +19,8 @@ def recorded(engine) -> tuple[list[torch.Tensor], list[bool]]:
     logits, fused = [], []
     run_step, is_fused = engine.runner.run, engine.model._fused
 
-    def run_and_record(batch, sample_from):
-        out = run_step(batch, sample_from)
+    def run_and_record(batch, sample_from, stop=None):
+        out = run_step(batch, sample_from, stop)
         logits.append(out.clone())
         return out
 
@@ -62,5 +62,10 @@ def test_mismatched_cache_is_refused():
     cos = sin = torch.zeros(1, 1, engine.model.cfg.head_dim)
     wrong = torch.zeros(1, 2, 4, 4, engine.model.cfg.num_kv_heads, engine.model.cfg.head_dim)
     one = torch.zeros(1, dtype=torch.long)
+    no_stop = torch.empty(0, dtype=torch.long)
     with pytest.raises(RuntimeError, match="layers"):
-        stack.forward(x, cos, sin, wrong, one, one.view(1, 1), one + 1, 0.25)
+        stack.forward(x, cos, sin, wrong, one, one.view(1, 1), one + 1, 0.25, no_stop, 0)
+    right = torch.zeros(engine.model.cfg.num_layers, 2, 4, 4, engine.model.cfg.num_kv_heads,
+                        engine.model.cfg.head_dim)
+    with pytest.raises(RuntimeError, match="stop must be empty or one int64"):
+        stack.forward(x, cos, sin, right, one, one.view(1, 1), one + 1, 0.25, torch.zeros(2, dtype=torch.long), 0)

@@ -293,10 +293,10 @@ def poison(engine, where: str, bad: str) -> None:
     if where == "forward":
         real = engine.runner.run
 
-        def run_unless_bad(batch, sample_from):
+        def run_unless_bad(batch, sample_from, stop=None):
             if any(s.id == bad for s, _ in batch.items()):
                 raise RuntimeError("injected forward failure")
-            return real(batch, sample_from)
+            return real(batch, sample_from, stop)
         engine.runner.run = run_unless_bad
     else:
         real = engine._sample_batch

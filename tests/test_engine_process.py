@@ -89,6 +89,30 @@ async def test_abort_frees_the_sequence(core):
     assert stats.running == 0 and stats.waiting == 0 and stats.aborted == aborted_before + 1
 
 
+async def test_an_interactive_request_stops_the_running_step_of_batch_work(core):
+    """Across the process boundary: the API side counts interactive requests only, and the
+    core stops a step of batch work for one; no token of either changes."""
+    story = prompt(core.tokenizer, "Tell me a long story about a lighthouse.")
+    long = SamplingParams(max_tokens=300, temperature=0)
+    _, want = await collect(await core.submit(GenerationRequest(story, long)))
+    question = prompt(core.tokenizer, "What is two plus two?")
+    short = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    _, answer = await collect(await core.submit(GenerationRequest(question, short)))
+    counted, stopped = core.arrivals.count, (await core.stats()).interrupted_steps
+    batch = asyncio.create_task(collect(await core.submit(GenerationRequest(story, long, background=True))))
+    assert core.arrivals.count == counted  # batch work is not counted
+    tries = 0
+    # A request that lands between two steps stops nothing; one of a few lands inside one.
+    while tries < 10 and (await core.stats()).interrupted_steps == stopped and not batch.done():
+        tries += 1
+        _, got = await collect(await core.submit(GenerationRequest(question, short)))
+        assert got.output_ids == answer.output_ids
+    assert core.arrivals.count == counted + tries
+    assert (await core.stats()).interrupted_steps > stopped
+    _, done = await batch
+    assert done.output_ids == want.output_ids
+
+
 async def test_without_restart_a_dead_core_ends_streams_and_the_engine():
     engine = EngineProcess.start(CONFIG, restart=False)
     failures = []

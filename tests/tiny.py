@@ -78,12 +78,14 @@ def byte_grammar_tokenizer(vocab_size: int = 260) -> llguidance.LLTokenizer:
 
 
 def tiny_engine(clock=None, cfg: ModelConfig | None = None, weights: dict[str, torch.Tensor] | None = None,
-                model_digest: str | None = None, **config) -> LLMEngine:
-    """``model_digest`` turns on the disk tier (``kv_disk_dir`` in ``config`` says where)."""
+                model_digest: str | None = None, arrivals=None, **config) -> LLMEngine:
+    """``model_digest`` turns on the disk tier (``kv_disk_dir`` in ``config`` says where);
+    ``arrivals`` (an InteractiveArrivals) lets interactive requests stop steps of batch work."""
     cfg = cfg or tiny_config()
     model = LlamaModel(cfg, weights or tiny_weights(cfg), torch.device("cpu"), torch.float32,
                        config.get("weight_format", "dense"))
     econf = EngineConfig(**{"block_size": 4, "kv_cache_tokens": 4096, "max_step_tokens": 64, **config})
     kwargs = {"clock": clock} if clock else {}
     return LLMEngine(model, ByteTokenizer(), econf, model_digest=model_digest,
-                     grammar_tokenizer=lambda: byte_grammar_tokenizer(cfg.vocab_size), **kwargs)
+                     grammar_tokenizer=lambda: byte_grammar_tokenizer(cfg.vocab_size),
+                     arrivals=arrivals, **kwargs)

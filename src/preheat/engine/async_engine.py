@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from preheat.config import EngineConfig
 from preheat.engine.errors import EngineError, EngineStoppedError
+from preheat.engine.interactive_arrivals import InteractiveArrivals
 from preheat.engine.engine_client import RequestStream
 from preheat.engine.llm_engine import LLMEngine, build_engine
 from preheat.engine.output import EngineEvent, Finished, Started
@@ -31,6 +32,7 @@ class AsyncEngine:
     """An ``EngineClient`` whose engine steps on a background thread."""
 
     def __init__(self, engine: LLMEngine, model_id: str):
+        """``engine.arrivals``, if set, is bumped here per interactive request."""
         self.engine = engine
         self.model_id = model_id
         self.tokenizer = engine.tokenizer
@@ -48,7 +50,8 @@ class AsyncEngine:
     @classmethod
     def from_config(cls, config: EngineConfig, *, clock: Callable[[], float] = time.monotonic,
                     loaded=None) -> AsyncEngine:
-        engine, model_id = build_engine(config, clock=clock, loaded=loaded)
+        engine, model_id = build_engine(config, clock=clock, loaded=loaded,
+                                        arrivals=InteractiveArrivals())
         return cls(engine, model_id)
 
     async def submit(self, request: GenerationRequest) -> RequestStream:
@@ -61,6 +64,8 @@ class AsyncEngine:
         with self._lock:
             self._streams[request.request_id] = (asyncio.get_running_loop(), stream)
         self.engine.enqueue(seq)
+        if not request.background and self.engine.arrivals is not None:
+            self.engine.arrivals.bump()  # after the enqueue: a step that misses it has the request
         self._wake.set()
         return stream
 

@@ -15,6 +15,7 @@ from multiprocessing.connection import Connection
 
 from preheat.config import EngineConfig
 from preheat.engine.errors import EngineError
+from preheat.engine.interactive_arrivals import InteractiveArrivals
 from preheat.engine.ipc import (AbortRequest, AddRequest, Admitted, Ready, Refused, Shutdown,
                                 StartFailed, StatsQuery, StatsReply, StepOutput)
 from preheat.engine.llm_engine import LLMEngine, build_engine
@@ -27,14 +28,17 @@ log = logging.getLogger(__name__)
 SHUTDOWN_FLUSH_SECONDS = 8.0
 
 
-def run_engine_core(config: EngineConfig, conn: Connection, log_level: str = "INFO") -> None:
-    """Entry point of the engine process: load the model, then serve ``conn`` until told to stop."""
+def run_engine_core(config: EngineConfig, conn: Connection, log_level: str = "INFO",
+                    arrivals: InteractiveArrivals | None = None) -> None:
+    """Entry point of the engine process: load the model, then serve ``conn`` until told to stop.
+
+    ``arrivals`` is shared with the API process, which bumps it per interactive request."""
     # Ctrl-C reaches the whole process group; the API process decides when the core stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s[core]: %(message)s")
     try:
-        engine, model_id = build_engine(config)
+        engine, model_id = build_engine(config, arrivals=arrivals)
     except Exception as exc:  # reported to the API process, which exits with it
         log.exception("the engine could not start")
         conn.send(StartFailed(f"{type(exc).__name__}: {exc}"))
@@ -55,6 +59,9 @@ class EngineCore:
 
     def serve(self) -> None:
         while True:
+            # Read before the messages: an interactive request counted after this reading
+            # may have missed them, so the step it would wait for stops for it.
+            seen = self.engine.arrivals.count if self.engine.arrivals is not None else None
             # Idle: sleep until a message arrives. Busy: take what is there, then step.
             timeout = 0 if self.engine.has_work else None
             while self.conn.poll(timeout):
@@ -62,7 +69,7 @@ class EngineCore:
                     return
                 timeout = 0
             if self.engine.has_work:
-                self._step()
+                self._step(seen)
 
     def _handle(self, message: object) -> bool:
         """Act on one message; False to stop."""
@@ -88,10 +95,10 @@ class EngineCore:
         self.engine.enqueue(seq)
         self.conn.send(Admitted(request.request_id, seq.usage))
 
-    def _step(self) -> None:
+    def _step(self, arrivals_seen: int | None) -> None:
         events: list[tuple[str, EngineEvent | EngineError]]
         try:
-            events = list(self.engine.step())
+            events = list(self.engine.step(arrivals_seen))
         except Exception:  # a bug or device error must not kill the server
             log.exception("engine step failed; aborting in-flight requests")
             failed = EngineError("internal error in the engine")

@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from preheat.config import EngineConfig
 from preheat.engine.engine_client import RequestStream
 from preheat.engine.errors import EngineError, EngineOverloadedError, EngineStoppedError
+from preheat.engine.interactive_arrivals import InteractiveArrivals
 from preheat.engine.ipc import (AbortRequest, AddRequest, Admitted, Ready, Refused, Shutdown,
                                 StartFailed, StatsQuery, StatsReply, StepOutput)
 from preheat.engine.output import Finished, Started
@@ -40,24 +41,25 @@ class EngineStartError(RuntimeError):
 _Core = tuple[multiprocessing.process.BaseProcess, Connection, Ready]
 
 
-def _spawn_core(config: EngineConfig, log_level: str) -> tuple[multiprocessing.process.BaseProcess,
-                                                                  Connection]:
+def _spawn_core(config: EngineConfig, log_level: str,
+                arrivals: InteractiveArrivals) -> tuple[multiprocessing.process.BaseProcess, Connection]:
     """Start a core process; it loads the model and then says ``Ready`` (see ``_await_ready``)."""
     # spawn, not fork: the child must not inherit this process's threads or torch state.
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
-    process = ctx.Process(target=_core_main, args=(config, theirs, log_level),
+    process = ctx.Process(target=_core_main, args=(config, theirs, log_level, arrivals),
                           name="preheat-engine", daemon=True)
     process.start()
     theirs.close()
     return process, ours
 
 
-def _core_main(config: EngineConfig, conn: Connection, log_level: str) -> None:
+def _core_main(config: EngineConfig, conn: Connection, log_level: str,
+               arrivals: InteractiveArrivals) -> None:
     """The core process's entry point. The engine (torch, the model, the kernels) is
     imported here, in the child: this module is the API process's, which never loads it."""
     from preheat.engine.engine_core import run_engine_core
-    run_engine_core(config, conn, log_level)
+    run_engine_core(config, conn, log_level, arrivals)
 
 
 def _await_ready(process: multiprocessing.process.BaseProcess, conn: Connection) -> Ready:
@@ -73,8 +75,8 @@ def _await_ready(process: multiprocessing.process.BaseProcess, conn: Connection)
     return first
 
 
-def _start_core(config: EngineConfig, log_level: str) -> _Core:
-    process, conn = _spawn_core(config, log_level)
+def _start_core(config: EngineConfig, log_level: str, arrivals: InteractiveArrivals) -> _Core:
+    process, conn = _spawn_core(config, log_level, arrivals)
     return process, conn, _await_ready(process, conn)
 
 
@@ -90,8 +92,10 @@ class EngineProcess:
     """
 
     def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection,
-                 ready: Ready, tokenizer: Tokenizer, start_core: Callable[[], _Core] | None = None):
+                 ready: Ready, tokenizer: Tokenizer, start_core: Callable[[], _Core] | None = None,
+                 arrivals: InteractiveArrivals | None = None):
         self._process = process
+        self.arrivals = arrivals  # shared with the core (and a restarted one)
         self._conn = conn
         self.model_id = ready.model_id
         self.context_window = ready.context_window
@@ -114,7 +118,8 @@ class EngineProcess:
     def start(cls, config: EngineConfig, log_level: str = "INFO", *,
               restart: bool = True) -> EngineProcess:
         """Spawn the core and wait until its model is loaded; raises EngineStartError."""
-        process, conn = _spawn_core(config, log_level)
+        arrivals = InteractiveArrivals()
+        process, conn = _spawn_core(config, log_level, arrivals)
         try:  # while the core loads the model
             tokenizer: Tokenizer | None = load_tokenizer(config.model)
         except Exception:  # the core reports what is wrong with the model
@@ -125,7 +130,7 @@ class EngineProcess:
             process.join(_JOIN_SECONDS)
             raise EngineStartError("the model's tokenizer could not be loaded")
         return cls(process, conn, ready, tokenizer,
-                   partial(_start_core, config, log_level) if restart else None)
+                   partial(_start_core, config, log_level, arrivals) if restart else None, arrivals)
 
     # ---- EngineClient ---------------------------------------------------------------------
 
@@ -137,6 +142,8 @@ class EngineProcess:
         future = self._loop.create_future()
         self._admissions[request.request_id] = future
         self._send(AddRequest(request))
+        if not request.background and self.arrivals is not None:
+            self.arrivals.bump()  # after the send: a step that misses it has the request
         try:
             return await future
         except asyncio.CancelledError:

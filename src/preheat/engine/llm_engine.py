@@ -18,6 +18,7 @@ from preheat.engine.detokenizer import IncrementalDetokenizer
 from preheat.engine.errors import (EngineError, EngineOverloadedError, PromptTooLongError,
                                    RequestTooLargeError)
 from preheat.engine.grammar import GrammarCompiler, hf_grammar_tokenizer
+from preheat.engine.interactive_arrivals import InteractiveArrivals
 from preheat.engine.kv.block_pool import BlockPool
 from preheat.engine.kv.kv_budget import pool_size
 from preheat.engine.kv.kv_dtype import resolve_kv_dtype
@@ -34,6 +35,7 @@ from preheat.engine.speculative import Speculator
 from preheat.engine.stats import EngineStats
 from preheat.kernels.quant_matmul import load_quant_kernel
 from preheat.models.llama import LlamaModel
+from preheat.models.stop_signal import StepInterrupted, StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +57,12 @@ def cache_usage(prompt_len: int, breakpoints: tuple[CacheBreakpoint, ...], hit: 
 class LLMEngine:
     def __init__(self, model: LlamaModel, tokenizer, config: EngineConfig,
                  *, clock: Callable[[], float] = time.monotonic, model_digest: str | None = None,
-                 grammar_tokenizer: Callable[[], object] | None = None):
+                 grammar_tokenizer: Callable[[], object] | None = None,
+                 arrivals: InteractiveArrivals | None = None):
         """``model_digest`` names the model's content; without one there is no disk tier.
-        ``grammar_tokenizer`` makes llguidance's tokenizer (default: from ``tokenizer``'s)."""
+        ``grammar_tokenizer`` makes llguidance's tokenizer (default: from ``tokenizer``'s).
+        ``arrivals``: bumped by the engine's client per interactive request; a step of batch
+        work stops between layers when it moves (``interactive_arrivals.py``)."""
         self.config = config
         self.tokenizer = tokenizer
         self.model = model
@@ -90,6 +95,10 @@ class LLMEngine:
                                         num_threads=torch.get_num_threads())
         self.num_aborted = 0
         self.num_failed = 0
+        self.num_interrupted = 0  # steps of batch work stopped for an interactive request
+        self.arrivals = arrivals
+        self._arrivals_cell = (torch.frombuffer(arrivals.buffer(), dtype=torch.int64)
+                               if arrivals is not None else None)
 
     # ---- any thread ---------------------------------------------------------
 
@@ -156,7 +165,7 @@ class LLMEngine:
                            tier.quota_bytes if tier else 0,
                            self.offload.num_reads if self.offload else 0,
                            s.prompt_tokens, s.prompt_tokens_cached, spec.drafted, spec.accepted,
-                           spec.verify_steps, spec.verify_tokens)
+                           spec.verify_steps, spec.verify_tokens, self.num_interrupted)
 
     def close(self, timeout: float = 30.0) -> None:
         """Before the process ends: let queued disk writes finish (within ``timeout`` s)."""
@@ -165,8 +174,13 @@ class LLMEngine:
 
     # ---- engine thread ------------------------------------------------------
 
-    def step(self) -> Emitted:
-        """Run one batch; returns (request_id, event) pairs in order."""
+    def step(self, arrivals_seen: int | None = None) -> Emitted:
+        """Run one batch; returns (request_id, event) pairs in order.
+
+        ``arrivals_seen``: the interactive arrivals count read before the caller last took
+        in new requests (default: now, before the inbox is drained). A step of batch work
+        stops, and commits nothing, once the count moves past it."""
+        seen = self.arrivals.count if arrivals_seen is None and self.arrivals is not None else arrivals_seen
         out: Emitted = self._drain_inbox()
         self.radix.tick()
         if self.offload is not None:
@@ -181,8 +195,11 @@ class LLMEngine:
             return out
         started = time.perf_counter()
         try:
-            ran, logits = self._forward(batch)
+            ran, logits = self._forward(batch, self._stop_signal(batch, seen))
             self.scheduler.observe(batch, time.perf_counter() - started)
+        except StepInterrupted:  # an interactive request came: it runs next, this step later
+            self.num_interrupted += 1
+            return out
         except Exception:
             log.exception("a batch of %d sequences failed; running each alone", len(batch.items()))
             ran, logits = self._forward_each(batch, out)
@@ -237,12 +254,22 @@ class LLMEngine:
             self.scheduler.trim(seq)
         return out
 
-    def _forward(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
-        """Run ``batch`` and commit it: its sequences, and logits for those that sample."""
+    def _stop_signal(self, batch: ScheduledBatch, seen: int | None) -> StopSignal | None:
+        """What stops this step early: for a step of batch work only, an interactive arrival."""
+        if self._arrivals_cell is None or seen is None:
+            return None
+        if not all(s.request.background for s, _ in batch.items()):
+            return None
+        return StopSignal(self._arrivals_cell, seen)
+
+    def _forward(self, batch: ScheduledBatch,
+                 stop: StopSignal | None = None) -> tuple[list[Sequence], torch.Tensor]:
+        """Run ``batch`` and commit it: its sequences, and logits for those that sample.
+        Nothing is committed if ``stop`` ends the pass (StepInterrupted)."""
         sample_from = [s for s, n in batch.items()
                        if s.num_computed + n - len(s.draft) == s.num_tokens
                        and s.request.params.max_tokens > 0]
-        logits = self.runner.run(batch, sample_from)
+        logits = self.runner.run(batch, sample_from, stop)
         self.scheduler.commit(batch)
         return [s for s, _ in batch.items()], logits
 
@@ -395,7 +422,7 @@ def resolve_weight_format(requested: str, weight_type: str | None, device: str,
 
 
 def build_engine(config: EngineConfig, *, clock: Callable[[], float] = time.monotonic,
-                 loaded=None) -> tuple[LLMEngine, str]:
+                 loaded=None, arrivals: InteractiveArrivals | None = None) -> tuple[LLMEngine, str]:
     """Load the configured model and wrap it in an engine; returns (engine, model_id)."""
     from preheat.loader.model_loader import load_model
     from preheat.loader.weight_cache import model_digest
@@ -409,4 +436,5 @@ def build_engine(config: EngineConfig, *, clock: Callable[[], float] = time.mono
              loaded.weight_type or "float", config.device, weight_format)
     model = LlamaModel(loaded.config, loaded.weights, torch.device(config.device), dtype, weight_format)
     digest = None if config.kv_disk_bytes == 0 else model_digest(loaded.source, config.cache_dir)
-    return LLMEngine(model, loaded.tokenizer, config, clock=clock, model_digest=digest), loaded.model_id
+    return (LLMEngine(model, loaded.tokenizer, config, clock=clock, model_digest=digest,
+                      arrivals=arrivals), loaded.model_id)

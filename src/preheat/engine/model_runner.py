@@ -15,6 +15,7 @@ from preheat.kernels.paged_attention import load_attention_kernel
 from preheat.layers.attention import AttentionMetadata, DecodeBatch, PrefillSlice
 from preheat.models.config import ModelConfig
 from preheat.models.llama import LlamaModel
+from preheat.models.stop_signal import StopSignal
 
 
 def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -68,13 +69,15 @@ class ModelRunner:
         return DecodeBatch(self._tensor(tables).view(len(lengths), width), self._tensor(lengths),
                            self.block_size)
 
-    def run(self, batch: ScheduledBatch, sample_from: list[Sequence]) -> torch.Tensor:
+    def run(self, batch: ScheduledBatch, sample_from: list[Sequence],
+            stop: StopSignal | None = None) -> torch.Tensor:
         """Forward one step; returns logits for the given sequences, in their order: one row
         for a prefill chunk, ``1 + len(draft)`` rows for a decode (its last token, then each
         draft token).
 
         ``sample_from`` lists sequences whose last scheduled token completes their
-        context (decodes and final prompt chunks); other chunks yield no logits.
+        context (decodes and final prompt chunks); other chunks yield no logits. With
+        ``stop``, the pass may end early with StepInterrupted (see ``models/stop_signal.py``).
         """
         ids: list[int] = []
         positions: list[int] = []
@@ -92,7 +95,7 @@ class ModelRunner:
             positions.extend(range(start, start + n))
             slots.extend(self._slots(seq, start, n))
         meta = AttentionMetadata(self._tensor(slots), self._decode_batch(batch.decodes), prefills)
-        hidden = self.model.forward(self._tensor(ids), self._tensor(positions), self.kv_cache, meta)
+        hidden = self.model.forward(self._tensor(ids), self._tensor(positions), self.kv_cache, meta, stop)
         if not sample_from:
             return hidden.new_empty((0, self.model.cfg.vocab_size))
         rows = self._tensor([r for s in sample_from for r in rows_of[id(s)]])

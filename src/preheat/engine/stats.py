@@ -33,6 +33,7 @@ class EngineStats:
     spec_accepted: int = 0
     spec_verify_steps: int = 0
     spec_verify_tokens: int = 0
+    interrupted_steps: int = 0  # steps of batch work stopped for an arriving interactive request
 
     @classmethod
     def total(cls, parts: list[EngineStats]) -> EngineStats:

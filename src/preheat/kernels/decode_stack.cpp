@@ -79,14 +79,23 @@ class DecodeStack : public torch::CustomClassHolder {
   // x [batch, hidden]; cos, sin [batch, 1, head_dim] (rotary.py's tables); kv_cache
   // [layers, 2, blocks, block_size, kv_heads, head_dim]; slots [batch] (each token's cache
   // slot); block_tables [batch, max_blocks]; context_lens [batch]. Returns x after the stack.
+  // stop: empty, or one int64 that another thread or process may change (models/
+  // stop_signal.py): once it differs from stop_value, the pass ends before its next layer
+  // and returns an undefined tensor (None in Python).
   at::Tensor forward(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
                      const at::Tensor& kv_cache, const at::Tensor& slots,
                      const at::Tensor& block_tables, const at::Tensor& context_lens,
-                     double scale) const {
+                     double scale, const at::Tensor& stop, int64_t stop_value) const {
     TORCH_CHECK(kv_cache.size(0) == static_cast<int64_t>(layers_.size()), "DecodeStack: the KV cache has ",
                 kv_cache.size(0), " layers, the model ", layers_.size());
+    TORCH_CHECK(stop.numel() == 0 || (stop.numel() == 1 && stop.scalar_type() == at::kLong),
+                "DecodeStack: stop must be empty or one int64");
+    const int64_t* stop_cell = stop.numel() ? stop.data_ptr<int64_t>() : nullptr;
     const int64_t hidden = x.size(-1);
     for (size_t i = 0; i < layers_.size(); ++i) {
+      if (stop_cell != nullptr && __atomic_load_n(stop_cell, __ATOMIC_RELAXED) != stop_value) {
+        return at::Tensor();
+      }
       const Layer& layer = layers_[i];
       const at::Tensor cache = kv_cache.select(0, static_cast<int64_t>(i));
       at::Tensor h = at::rms_norm(x, {hidden}, layer.attn_norm, eps_);

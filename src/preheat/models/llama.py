@@ -14,6 +14,9 @@ from preheat.layers.attention import AttentionMetadata, paged_attention
 from preheat.layers.linear import QuantLinear, make_head, make_linear
 from preheat.layers.rotary import RotaryEmbedding, apply_rotary
 from preheat.models.config import ModelConfig
+from preheat.models.stop_signal import StepInterrupted, StopSignal
+
+_NO_STOP = torch.empty(0, dtype=torch.int64)  # the fused stack's "no stop signal"
 
 
 class LlamaLayer:
@@ -80,16 +83,24 @@ class LlamaModel:
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """input_ids, positions: [tokens]; kv_cache: [layers, 2, blocks, block_size, kv_heads, head_dim]."""
+                kv_cache: torch.Tensor, meta: AttentionMetadata,
+                stop: StopSignal | None = None) -> torch.Tensor:
+        """input_ids, positions: [tokens]; kv_cache: [layers, 2, blocks, block_size, kv_heads, head_dim].
+
+        With ``stop``, the pass checks it before each layer and raises StepInterrupted once it fired."""
         x = F.embedding(input_ids, self.embed)
         rope = self.rope.tables(positions)
         if self._fused(kv_cache, meta):
             d = meta.decode
+            cell, value = (stop.cell, stop.value) if stop is not None else (_NO_STOP, 0)
             x = self.decode_stack.forward(x, *rope, kv_cache, meta.slot_mapping, d.block_tables,
-                                          d.context_lens, self.cfg.head_dim ** -0.5)
+                                          d.context_lens, self.cfg.head_dim ** -0.5, cell, value)
+            if x is None:
+                raise StepInterrupted
         else:
             for i, layer in enumerate(self.layers):
+                if stop is not None and stop.fired():
+                    raise StepInterrupted
                 x = layer(x, rope, kv_cache[i], meta)
         return F.rms_norm(x, (self.cfg.hidden_size,), self.norm, self.cfg.rms_norm_eps)
 

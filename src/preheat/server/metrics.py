@@ -159,6 +159,9 @@ class EngineStatsCollector:
         yield _gauge("preheat_running_sequences", "sequences being prefilled or decoded", s.running)
         yield _counter("preheat_preemptions", "sequences preempted for memory (recomputed later)",
                        s.preemptions)
+        yield _counter("preheat_batch_steps_interrupted", "steps of batch work stopped between "
+                       "layers for an arriving interactive request (run again next)",
+                       s.interrupted_steps)
         yield _counter("preheat_aborts", "requests stopped by their caller (a client hung up, "
                        "a shutdown ended them)", s.aborted)
         yield _counter("preheat_engine_failures", "requests ended by a failure of their own in "
