@@ -33,7 +33,7 @@ class EngineConfig:
     # speculative decoding (engine/speculative/): "off", "ngram" (drafts from the request's
     # own prompt and output) or "suffix" (and from its tenant's earlier replies)
     speculative: str = "suffix"
-    speculative_tokens: int = 8  # the longest draft
+    speculative_tokens: int = 16  # the longest draft
     speculative_max_batch: int = 4  # no drafts in a step that decodes more sequences
     max_waiting: int = 256  # queued requests before new ones are refused as overloaded
     max_pinned_fraction: float = 0.75  # share of the pool that pinned prefixes may hold
