@@ -72,6 +72,28 @@ def test_a_full_batch_drafts_nothing():
     assert spec.speculator.counters.drafted == 0
 
 
+def test_paused_batch_work_does_not_crowd_out_an_interactive_requests_drafts(plain):
+    """Batch items paused beside an interactive request are not decoded in its steps, so
+    they must not count toward the full batch that drafts nothing."""
+    spec = tiny_engine(speculative="ngram", speculative_max_batch=2)
+    long = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+    batch = [GenerationRequest(p, long, background=True) for p in prompts(4)]  # > max_batch
+    for request in batch:
+        spec.enqueue(spec.prepare(request))
+    def decoding(request):
+        seq = spec.scheduler.find(request.request_id)  # None until a step takes it in
+        return seq is not None and seq.num_output > 0
+
+    while not all(map(decoding, batch)):
+        spec.step()
+    assert spec.speculator.counters.drafted == 0  # a full batch of batch work
+    mine = prompts(5)[-1]
+    want = run(plain, [GenerationRequest(mine, GREEDY)])[0].output_ids
+    got = run(spec, [GenerationRequest(mine, GREEDY)])[0].output_ids  # runs while they pause
+    assert got == want
+    assert spec.speculator.counters.drafted > 0
+
+
 def test_a_request_may_opt_out():
     spec = tiny_engine(speculative="suffix")
     run(spec, [GenerationRequest(p, GREEDY, speculative=False) for p in prompts(2)])

@@ -185,7 +185,8 @@ class LLMEngine:
         self.radix.tick()
         if self.offload is not None:
             self.offload.poll()
-        self.speculator.propose([q for q in self.scheduler.running if q.remaining_prefill == 1])
+        # Paused batch work is not part of the step: it must not make the batch look full.
+        self.speculator.propose(self.scheduler.decoding())
         batch = self.scheduler.schedule()
         if not batch:
             if self.offload is not None and self.scheduler.has_work:

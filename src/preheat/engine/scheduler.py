@@ -88,6 +88,11 @@ class Scheduler:
 
     # ---- one step -----------------------------------------------------------
 
+    def decoding(self) -> list[Sequence]:
+        """The running sequences the next step decodes (batch work sits out while
+        interactive work is about): those that may carry drafts."""
+        return [s for s in self._steppable(self._interactive_work()) if s.remaining_prefill == 1]
+
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         chosen: set[int] = set()
@@ -95,7 +100,7 @@ class Scheduler:
         if urgent:
             self.pacer.saw_interactive()
         budget = self.max_step_tokens if urgent else self.pacer.budget()
-        running = [s for s in self.running if not (urgent and s.request.background)]
+        running = self._steppable(urgent)
         decoding = [s for s in running if s.remaining_prefill == 1]
         prefilling = [s for s in running if s.remaining_prefill > 1]
         for seq in decoding + prefilling:
@@ -136,6 +141,9 @@ class Scheduler:
             self.pacer.observe_background(sum(n for _, n in items), seconds)
         else:
             self.pacer.observe_interactive(seconds)
+
+    def _steppable(self, urgent: bool) -> list[Sequence]:
+        return [s for s in self.running if not (urgent and s.request.background)]
 
     def _interactive_work(self) -> bool:
         return any(not s.request.background for s in (*self.running, *self.waiting))
