@@ -73,9 +73,11 @@ async def paired_latency(direct: httpx.AsyncClient, routed: httpx.AsyncClient,
             samples[name].setdefault("hit", []).append(hit.ttft)
     for _ in range(3):
         for name, client in clients.items():
-            reply = await stream(client, body(f"{nonce()} You are a storyteller.",
-                                              "Write a long story about a lighthouse keeper.",
-                                              max_tokens))
+            # Without speculative decoding: its drafts from earlier replies would measure
+            # which replica the last story was told on, not what the hops cost.
+            reply = await stream(client, {**body(f"{nonce()} You are a storyteller.",
+                                                 "Write a long story about a lighthouse keeper.",
+                                                 max_tokens), "speculative": False})
             samples[name].setdefault("decode", []).append(1 / reply.gap)
     for name, side in sides.items():
         side.figures += [

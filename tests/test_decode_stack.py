@@ -68,4 +68,5 @@ def test_mismatched_cache_is_refused():
     right = torch.zeros(engine.model.cfg.num_layers, 2, 4, 4, engine.model.cfg.num_kv_heads,
                         engine.model.cfg.head_dim)
     with pytest.raises(RuntimeError, match="stop must be empty or one int64"):
-        stack.forward(x, cos, sin, right, one, one.view(1, 1), one + 1, 0.25, torch.zeros(2, dtype=torch.long), 0)
+        stack.forward(x, cos, sin, right, one, one.view(1, 1), one + 1, 0.25,
+                      torch.zeros(2, dtype=torch.long), 0)

@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 from preheat.config import EngineConfig
 from preheat.engine.errors import EngineError, EngineStoppedError
-from preheat.engine.interactive_arrivals import InteractiveArrivals
 from preheat.engine.engine_client import RequestStream
+from preheat.engine.interactive_arrivals import InteractiveArrivals
 from preheat.engine.llm_engine import LLMEngine, build_engine
 from preheat.engine.output import EngineEvent, Finished, Started
 from preheat.engine.request import GenerationRequest

@@ -180,7 +180,9 @@ class LLMEngine:
         ``arrivals_seen``: the interactive arrivals count read before the caller last took
         in new requests (default: now, before the inbox is drained). A step of batch work
         stops, and commits nothing, once the count moves past it."""
-        seen = self.arrivals.count if arrivals_seen is None and self.arrivals is not None else arrivals_seen
+        seen = arrivals_seen
+        if seen is None and self.arrivals is not None:
+            seen = self.arrivals.count
         out: Emitted = self._drain_inbox()
         self.radix.tick()
         if self.offload is not None:
