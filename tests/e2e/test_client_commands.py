@@ -67,12 +67,16 @@ def test_chat_says_when_the_server_refuses(server):
     assert "401" in result.stderr and not footers(result.stderr)
 
 
+def keyboard_interrupts() -> None:
+    """In the child: SIGINT as a terminal delivers it. A test run started in the background
+    inherits it ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(server):
     process = subprocess.Popen(chat_command(server, "--max-tokens", "600"),
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    # A long reply the drafts cannot race through (counting, drafted 16 tokens a step, ended
-    # before the signal landed): free text takes seconds to write its 600 tokens.
+                               stderr=subprocess.PIPE, text=True, preexec_fn=keyboard_interrupts)
     process.stdin.write("Write a very long story about a lighthouse keeper and a storm.\n")
     process.stdin.flush()
     shown = process.stdout.read(1)  # the reply has begun
