@@ -30,7 +30,7 @@ class BumpingLayer:
     def __call__(self, *args):
         if not self.bumped:
             self.bumped = True
-            self.arrivals.bump()
+            self.arrivals.arrived(GenerationRequest(QUESTION, PARAMS))
         return self.layer(*args)
 
 
@@ -84,7 +84,7 @@ def test_a_step_with_interactive_work_in_it_is_never_stopped():
     mixed = [GenerationRequest(PROMPTS[0], PARAMS, background=True), GenerationRequest(PROMPTS[1], PARAMS)]
     enqueue(engine, mixed)
     seen = arrivals.count
-    arrivals.bump()  # counted after `seen`: a step of batch work alone would stop
+    arrivals.arrived(GenerationRequest(QUESTION, PARAMS))  # after `seen`: batch work alone would stop
     engine.step(arrivals_seen=seen)
     assert engine.scheduler.find(mixed[1].request_id).num_output == 1
     assert engine.num_interrupted == 0
@@ -115,7 +115,7 @@ def test_the_fused_decode_stack_stops_too_and_the_tokens_are_unchanged():
     seqs = [engine.scheduler.find(r.request_id) for r in background]
     before = [(s.num_computed, s.num_output) for s in seqs]
     seen = arrivals.count
-    arrivals.bump()
+    arrivals.arrived(GenerationRequest(QUESTION, PARAMS))
     fused.clear()
     assert engine.step(arrivals_seen=seen) == []
     assert fused == [True] and engine.num_interrupted == 1

@@ -64,8 +64,8 @@ class AsyncEngine:
         with self._lock:
             self._streams[request.request_id] = (asyncio.get_running_loop(), stream)
         self.engine.enqueue(seq)
-        if not request.background and self.engine.arrivals is not None:
-            self.engine.arrivals.bump()  # after the enqueue: a step that misses it has the request
+        if self.engine.arrivals is not None:
+            self.engine.arrivals.arrived(request)  # after the enqueue: a step that misses it has it
         self._wake.set()
         return stream
 

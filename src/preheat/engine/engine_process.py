@@ -142,8 +142,8 @@ class EngineProcess:
         future = self._loop.create_future()
         self._admissions[request.request_id] = future
         self._send(AddRequest(request))
-        if not request.background and self.arrivals is not None:
-            self.arrivals.bump()  # after the send: a step that misses it has the request
+        if self.arrivals is not None:
+            self.arrivals.arrived(request)  # after the send: a step that misses it has the request
         try:
             return await future
         except asyncio.CancelledError:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 
+from preheat.engine.request import GenerationRequest
+
 
 class InteractiveArrivals:
     """A count of interactive requests handed to the engine, shareable with a spawned process."""
@@ -26,10 +28,12 @@ class InteractiveArrivals:
         # only compare it with an earlier reading, so no lock is needed.
         self._cell = multiprocessing.get_context("spawn").RawValue(ctypes.c_int64, 0)
 
-    def bump(self) -> None:
-        """One more interactive request: call it after the request is on its way to the
-        engine (sent or queued), so a step that misses the bump has the request in hand."""
-        self._cell.value += 1
+    def arrived(self, request: GenerationRequest) -> None:
+        """Count ``request`` if it is interactive (batch work never stops a step). Call it
+        after the request is on its way to the engine (sent or queued), so a step that
+        misses the count has the request in hand."""
+        if not request.background:
+            self._cell.value += 1
 
     @property
     def count(self) -> int:
