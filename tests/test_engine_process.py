@@ -128,6 +128,28 @@ async def test_an_interactive_request_stops_the_running_step_of_batch_work(core)
     assert done.output_ids == want.output_ids
 
 
+async def test_a_burst_larger_than_the_pipe_waits_for_the_core_instead_of_failing_it(core):
+    """Requests whose prompts overflow the pipe while the core is busy (here: stopped) wait
+    in the API process's buffer: the engine is not taken for dead, and every one completes."""
+    ids = prompt(core.tokenizer, "Repeat after me: " + "lighthouse keeper " * 1400)
+    params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+    _, want = await collect(await core.submit(GenerationRequest(ids, params)))
+    restarts = core.restarts
+    os.kill(core.pid, signal.SIGSTOP)
+    try:
+        # ~9 KB a request pickled: 64 of them are more than a socket pair's buffer holds
+        submits = [asyncio.create_task(core.submit(GenerationRequest(ids, params)))
+                   for _ in range(64)]
+        await asyncio.sleep(0.5)  # every send is made (or queued) while the core is stopped
+        assert not core.restarting and core.restarts == restarts
+        assert not any(task.done() for task in submits)
+    finally:
+        os.kill(core.pid, signal.SIGCONT)
+    results = await asyncio.gather(*[collect(stream) for stream in await asyncio.gather(*submits)])
+    assert [final.output_ids for _, final in results] == [want.output_ids] * 64
+    assert core.restarts == restarts and not core.failed
+
+
 async def test_without_restart_a_dead_core_ends_streams_and_the_engine():
     engine = EngineProcess.start(CONFIG, restart=False)
     failures = []

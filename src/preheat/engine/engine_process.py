@@ -1,8 +1,9 @@
 """The API process's side of the engine core process (see ``engine_core.py``).
 
-Everything here runs on the server's event loop: the pipe from the core is read
-by a loop reader callback, so no extra thread competes for the GIL, and each
-engine step costs the server one message to unpickle and fan out to its streams.
+Everything here runs on the server's event loop: the pipe to the core is read and
+written by loop callbacks (``loop_pipe.py``), so no extra thread competes for the GIL,
+a burst of long prompts never blocks the loop, and each engine step costs the server
+one message to unpickle and fan out to its streams.
 The tokenizer is loaded here too: prompts are rendered and tokenized in the API
 process while the core computes. Nothing here imports torch: the pipe's messages
 (``ipc.py``) are plain data, and the core's code is imported in the child only.
@@ -23,6 +24,7 @@ from preheat.engine.errors import EngineError, EngineOverloadedError, EngineStop
 from preheat.engine.interactive_arrivals import InteractiveArrivals
 from preheat.engine.ipc import (AbortRequest, AddRequest, Admitted, Ready, Refused, Shutdown,
                                 StartFailed, StatsQuery, StatsReply, StepOutput)
+from preheat.engine.loop_pipe import LoopPipe
 from preheat.engine.output import Finished, Started
 from preheat.engine.request import GenerationRequest
 from preheat.engine.stats import EngineStats, ReplicaState
@@ -96,7 +98,8 @@ class EngineProcess:
                  arrivals: InteractiveArrivals | None = None):
         self._process = process
         self.arrivals = arrivals  # shared with the core (and a restarted one)
-        self._conn = conn
+        self._conn = conn  # until the loop drives it through ``_pipe``
+        self._pipe: LoopPipe | None = None
         self.model_id = ready.model_id
         self.context_window = ready.context_window
         self.tokenizer = tokenizer
@@ -176,8 +179,13 @@ class EngineProcess:
     def shutdown(self) -> None:
         """Stop the core (it finishes its current step first) and wait for it."""
         if not self._stopped:
+            self._stopped = True  # a pipe found broken below is no failure to restart from
             try:
-                self._conn.send(Shutdown())
+                if self._pipe is None:
+                    self._conn.send(Shutdown())
+                else:
+                    self._pipe.send(Shutdown())
+                    self._pipe.flush(_JOIN_SECONDS)
             except (OSError, ValueError):
                 pass  # already gone (ValueError: its pipe was closed when it died)
             self._close(EngineStoppedError("the engine has stopped"))
@@ -194,11 +202,11 @@ class EngineProcess:
             raise EngineStoppedError("the engine has stopped")
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-            self._loop.add_reader(self._conn.fileno(), self._on_readable)
+            self._pipe = LoopPipe(self._conn, self._loop, self._dispatch, self._fail)
 
     def _send(self, message: object) -> None:
         try:
-            self._conn.send(message)
+            self._pipe.send(message)
         except OSError:
             self._fail()
             raise EngineStoppedError("the engine has stopped") from None
@@ -208,24 +216,12 @@ class EngineProcess:
         if not self._stopped and not self.restarting:
             self._send(AbortRequest(request_id))
 
-    def _on_readable(self) -> None:
-        # One message per call: the loop calls again while the pipe stays readable, and
-        # Connection.poll() would build a selector per call, every token.
-        try:
-            message = self._conn.recv()
-        except (EOFError, OSError):
-            self._fail()
-            return
-        self._dispatch(message)
-
     def _fail(self) -> None:
         if self.failed or self.restarting or self._stopped:  # a failed send and EOF both report it
             return
         self._process.join(1.0)
         log.error("the engine process exited unexpectedly (code %s)", self._process.exitcode)
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._conn.fileno())
-        self._conn.close()
+        self._pipe.close()
         if self._start_core is None:
             self._give_up(EngineStoppedError("the engine process has exited"))
             return
@@ -247,9 +243,9 @@ class EngineProcess:
             await asyncio.to_thread(process.join, _JOIN_SECONDS)
             return
         self._process, self._conn = process, conn
+        self._pipe = LoopPipe(conn, self._loop, self._dispatch, self._fail)
         self.restarts += 1
         self.restarting = False
-        self._loop.add_reader(conn.fileno(), self._on_readable)
         log.warning("the engine process is back (%s); restarts so far: %d", ready.model_id,
                     self.restarts)
 
@@ -293,8 +289,8 @@ class EngineProcess:
     def _close(self, error: EngineError) -> None:
         """No more messages: every waiter and stream gets ``error``."""
         self._stopped = True
-        if self._loop is not None and not self._loop.is_closed() and not self._conn.closed:
-            self._loop.remove_reader(self._conn.fileno())
+        if self._pipe is not None:
+            self._pipe.close()
         self._end_requests(error)
 
     def _end_requests(self, error: EngineError) -> None:
