@@ -6,6 +6,8 @@ each: aggregate output tok/s (goal: ray x2 >= 1.7x ray x1):
   - ``direct``: ``preheat serve --num-threads 1`` (one engine, no Ray)
   - ``ray x1``: ``preheat serve --replicas 1 --num-threads 1``
   - ``ray x2``: ``preheat serve --replicas 2 --num-threads 1`` (one thread per replica)
+  - ``direct x2``: two ``preheat serve --num-threads 1`` side by side, no Ray, half the
+    users on each: the ceiling for ``ray x2`` on this machine (two engines, no hops)
   - ``llama-server -t 2 -np 16`` (the peer, both cores, when it is found)
 
 Latency, with ``direct`` and ``ray x2`` both up and idle, the same requests sent to one
@@ -20,7 +22,7 @@ cache (goal: 100%; a router that ignores prefixes sends a request to the replica
 its prefix one time in N replicas).
 
     .venv/bin/python bench/scale_out.py [--users 16] [--max-tokens 128] [--repeats 10]
-        [--rounds 5] [--only direct,ray1,ray2,llama,latency]
+        [--rounds 5] [--only direct,ray1,ray2,pair,llama,latency]
         [--llama-server PATH]
 
 Figures, not tests: read them as ratios, on the CPU named in the output.
@@ -31,6 +33,7 @@ import argparse
 import asyncio
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -157,6 +160,26 @@ async def throughput(base_url: str, side: Side, args: argparse.Namespace, replic
     show(side)
 
 
+async def split_throughput(base_urls: list[str], side: Side, args: argparse.Namespace) -> None:
+    """``args.users`` users split evenly over independent servers: their aggregate tok/s."""
+    clients = [client_for(url) for url in base_urls]
+    try:
+        await asyncio.gather(*(warm_up(client, 1) for client in clients))
+        parts = [Side(f"{side.server} #{i}", side.command) for i in range(len(clients))]
+        start = time.perf_counter()
+        await asyncio.gather(*(concurrent_users(client, part, args.users // len(clients),
+                                                args.max_tokens)
+                               for client, part in zip(clients, parts, strict=True)))
+        wall = time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(client.aclose() for client in clients))
+    tokens = sum(r["output_tokens"] for part in parts for rs in part.requests.values() for r in rs)
+    side.figures.append(Figure(f"{args.users} users: output tok/s", tokens / wall, "tok/s", True,
+                               f"{tokens / args.users:.0f} tokens/request, "
+                               f"{args.users // len(clients)} users a server"))
+    show(side)
+
+
 async def latency_and_affinity(direct_url: str, routed_url: str, sides: dict[str, Side],
                                args: argparse.Namespace) -> None:
     async with client_for(direct_url) as direct, client_for(routed_url) as routed:
@@ -201,6 +224,13 @@ def main() -> None:
             sides[key] = Side(name, preheat_command(port, 1, [*extra, *common]))
             with server(name, sides[key].command, port) as base_url:
                 asyncio.run(throughput(base_url, sides[key], args, replicas))
+    if "pair" in only:
+        ports = [free_port(), free_port()]
+        sides["pair"] = Side("direct x2 (2 servers x 1 thread, no Ray)",
+                             preheat_command(ports[0], 1, common))
+        with server("direct #0", sides["pair"].command, ports[0]) as first, \
+                server("direct #1", preheat_command(ports[1], 1, common), ports[1]) as second:
+            asyncio.run(split_throughput([first, second], sides["pair"], args))
     if "llama" in only and args.llama_server:
         port = free_port()
         command = llama_command(args.llama_server, embedded_model_path(), port, 2)
@@ -225,7 +255,9 @@ def summary(sides: dict[str, Side], paired: dict[str, Side], args) -> None:
     print("\nsummary (CPU: " + cpu_model() + ")")
     print(f"  {users}: ray x2 / ray x1 = "
           f"{ratio(value(sides.get('ray2'), users), value(sides.get('ray1'), users))} "
-          f"(goal >= 1.7x); ray x1 / direct = "
+          f"(goal >= 1.7x); direct x2 / direct (no Ray: the ceiling) = "
+          f"{ratio(value(sides.get('pair'), users), value(sides.get('direct'), users))}; "
+          f"ray x1 / direct = "
           f"{ratio(value(sides.get('ray1'), users), value(sides.get('direct'), users))}; "
           f"ray x2 / llama-server -t 2 = "
           f"{ratio(value(sides.get('ray2'), users), value(sides.get('llama'), users))}")

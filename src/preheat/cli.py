@@ -101,9 +101,10 @@ ENGINE_HELP = {
                      "free space; 0 keeps them in RAM only)",
     "max_step_tokens": "token budget of one engine step (prefill chunk + decodes)",
     "max_running": "sequences decoding at once",
-    "batch_step_ms": "while interactive requests come, a step of Message Batches' work is "
-                     "kept about as short as theirs, and at least this long (-1: never "
-                     "limited)",
+    "batch_step_ms": "while interactive requests come, what an arriving one may wait for of "
+                     "Message Batches' work (one layer of a step: steps of it stop between "
+                     "layers) is kept to about a quarter of one of their steps, and at least this long "
+                     "(-1: never limited)",
     "speculative": "speculative decoding: off, ngram (drafts from the request's own prompt "
                    "and output) or suffix (and from its API key's earlier replies); the tokens "
                    "are those of decoding without it",

@@ -27,9 +27,10 @@ class EngineConfig:
     kv_disk_bytes: int | None = None
     max_step_tokens: int = 512  # token budget of one engine step (prefill chunk + decodes)
     max_running: int = 64  # sequences decoding at once
-    # while interactive users are about, a step of Message Batches' work takes about as long
-    # as theirs, and at least this (engine/background_pacer.py; -1: never paced)
-    batch_step_ms: float = 25.0
+    # while interactive users are about, what a newcomer may wait for of Message Batches' work
+    # (a layer of a step: steps of it stop between layers) takes about a quarter of one of
+    # their steps, and at least this (engine/background_pacer.py; -1: never paced)
+    batch_step_ms: float = 2.0
     # speculative decoding (engine/speculative/): "off", "ngram" (drafts from the request's
     # own prompt and output) or "suffix" (and from its tenant's earlier replies)
     speculative: str = "suffix"

@@ -79,8 +79,11 @@ class LLMEngine:
         self.pool_bytes = num_blocks * block_bytes
         self.radix = RadixCache(self.pool, clock=clock,
                                 max_pinned_blocks=int(num_blocks * config.max_pinned_fraction))
+        # With arrivals to watch, a step of batch work stops between layers for a newcomer,
+        # who then waits for one layer of it rather than the whole step.
         self.scheduler = Scheduler(self.pool, self.radix, config.max_step_tokens, config.max_running,
-                                   config.batch_step_ms / 1000)
+                                   config.batch_step_ms / 1000,
+                                   model.cfg.num_layers if arrivals is not None else 1)
         self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype)
         self.speculator = Speculator(config.speculative, config.speculative_tokens,
                                      config.speculative_max_batch)

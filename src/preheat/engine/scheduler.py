@@ -14,8 +14,8 @@ interactive request is running or waiting, background sequences are not stepped 
 keep their KV, and are the first to be preempted), waiting interactive requests are
 admitted ahead of them, and one that finds every running slot taken takes a background
 sequence's. For a while after interactive work, steps of batch work are kept short
-(``background_pacer.py``), so that the next interactive request waits little for the step
-in progress.
+(``background_pacer.py``), so that the next interactive request waits little for the
+stretch of the step in progress (a layer, where the step stops for it; else the step).
 """
 from __future__ import annotations
 
@@ -49,13 +49,14 @@ class ScheduledBatch:
 
 class Scheduler:
     def __init__(self, pool: BlockPool, radix: RadixCache, max_step_tokens: int, max_running: int,
-                 batch_step_s: float = -1.0):
+                 batch_step_s: float = -1.0, batch_stretches: int = 1):
         self.pool = pool
         self.radix = radix
         self.max_step_tokens = max_step_tokens
         self.max_running = max_running
-        # the shortest step of batch work while paced (< 0: never paced)
-        self.pacer = BackgroundPacer(max_step_tokens, batch_step_s)
+        # the shortest stretch of batch work while paced (< 0: never paced), and the
+        # stretches a step of it runs in (a newcomer waits for one)
+        self.pacer = BackgroundPacer(max_step_tokens, batch_step_s, batch_stretches)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
         self.num_preemptions = 0
