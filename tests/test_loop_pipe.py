@@ -81,3 +81,10 @@ async def test_flush_writes_the_queue_without_the_loop_while_the_other_end_sends
     assert received == payload
     pipe.close()
     theirs.close()
+
+
+def test_the_long_header_of_a_message_over_2_gib_is_read_as_connection_writes_it():
+    import struct
+    payload = frame("tiny")[4:]
+    buffer = bytearray(struct.pack("!i", -1) + struct.pack("!Q", len(payload)) + payload)
+    assert unframe(buffer) == ["tiny"] and not buffer

@@ -103,8 +103,8 @@ ENGINE_HELP = {
     "max_running": "sequences decoding at once",
     "batch_step_ms": "while interactive requests come, what an arriving one may wait for of "
                      "Message Batches' work (one layer of a step: steps of it stop between "
-                     "layers) is kept to about a quarter of one of their steps, and at least this long "
-                     "(-1: never limited)",
+                     "layers) is kept to about a quarter of one of their steps, and at least "
+                     "this long (-1: never limited)",
     "speculative": "speculative decoding: off, ngram (drafts from the request's own prompt "
                    "and output) or suffix (and from its API key's earlier replies); the tokens "
                    "are those of decoding without it",

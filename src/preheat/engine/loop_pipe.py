@@ -39,16 +39,18 @@ def frame(message: object) -> bytes:
 def unframe(buffer: bytearray) -> list[object]:
     """The whole messages at the front of ``buffer``, which loses them (a partial one stays)."""
     messages: list[object] = []
-    while len(buffer) >= _SHORT.size:
-        (size,), start = _SHORT.unpack_from(buffer), _SHORT.size
+    done = 0  # bytes of whole messages taken; cut once, not per message
+    while len(buffer) - done >= _SHORT.size:
+        (size,), start = _SHORT.unpack_from(buffer, done), done + _SHORT.size
         if size == -1:
-            if len(buffer) < _SHORT.size + _LONG.size:
+            if len(buffer) - done < _SHORT.size + _LONG.size:
                 break
-            (size,), start = _LONG.unpack_from(buffer, _SHORT.size), _SHORT.size + _LONG.size
+            (size,), start = _LONG.unpack_from(buffer, start), start + _LONG.size
         if len(buffer) < start + size:
             break
         messages.append(ForkingPickler.loads(buffer[start:start + size]))
-        del buffer[:start + size]
+        done = start + size
+    del buffer[:done]
     return messages
 
 
