@@ -12,7 +12,7 @@ from preheat.engine.errors import (EngineError, EngineOverloadedError, EngineSto
                                    PromptTooLongError, RequestTooLargeError)
 from preheat.engine.grammar_check import check_grammar
 from preheat.engine.output import (CacheUsage, EngineEvent, Finished, Started, StopReason,
-                                   TextDelta)
+                                   TextDelta, TokenLogprob)
 from preheat.engine.request import (CacheBreakpoint, DistinctSegments, GenerationRequest,
                                     SamplingParams)
 from preheat.engine.stats import EngineStats, ReplicaState
@@ -22,5 +22,5 @@ __all__ = [
     "EngineEvent", "EngineOverloadedError", "EngineStats", "EngineStoppedError", "Finished",
     "GenerationRequest", "PromptTooLongError", "ReplicaState", "RequestStream",
     "RequestTooLargeError", "SamplingParams", "Started", "StopReason", "TextDelta",
-    "check_grammar",
+    "TokenLogprob", "check_grammar",
 ]

@@ -25,7 +25,9 @@ from preheat.engine.kv.kv_dtype import resolve_kv_dtype
 from preheat.engine.kv.kv_offload import open_disk_tier
 from preheat.engine.kv.radix_cache import RadixCache
 from preheat.engine.model_runner import ModelRunner, kv_bytes_per_block
-from preheat.engine.output import CacheUsage, EngineEvent, Finished, StopReason, TextDelta
+from preheat.engine.logprobs import RowLogprobs, sampled_logprobs
+from preheat.engine.output import (CacheUsage, EngineEvent, Finished, StopReason, TextDelta,
+                                   TokenLogprob)
 from preheat.engine.repeat_guard import RepeatGuard
 from preheat.engine.request import CacheBreakpoint, GenerationRequest
 from preheat.engine.sampler import make_generator, sample, sample_constrained
@@ -216,8 +218,10 @@ class LLMEngine:
             rows = self._rows(sampled)
             plain = [s for s in sampled if not s.draft]
             plain_logits = logits[[rows[id(s)].start for s in plain]]
-        for seq, token in zip(plain, self._sample(plain, plain_logits), strict=True):
-            out.extend(self._append(seq, token) if token is not None else [self._fail(seq)])
+        tokens = self._sample(plain, plain_logits)
+        reports = sampled_logprobs(plain, plain_logits, tokens)
+        for seq, token, report in zip(plain, tokens, reports, strict=True):
+            out.extend(self._append(seq, token, report) if token is not None else [self._fail(seq)])
         for seq in drafted:
             out.extend(self._verify(seq, logits[rows[id(seq)]]))
         for seq in ran:
@@ -239,17 +243,20 @@ class LLMEngine:
         to the next row while the token taken is the draft's (that row saw it as input).
 
         Every token is picked from its own row with the sequence's sampling, grammar and
-        generator, so the output is exactly that of decoding without a draft."""
+        generator, so the output is exactly that of decoding without a draft; so is its
+        logprob, read from its own row."""
         draft, seq.draft = seq.draft, []
-        greedy = seq.request.params.greedy and seq.grammar is None
+        params = seq.request.params
+        greedy = params.greedy and seq.grammar is None
         picks = logits.argmax(dim=-1).tolist() if greedy else None
+        rows = RowLogprobs(logits, params.logprobs) if params.logprobs is not None else None
         out: Emitted = []
         accepted = produced = 0
         for i in range(len(draft) + 1):
             token = picks[i] if picks is not None else self._sample([seq], logits[i:i + 1])[0]
             if token is None:
                 return out + [self._fail(seq)]
-            out += self._append(seq, token)
+            out += self._append(seq, token, rows.of(i, token, params.logprobs) if rows else None)
             produced += 1
             if seq.status is SeqStatus.FINISHED or i == len(draft) or token != draft[i]:
                 break
@@ -353,7 +360,10 @@ class LLMEngine:
     def _can_pin(self, new_blocks: int) -> bool:
         return self.offload.can_pin(new_blocks) if self.offload else self.radix.pins.can_pin(new_blocks)
 
-    def _append(self, seq: Sequence, token: int) -> Emitted:
+    def _append(self, seq: Sequence, token: int, logprob: TokenLogprob | None = None) -> Emitted:
+        """Add a sampled token (and its logprob, for a request that asks) to ``seq``."""
+        if logprob is not None:
+            seq.unsent_logprobs.append(logprob)
         try:
             return self._advance(seq, token)
         except Exception:  # a detokenizer or grammar failure is this sequence's alone
@@ -393,7 +403,7 @@ class LLMEngine:
         return seq.grammar.done
 
     def _text(self, seq: Sequence, text: str) -> Emitted:
-        return [(seq.id, TextDelta(text, seq.num_output))] if text else []
+        return [(seq.id, TextDelta(text, seq.num_output, seq.take_logprobs()))] if text else []
 
     def _finish(self, seq: Sequence, reason: StopReason) -> tuple[str, Finished]:
         if seq.request.hold_seconds > 0 and reason is not StopReason.ABORTED:
@@ -406,7 +416,8 @@ class LLMEngine:
         # a reply the guard ended keeps only the tokens before the repeat (what a thread stores)
         kept = seq.output_ids[:seq.detokenizer.kept_tokens]
         return seq.id, Finished(reason, seq.detokenizer.stop_sequence, seq.usage, seq.num_output,
-                                kept, seq.detokenizer.text, seq.reused_prompt_tokens)
+                                kept, seq.detokenizer.text, seq.reused_prompt_tokens,
+                                seq.take_logprobs())
 
 
 FOUR_BIT_TYPES = frozenset({"Q4_0", "Q4_1", "Q4_K"})

@@ -40,11 +40,28 @@ class Started:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability under the model's own distribution (the
+    log-softmax of its logits, before temperature, top-k/top-p or a grammar), and the
+    ``top`` most likely tokens there as (token id, logprob), best first. Reported only for
+    requests whose ``SamplingParams.logprobs`` asks."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
-    """New text; ``output_tokens`` is the cumulative count of generated tokens."""
+    """New text; ``output_tokens`` is the cumulative count of generated tokens.
+
+    ``logprobs``: for a request that asks, those of the tokens generated since the last
+    event that carried some (a token whose text is still held back is reported with the
+    text that follows it, or with ``Finished``)."""
 
     text: str
     output_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,9 @@ class Finished:
     # held for a conversation, or shared with an earlier prompt): what was not prefilled.
     # ``usage`` stays Anthropic's, which counts reads of pinned prefixes only.
     reused_prompt_tokens: int = 0
+    # for a request that asks: logprobs of the tokens no ``TextDelta`` carried (an EOS
+    # token, text held back until the end), so the request's events report each token once
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 EngineEvent = Started | TextDelta | Finished

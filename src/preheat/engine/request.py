@@ -34,6 +34,9 @@ class SamplingParams:
     # llguidance grammar text (Lark, inline %json schemas) the output must match; see grammar.py
     grammar: str | None = None
     distinct_segments: DistinctSegments | None = None
+    # report each generated token's logprob and this many of the most likely tokens beside
+    # it (see output.TokenLogprob); None reports nothing and costs nothing
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:

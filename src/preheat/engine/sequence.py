@@ -9,7 +9,7 @@ import torch
 from preheat.engine.detokenizer import IncrementalDetokenizer
 from preheat.engine.grammar import GrammarState
 from preheat.engine.kv.pin_table import PinEntry
-from preheat.engine.output import CacheUsage
+from preheat.engine.output import CacheUsage, TokenLogprob
 from preheat.engine.request import GenerationRequest
 from preheat.engine.speculative.draft_state import DraftState
 
@@ -43,6 +43,8 @@ class Sequence:
     # beside its last token (see engine/speculative/), and the state they come from
     draft: list[int] = field(default_factory=list)
     drafting: DraftState | None = None
+    # logprobs of generated tokens no event has carried yet (requests that ask for them)
+    unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.request.prompt_ids)
@@ -73,3 +75,10 @@ class Sequence:
     @property
     def output_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens:]
+
+    def take_logprobs(self) -> tuple[TokenLogprob, ...]:
+        """The logprobs no event has carried yet, for the event being made."""
+        if not self.unsent_logprobs:
+            return ()
+        taken, self.unsent_logprobs = tuple(self.unsent_logprobs), []
+        return taken

@@ -33,6 +33,7 @@ from preheat.server.metrics import ServerMetrics
 from preheat.server.middleware import RequestIdMiddleware
 from preheat.server.model_registry import ModelRegistry
 from preheat.server.openai_chat import ChatCompletions
+from preheat.server.openai_completions import Completions
 from preheat.server.openai_errors import openai_error_response, speaks_openai
 from preheat.server.openai_responses import MAX_LIST_LIMIT, Responses
 from preheat.server.prewarm import Prewarmer
@@ -82,6 +83,7 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
                              thinking=thinking_support(engine.tokenizer, settings))
     auth = Authenticator(settings.api_keys)
     chat = ChatCompletions(service)
+    completions = Completions(service)
     responses = Responses(service, ResponseStore(settings.responses_file,
                                                  settings.response_retention_seconds),
                           hold_seconds=settings.thread_ttl_seconds)
@@ -183,6 +185,14 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
         raw = await _read_body(request, settings.max_request_bytes)
         response = await chat.create(raw, namespace, request.state.request_id,
                                      request.is_disconnected, request.state.record)
+        return Response(status_code=CLIENT_CLOSED) if response is None else response
+
+    @app.post("/v1/completions")
+    async def create_completion(request: Request) -> Response:
+        namespace = auth.namespace(request.headers)
+        raw = await _read_body(request, settings.max_request_bytes)
+        response = await completions.create(raw, namespace, request.state.request_id,
+                                            request.is_disconnected, request.state.record)
         return Response(status_code=CLIENT_CLOSED) if response is None else response
 
     @app.post("/v1/responses")

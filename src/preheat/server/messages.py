@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 
 from preheat.engine import EngineError, GenerationRequest, SamplingParams
-from preheat.server.cache_policy import CachePolicy
+from preheat.server.cache_policy import CachePolicy, Mark
 from preheat.server.context_edits import EditedRequest, apply_edits
 from preheat.server.diagnostics import DiagnosticsStore, message_digests
 from preheat.server.documents import DocumentReader
@@ -23,7 +23,8 @@ from preheat.server.held_history import HeldHistory
 from preheat.server.model_input import model_input
 from preheat.server.model_registry import ModelRegistry
 from preheat.server.output_grammar import FREE_TEXT, OutputPlan, plan_output
-from preheat.server.prompt_builder import BuiltPrompt, build_prompt, continue_prompt
+from preheat.server.prompt_builder import (BuiltPrompt, ChatTurn, PromptBlock, build_prompt,
+                                           continue_prompt)
 from preheat.server.protocol import MessageResponse, MessagesRequest, PromptRequest, TokenCount
 from preheat.server.reasoning import PLAIN, GenerationPrompt, ThinkingSupport
 from preheat.server.reply import Reply
@@ -234,6 +235,29 @@ class MessageService:
         return PreparedMessage(message_id, request_id, namespace, self.registry.model_id, body,
                                prompt, output, self.tool_form, generation, turn, record,
                                thinking=thinking)
+
+    async def prepare_raw(self, model: str, token_ids: list[int], text: str,
+                          params: SamplingParams, namespace: str, request_id: str,
+                          record: RequestRecord | None = None, *,
+                          stream: bool = False) -> PreparedMessage:
+        """Prepare a prompt sent as it is, with no chat template, tools or grammar (OpenAI's
+        legacy completions): ``token_ids`` are the prompt, ``text`` what they say. It is
+        cached as the Chat Completions API caches a prompt, with a ``5m`` breakpoint at its
+        end, and its reply is one text block."""
+        if record is not None:
+            record.identify(namespace, model, self.registry.served(model), stream)
+        self.registry.resolve(model)
+        body = MessagesRequest.model_construct(model=model, messages=[], stream=stream,
+                                               max_tokens=params.max_tokens)
+        prompt = BuiltPrompt(text, list(token_ids), [PromptBlock("messages", len(token_ids), None)],
+                             tools_text="", tool_choice_text="", system_text="",
+                             turns=[ChatTurn("prompt", text)], prefill=False)
+        message_id = new_message_id()
+        generation = GenerationRequest(prompt.token_ids, params, namespace,
+                                       self.policy.to_engine([Mark(len(token_ids), "5m")]),
+                                       message_id)
+        return PreparedMessage(message_id, request_id, namespace, self.registry.model_id, body,
+                               prompt, FREE_TEXT, self.tool_form, generation, record=record)
 
     def _thinking_reply(self, body: MessagesRequest, prompt: BuiltPrompt,
                         output: OutputPlan) -> ThinkingReply | None:

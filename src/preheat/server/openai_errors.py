@@ -1,10 +1,11 @@
 """OpenAI's error shape, for the OpenAI-compatible paths: ``{"error": {message, type, param,
 code}}``.
 
-The server raises the same ``APIError``s everywhere; on ``/v1/chat/...`` and
-``/v1/responses...`` they are written the way the ``openai`` SDK reads them. Statuses stay the same except overload: Anthropic's
-529 becomes 503, which OpenAI clients know as "try again" (the SDK retries it, honouring
-``retry-after``) without mistaking it for their account's rate limit, as 429 would say.
+The server raises the same ``APIError``s everywhere; on ``/v1/chat/...``,
+``/v1/completions`` and ``/v1/responses...`` they are written the way the ``openai`` SDK
+reads them. Statuses stay the same except overload: Anthropic's 529 becomes 503, which
+OpenAI clients know as "try again" (the SDK retries it, honouring ``retry-after``) without
+mistaking it for their account's rate limit, as 429 would say.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from starlette.responses import JSONResponse
 
 from preheat.server.errors import APIError, InvalidRequestError, NotFoundError, OverloadedError
 
-OPENAI_PATH_PREFIXES = ("/v1/chat/", "/v1/responses")
+OPENAI_PATH_PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/responses")
 SERVICE_UNAVAILABLE = 503
 # OpenAI's codes where the status alone says which one applies.
 _CODES_BY_STATUS = {401: "invalid_api_key"}

@@ -1,7 +1,8 @@
 """The one reply pipeline: an admitted request's engine events -> ``ReplyEvent``s.
 
 Every API renders the same ``Reply``: the Anthropic SSE writer (``message_sse.py``), the
-whole Message (``whole_reply.py``) and OpenAI's chunks (``openai_chat.py``). The reply
+whole Message (``whole_reply.py``), OpenAI's chunks (``openai_chat.py``) and its legacy
+text completions (``openai_completions.py``). The reply
 owns what they must not each get right on their own: the heartbeat, the prompt
 accounting and cache diagnostics of its start, parsing text into blocks, the stop
 reason, mapping every failure to an ``APIError``, aborting the engine's work when the
@@ -14,12 +15,12 @@ from contextlib import aclosing
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from preheat.engine import EngineError, Finished, Started, StopReason, TextDelta
+from preheat.engine import EngineError, Finished, Started, StopReason, TextDelta, TokenLogprob
 from preheat.server.diagnostics import DiagnosticsStore, Fingerprint
 from preheat.server.errors import APIError, InternalError, from_engine_error
 from preheat.server.heartbeat import with_heartbeat
 from preheat.server.protocol import MessageResponse
-from preheat.server.reply_events import Closed, Opened, Ping, ReplyEvent
+from preheat.server.reply_events import Closed, Opened, Ping, ReplyEvent, TokenLogprobs
 from preheat.server.reply_parser import ReplyParser
 from preheat.server.thinking_parser import ThinkingReplyParser
 
@@ -96,6 +97,7 @@ class Reply:
         parser = prepared.reply_parser()
         streamed = prepared.body.stream and not prepared.is_prewarm
         opened: MessageResponse | None = None
+        logprobs: list[TokenLogprob] = []  # every token's so far, for a request that asks
         async with aclosing(with_heartbeat(self._stream, self._heartbeat)) as events:
             async for event in events:
                 if event is None:
@@ -107,16 +109,22 @@ class Reply:
                         for block in parser.begin():
                             yield block
                 elif isinstance(event, TextDelta):
+                    logprobs += event.logprobs
+                    if streamed and event.logprobs:
+                        yield TokenLogprobs(event.logprobs)
                     for block in parser.feed(event.text) if streamed else ():
                         yield block
                 elif isinstance(event, Finished):
                     self._finished = event
+                    logprobs += event.logprobs
                     closing = [] if prepared.is_prewarm else [
                         *(() if streamed else parser.feed(event.text)), *parser.finish()]
                     final = self._final(opened, event, parser)  # raises if aborted
+                    if streamed and event.logprobs:
+                        yield TokenLogprobs(event.logprobs)
                     for block in closing:
                         yield block
-                    yield Closed(final, event)
+                    yield Closed(final, event, tuple(logprobs))
                     self._delivered = final  # the consumer asked for more: it has the message
                     return
         raise InternalError("the engine ended the request without finishing it")

@@ -2,14 +2,16 @@
 
 A reply is ``Opened``, then block events (``BlockStart``, ``TextPiece``, ``JsonPiece``,
 ``BlockStop``, from ``reply_parser.py``) with ``Ping`` wherever the engine is quiet for a
-heartbeat, then ``Closed``. A renderer writes them in its API's shape: Anthropic's SSE
-events, a whole Message, OpenAI's chunks. Failures are raised as ``APIError``s.
+heartbeat, then ``Closed``. A streamed request that asks for logprobs also gets
+``TokenLogprobs`` before the text of the tokens they report. A renderer writes them in its
+API's shape: Anthropic's SSE events, a whole Message, OpenAI's chunks. Failures are raised
+as ``APIError``s.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from preheat.engine import Finished
+from preheat.engine import Finished, TokenLogprob
 from preheat.server.protocol import MessageResponse
 from preheat.server.reply_parser import BlockEvent
 
@@ -37,6 +39,16 @@ class Closed:
 
     message: MessageResponse
     finished: Finished
+    logprobs: tuple[TokenLogprob, ...] = ()  # every generated token's, if the request asked
 
 
-ReplyEvent = Ping | Opened | BlockEvent | Closed
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Logprobs of tokens generated since the last ones, before the text they wrote (a
+    streamed request that asks for logprobs; the last ones may come with no text after
+    them, before ``Closed``)."""
+
+    logprobs: tuple[TokenLogprob, ...]
+
+
+ReplyEvent = Ping | Opened | TokenLogprobs | BlockEvent | Closed
