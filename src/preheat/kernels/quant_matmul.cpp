@@ -1,5 +1,6 @@
 // y = x @ W.T for weights quantized per group of 32 inputs as w = d * code + m, with
-// 4-bit codes 0..15 (GGUF's Q4_1) or 8-bit codes 0..255 (GGUF's Q8_0, shifted: m = -128 d).
+// 4-bit codes 0..15 (GGUF's Q4_1) or 8-bit codes 0..255 (GGUF's Q8_0, shifted: m = -128 d),
+// d and m per group (or per 16 inputs, as GGUF's Q6_K needs; see gguf_repack.py).
 // The activations are rounded to int16 per group of 32 (scale = max |x| / 32767), so the
 // inner product is an exact integer one on AVX-512 VNNI (32 multiply-adds per instruction)
 // and the result stays within float rounding of the float product with the same weights.
@@ -15,7 +16,11 @@
 //     of output row l at inputs 8p + kk (low nibble) and 8p + 4 + kk (high nibble);
 //   8-bit codes [tiles, groups, 8, 64] uint8: byte (l * 4 + kk) of chunk j holds the code
 //     of output row l at input 4j + kk;
-//   scale and min [tiles, groups, 16] float16.
+//   scale and min, one of (chosen from their dtype and shape):
+//     [tiles, groups, 16] float16: one pair per group (preheat's own Q4_1/Q8_0 packing);
+//     [tiles, groups, 16] float32: the same, for GGUF scales fp16 cannot hold (Q4_K's d * s_j);
+//     [tiles, groups, 2, 16] float32: a pair per 16 inputs (GGUF's Q6_K): element [g, h, l]
+//       serves row l at inputs g * 32 + 16h .. + 15. The activations' int16 scale stays per 32.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -33,15 +38,20 @@ constexpr int64_t kMaxRows = 8;       // activation rows per register block
 constexpr float kActMax = 32767.f;    // activations become int16: near-exact, unlike int8
 constexpr float kTiny = 1e-30f;
 
+// How scale and min are stored: per group of 32 as float16 or float32, or per 16 as float32.
+enum class Scales { kHalf, kFloat, kFloatHalves };
+
 struct QuantizedRows {
   std::vector<int16_t> codes;  // [rows, in], each quad stored as inputs 0, 2, 1, 3
   std::vector<float> scale;    // [rows, groups]: x ~= scale * code
   std::vector<float> sum;      // [rows, groups]: scale * sum of the group's codes
+  std::vector<float> sum16;    // [rows, groups, 2]: the same per 16 inputs (kFloatHalves only)
 };
 
-QuantizedRows quantize_rows(const float* x, int64_t rows, int64_t in) {
+QuantizedRows quantize_rows(const float* x, int64_t rows, int64_t in, bool halves) {
   const int64_t n = rows * in / kGroup;
-  QuantizedRows q{std::vector<int16_t>(rows * in), std::vector<float>(n), std::vector<float>(n)};
+  QuantizedRows q{std::vector<int16_t>(rows * in), std::vector<float>(n), std::vector<float>(n),
+                  std::vector<float>(halves ? 2 * n : 0)};
   // Pairs (0, 2) and (1, 3) of each quad meet the weight words that VNNI pairs up.
   const __m512i quad_order = _mm512_setr_epi32(0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15);
   for (int64_t r = 0; r < n; ++r) {
@@ -57,20 +67,34 @@ QuantizedRows quantize_rows(const float* x, int64_t rows, int64_t in) {
     _mm256_storeu_si256(dst + 1, _mm512_cvtsepi32_epi16(_mm512_permutexvar_epi32(quad_order, cb)));
     q.scale[r] = amax > kTiny ? amax / kActMax : 0.f;
     q.sum[r] = q.scale[r] * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(ca, cb)));
+    if (halves) {  // ca holds inputs 0..15, cb 16..31: the halves a per-16 min multiplies
+      q.sum16[2 * r] = q.scale[r] * static_cast<float>(_mm512_reduce_add_epi32(ca));
+      q.sum16[2 * r + 1] = q.scale[r] * static_cast<float>(_mm512_reduce_add_epi32(cb));
+    }
   }
   return q;
 }
 
 struct TileArgs {
   const uint8_t* codes;    // this tile's [groups, 64 * bits]
-  const uint16_t* scale;   // this tile's [groups, 16] float16 bits
-  const uint16_t* min;
+  const void* scale;       // this tile's [groups, 16] (fp16 or fp32) or [groups, 2, 16] (fp32)
+  const void* min;
   const int16_t* x;        // first activation row of the block
   const float* x_scale;    // [rows, groups]
-  const float* x_sum;
+  const float* x_sum;      // [rows, groups], or [rows, groups, 2] for kFloatHalves
   float* y;                // y[0, tile * 16]
   int64_t groups, in, out;
 };
+
+// The 16 rows' scales (or mins) at vector index i: group i, or half i % 2 of group i / 2.
+template <Scales S>
+__m512 load_scales(const void* p, int64_t i) {
+  if constexpr (S == Scales::kHalf) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(static_cast<const __m256i*>(p) + i));
+  } else {
+    return _mm512_loadu_ps(static_cast<const float*>(p) + i * kTile);
+  }
+}
 
 // The codes of one tile and group as 8 registers; register j pairs with inputs 4j..4j+3.
 template <int Bits>
@@ -87,50 +111,78 @@ void load_codes(const uint8_t* src, __m512i* w) {
   }
 }
 
-template <int Bits, int Rows>
+template <int Bits, int Rows, Scales S>
 void tile_block(const TileArgs& a) {
+  // A scale and min per 16 inputs split each group's dot product in two halves of 4 quads.
+  constexpr int kParts = S == Scales::kFloatHalves ? 2 : 1;
+  constexpr int kQuads = 8 / kParts;
   __m512 acc[Rows];
   for (int i = 0; i < Rows; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < a.groups; ++g) {
     __m512i w[8];
     load_codes<Bits>(a.codes + g * Bits * 64, w);
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scale + g * kTile)));
-    const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.min + g * kTile)));
-    __m512i dot[Rows];
-    for (int i = 0; i < Rows; ++i) dot[i] = _mm512_setzero_si512();
-    const __m512i low_bytes = _mm512_set1_epi32(0x00FF00FF);
-    for (int j = 0; j < 8; ++j) {
-      // Widen lane l's codes at inputs 4j + (0, 2) and 4j + (1, 3) to int16 pairs.
-      const __m512i even = _mm512_and_si512(w[j], low_bytes);
-      const __m512i odd = _mm512_srli_epi16(w[j], 8);
-      for (int i = 0; i < Rows; ++i) {
-        const auto* xq = reinterpret_cast<const int32_t*>(a.x + i * a.in + g * kGroup + 4 * j);
-        dot[i] = _mm512_dpwssd_epi32(dot[i], even, _mm512_set1_epi32(xq[0]));
-        dot[i] = _mm512_dpwssd_epi32(dot[i], odd, _mm512_set1_epi32(xq[1]));
+    for (int part = 0; part < kParts; ++part) {
+      const __m512 d = load_scales<S>(a.scale, g * kParts + part);
+      const __m512 m = load_scales<S>(a.min, g * kParts + part);
+      __m512i dot[Rows];
+      for (int i = 0; i < Rows; ++i) dot[i] = _mm512_setzero_si512();
+      const __m512i low_bytes = _mm512_set1_epi32(0x00FF00FF);
+      for (int j = part * kQuads; j < (part + 1) * kQuads; ++j) {
+        // Widen lane l's codes at inputs 4j + (0, 2) and 4j + (1, 3) to int16 pairs.
+        const __m512i even = _mm512_and_si512(w[j], low_bytes);
+        const __m512i odd = _mm512_srli_epi16(w[j], 8);
+        for (int i = 0; i < Rows; ++i) {
+          const auto* xq = reinterpret_cast<const int32_t*>(a.x + i * a.in + g * kGroup + 4 * j);
+          dot[i] = _mm512_dpwssd_epi32(dot[i], even, _mm512_set1_epi32(xq[0]));
+          dot[i] = _mm512_dpwssd_epi32(dot[i], odd, _mm512_set1_epi32(xq[1]));
+        }
       }
-    }
-    for (int i = 0; i < Rows; ++i) {
-      const int64_t r = i * a.groups + g;
-      // sum_k (d c_k + m) s x_k = d s (c . x) + m (s sum_k x_k)
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i]), _mm512_mul_ps(d, _mm512_set1_ps(a.x_scale[r])), acc[i]);
-      acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.x_sum[r]), acc[i]);
+      for (int i = 0; i < Rows; ++i) {
+        const int64_t r = i * a.groups + g;
+        // sum_k (d c_k + m) s x_k = d s (c . x) + m (s sum_k x_k)
+        const __m512 ds = _mm512_mul_ps(d, _mm512_set1_ps(a.x_scale[r]));
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i]), ds, acc[i]);
+        acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.x_sum[r * kParts + part]), acc[i]);
+      }
     }
   }
   for (int i = 0; i < Rows; ++i) _mm512_storeu_ps(a.y + i * a.out, acc[i]);
 }
 
-template <int Bits>
+template <int Bits, Scales S>
 void run_block(int64_t rows, const TileArgs& a) {
   switch (rows) {
-    case 1: return tile_block<Bits, 1>(a);
-    case 2: return tile_block<Bits, 2>(a);
-    case 3: return tile_block<Bits, 3>(a);
-    case 4: return tile_block<Bits, 4>(a);
-    case 5: return tile_block<Bits, 5>(a);
-    case 6: return tile_block<Bits, 6>(a);
-    case 7: return tile_block<Bits, 7>(a);
-    default: return tile_block<Bits, 8>(a);
+    case 1: return tile_block<Bits, 1, S>(a);
+    case 2: return tile_block<Bits, 2, S>(a);
+    case 3: return tile_block<Bits, 3, S>(a);
+    case 4: return tile_block<Bits, 4, S>(a);
+    case 5: return tile_block<Bits, 5, S>(a);
+    case 6: return tile_block<Bits, 6, S>(a);
+    case 7: return tile_block<Bits, 7, S>(a);
+    default: return tile_block<Bits, 8, S>(a);
   }
+}
+
+template <Scales S>
+void run_block(int64_t bits, int64_t rows, const TileArgs& a) {
+  bits == 8 ? run_block<8, S>(rows, a) : run_block<4, S>(rows, a);
+}
+
+// The scale/min format from the tensors' dtype and shape (see the header).
+Scales scale_format(const at::Tensor& scale, const at::Tensor& min, int64_t tiles, int64_t groups) {
+  TORCH_CHECK(scale.scalar_type() == min.scalar_type() && scale.sizes() == min.sizes(),
+              "scale and min must have the same dtype and shape");
+  TORCH_CHECK(scale.is_contiguous() && min.is_contiguous(), "scale and min must be contiguous");
+  const bool per_group = scale.dim() == 3 && scale.size(0) == tiles && scale.size(1) == groups &&
+                         scale.size(2) == kTile;
+  const bool per_16 = scale.dim() == 4 && scale.size(0) == tiles && scale.size(1) == groups &&
+                      scale.size(2) == 2 && scale.size(3) == kTile;
+  if (per_group && scale.scalar_type() == at::kHalf) return Scales::kHalf;
+  if (per_group && scale.scalar_type() == at::kFloat) return Scales::kFloat;
+  TORCH_CHECK(per_16 && scale.scalar_type() == at::kFloat,
+              "scale and min must be [tiles, groups, 16] float16 or float32, "
+              "or [tiles, groups, 2, 16] float32");
+  return Scales::kFloatHalves;
 }
 
 // x [..., in] of a floating dtype -> [..., out] of the same dtype; computes in float32.
@@ -146,30 +198,33 @@ at::Tensor quant_matmul(const at::Tensor& input, const at::Tensor& codes, const 
   const int64_t bits = codes.size(2) / 64;
   const int64_t rows = x.size(0), in = x.size(1), tiles = codes.size(0), groups = codes.size(1);
   TORCH_CHECK(in == groups * kGroup, "x has ", in, " inputs, the weights ", groups * kGroup);
-  for (const at::Tensor* t : {&scale, &min}) {
-    TORCH_CHECK(t->scalar_type() == at::kHalf && t->is_contiguous() && t->dim() == 3 &&
-                    t->size(0) == tiles && t->size(1) == groups && t->size(2) == kTile,
-                "scale and min must be [tiles, groups, 16] float16");
-  }
+  const Scales format = scale_format(scale, min, tiles, groups);
+  const int64_t parts = format == Scales::kFloatHalves ? 2 : 1;
   const int64_t out = tiles * kTile;
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
   shape.back() = out;
   at::Tensor y = at::empty({rows, out}, x.options());
   if (rows == 0) return y.view(shape).to(input.scalar_type());
-  const QuantizedRows q = quantize_rows(x.data_ptr<float>(), rows, in);
+  const QuantizedRows q = quantize_rows(x.data_ptr<float>(), rows, in, format == Scales::kFloatHalves);
+  const float* x_sum = format == Scales::kFloatHalves ? q.sum16.data() : q.sum.data();
   const auto* codes_p = codes.data_ptr<uint8_t>();
-  const auto* scale_p = static_cast<const uint16_t*>(scale.data_ptr());
-  const auto* min_p = static_cast<const uint16_t*>(min.data_ptr());
+  const auto* scale_p = static_cast<const uint8_t*>(scale.data_ptr());
+  const auto* min_p = static_cast<const uint8_t*>(min.data_ptr());
+  const int64_t tile_scales = groups * parts * kTile * scale.element_size();  // bytes of a tile's scales
   float* y_p = y.data_ptr<float>();
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows) {
-        const TileArgs a{codes_p + t * groups * bits * 64, scale_p + t * groups * kTile,
-                         min_p + t * groups * kTile, q.codes.data() + r0 * in,
-                         q.scale.data() + r0 * groups, q.sum.data() + r0 * groups,
+        const TileArgs a{codes_p + t * groups * bits * 64, scale_p + t * tile_scales,
+                         min_p + t * tile_scales, q.codes.data() + r0 * in,
+                         q.scale.data() + r0 * groups, x_sum + r0 * groups * parts,
                          y_p + r0 * out + t * kTile, groups, in, out};
         const int64_t n = std::min(kMaxRows, rows - r0);
-        bits == 8 ? run_block<8>(n, a) : run_block<4>(n, a);
+        switch (format) {
+          case Scales::kHalf: run_block<Scales::kHalf>(bits, n, a); break;
+          case Scales::kFloat: run_block<Scales::kFloat>(bits, n, a); break;
+          case Scales::kFloatHalves: run_block<Scales::kFloatHalves>(bits, n, a); break;
+        }
       }
     }
   });

@@ -5,6 +5,9 @@ rows cost three times one row, which caps batched decoding. This kernel multipli
 (Q4_1) or 8-bit (Q8_0) weight codes by activations rounded to int16 per group of 32,
 as exact integer dot products on AVX-512 VNNI, so a batch of decode rows costs little
 more than one, and results stay within float rounding of the dequantized model.
+``pack`` quantizes float weights into that form; ``gguf_repack.repack`` moves a GGUF
+file's own blocks (Q4_0 ... Q6_K, IQ4) into it without changing a weight, using float32
+scales, or a scale per 16 inputs, where the file's need them.
 
 It needs a CPU with AVX-512 VNNI and a C++ compiler (ninja comes with preheat). Where
 either is missing, ``load_quant_kernel`` says so once and returns False, and callers use
@@ -31,11 +34,12 @@ _FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512v
 
 @dataclass
 class PackedWeight:
-    """A weight [out, in] in the kernel's layout (see quant_matmul.cpp's header)."""
+    """A weight [out, in] in the kernel's layout (see quant_matmul.cpp's header):
+    w = scale * code + min, a scale and min per 32 inputs, or per 16 ([..., 2, 16])."""
 
-    codes: torch.Tensor  # [out / 16, in / 32, 64 * bits] uint8
-    scale: torch.Tensor  # [out / 16, in / 32, 16] float16
-    min: torch.Tensor  # [out / 16, in / 32, 16] float16
+    codes: torch.Tensor  # [out / 16, in / 32, 64 * bits] uint8, bits 4 or 8
+    scale: torch.Tensor  # [out / 16, in / 32, 16] float16 or float32, or [out / 16, in / 32, 2, 16] float32
+    min: torch.Tensor  # as scale
 
 
 def cpu_has_vnni() -> bool:
