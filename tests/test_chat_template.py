@@ -8,7 +8,8 @@ from datetime import datetime
 import pytest
 from jinja2.exceptions import SecurityError
 
-from preheat.tokenizer.chat_template import CHATML_TEMPLATE, ChatTemplate, ChatTemplateError
+from preheat.tokenizer.chat_template import ChatTemplate, ChatTemplateError
+from preheat.tokenizer.turn_formats import CHATML as CHATML_TEMPLATE
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},

@@ -65,9 +65,9 @@ def test_greedy_tokens_and_logits_match_transformers(loaded, engine, hf_referenc
 
 
 @pytest.mark.skipif(not load_quant_kernel(), reason="needs preheat's VNNI kernel (AVX-512 VNNI, a compiler)")
-def test_default_int4_gives_the_reference_tokens(loaded, engine, hf_reference):
+def test_default_native_weights_give_the_reference_tokens(loaded, engine, hf_reference):
     default = build_engine(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=4096), loaded=loaded)[0]
-    assert isinstance(default.model.layers[0].qkv, QuantLinear)  # auto chose int4 for Q4_1
+    assert isinstance(default.model.layers[0].attn.qkv, QuantLinear)  # auto kept the Q4_1 codes
     for question in QUESTIONS:
         ids = chat(loaded, question)
         want_ids, _ = reference_greedy(hf_reference, ids, 32)
@@ -80,7 +80,7 @@ def test_default_int4_gives_the_reference_tokens(loaded, engine, hf_reference):
 def test_pytorch_int4_kernel_tracks_the_exact_model(loaded, engine, monkeypatch):
     monkeypatch.setattr(linear, "load_quant_kernel", lambda: False)  # as on CPUs without VNNI
     int4 = build_engine(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=4096, weight_format="int4"), loaded=loaded)[0]
-    assert isinstance(int4.model.layers[0].qkv, Int4Linear)
+    assert isinstance(int4.model.layers[0].attn.qkv, Int4Linear)
     for question in QUESTIONS:
         ids = chat(loaded, question)
         exact, fast = last_logits(engine, ids), last_logits(int4, ids)

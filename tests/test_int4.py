@@ -4,7 +4,6 @@ import torch
 
 import preheat.layers.linear as linear
 from engine_driver import last_logits, run, run_one
-from preheat.engine.llm_engine import resolve_weight_format
 from preheat.engine.request import GenerationRequest, SamplingParams
 from preheat.kernels.quant_matmul import GROUP, load_quant_kernel
 from preheat.layers.linear import Int4Linear, Linear, QuantLinear, quantize_int4
@@ -88,7 +87,7 @@ def q4_1_model() -> dict[str, torch.Tensor]:
 def test_int4_follows_the_dense_model(backend):
     weights = q4_1_model()
     dense, int4 = tiny_engine(weights=weights), tiny_engine(weights=weights, weight_format="int4")
-    assert isinstance(int4.model.layers[0].qkv, QuantLinear if backend == "vnni" else Int4Linear)
+    assert isinstance(int4.model.layers[0].attn.qkv, QuantLinear if backend == "vnni" else Int4Linear)
     for seed in range(3):
         a, b = last_logits(dense, ids(50, seed)), last_logits(int4, ids(50, seed))
         # Only the activations' rounding (int8 or bf16) separates the two.
@@ -96,20 +95,12 @@ def test_int4_follows_the_dense_model(backend):
         assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
 
 
-@pytest.mark.parametrize("requested,weight_type,device,vnni,chosen", [
-    ("auto", "Q4_1", "cpu", True, "int4"),
-    ("auto", "Q4_K", "cpu", True, "int4"),
-    ("auto", "Q4_1", "cpu", False, "dense"),  # PyTorch's kernel only when asked
-    ("auto", "Q8_0", "cpu", True, "dense"),  # int4 would throw away half of its bits
-    ("auto", None, "cpu", True, "dense"),  # a Hugging Face folder of float weights
-    ("auto", "Q4_1", "cuda", True, "dense"),  # int4 is CPU-only
-    ("dense", "Q4_1", "cpu", True, "dense"),
-    ("int4", "F16", "cpu", False, "int4"),
-])
-def test_auto_weight_format(requested, weight_type, device, vnni, chosen):
-    assert resolve_weight_format(requested, weight_type, device, lambda: vnni) == chosen
+def test_auto_keeps_float_weights_dense_and_int4_is_asked_for():
+    cfg = tiny_config()
+    assert tiny_engine(cfg=cfg, weight_format="auto").model.weight_format == "dense"
+    assert tiny_engine(cfg=cfg, weight_format="int4").model.weight_format == "int4"
 
 
 def test_unknown_weight_format_is_refused():
-    with pytest.raises(ValueError, match="'auto', 'dense' or 'int4'"):
-        resolve_weight_format("int3", "Q4_1", "cpu")
+    with pytest.raises(ValueError, match="auto, dense, int4"):
+        tiny_engine(weight_format="int3")

@@ -213,3 +213,54 @@ def test_prefill_bad_inputs_raise(change, message):
     args.update(change(args))
     with pytest.raises(RuntimeError, match=message):
         paged_prefill_attention(*args.values())
+
+
+# ---- sliding windows: a query at position p sees keys p - window < t <= p -------------------
+
+def windowed_reference(q, cache, table, context, window, scale):
+    """A chunk of len(q) queries ending at ``context`` (one query: a decode step), in float64."""
+    n, heads, head_dim = q.shape
+    k, v = (cache[i][table].reshape(-1, cache.shape[3], head_dim)[:context].double() for i in (0, 1))
+    k, v = (x.repeat_interleave(heads // cache.shape[3], dim=1) for x in (k, v))
+    scores = torch.einsum("nhd,thd->hnt", q.double(), k) * scale
+    key, query = torch.arange(context)[None, :], torch.arange(context - n, context)[:, None]
+    scores = scores.masked_fill((key > query) | (key <= query - window), float("-inf"))
+    return torch.einsum("hnt,thd->nhd", scores.softmax(-1), v).float()
+
+
+@pytest.mark.parametrize("window", [1, 16, 100, 512, 5000])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_windowed_decode_matches_reference(window, dtype):
+    q, cache, tables, lengths = make_case(LENGTHS, dtype=dtype)
+    got = paged_decode_attention(q, cache[0], cache[1], tables, lengths, 0.1, window)
+    for b, n in enumerate(lengths.tolist()):
+        want = windowed_reference(q[b:b + 1], cache, tables[b], n, window, 0.1)[0]
+        torch.testing.assert_close(got[b], want, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("window", [1, 7, 16, 100, 512])
+@pytest.mark.parametrize("head_dim", [64, 256])
+def test_windowed_prefill_matches_reference(window, head_dim):
+    for n, context in PREFILL_SHAPES:
+        q, cache, table, context = prefill_case(n, context, head_dim=head_dim, heads=4, kv_heads=1)
+        got = paged_prefill_attention(q, cache[0], cache[1], table, context, 0.0625, window)
+        want = windowed_reference(q, cache, table, context, window, 0.0625)
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+
+
+def test_windowed_layer_paths_agree(monkeypatch):
+    """The kernel and the gathered SDPA path (GPUs, CPUs without AVX-512) give the same
+    windowed attention, decode and prefill."""
+    variant = attention.AttentionVariant(0.05, 40)
+    q, cache, tables, lengths = make_case([3, 40, 41, 600])
+    batch = DecodeBatch(tables, lengths, block_size=16)
+    pq, pcache, table, context = prefill_case(30, 500, dtype=torch.float32)
+    rows = pcache.view(2, -1, *pcache.shape[-2:])
+    positions = torch.arange(context - 30, context)
+    k, v = (rows[i][table[positions // 16] * 16 + positions % 16] for i in (0, 1))
+    chunk = PrefillSlice(0, 30, context, table)
+    fast = attention._decode(q, cache, batch, variant), attention._prefill(pq, k, v, pcache, chunk, variant)
+    monkeypatch.setattr(kernel, "supports", lambda kv_cache: False)
+    slow = attention._decode(q, cache, batch, variant), attention._prefill(pq, k, v, pcache, chunk, variant)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -1,4 +1,5 @@
-"""A tiny random-weight Llama and a byte tokenizer, built in-process for fast unit tests."""
+"""A tiny random-weight model (a Llama unless the config names another family) and a byte
+tokenizer, built in-process for fast unit tests."""
 from __future__ import annotations
 
 import llguidance
@@ -6,8 +7,8 @@ import torch
 
 from preheat.config import EngineConfig
 from preheat.engine.llm_engine import LLMEngine
+from preheat.models import registry
 from preheat.models.config import ModelConfig
-from preheat.models.llama import LlamaModel
 
 EOS = 256
 
@@ -82,8 +83,9 @@ def tiny_engine(clock=None, cfg: ModelConfig | None = None, weights: dict[str, t
     """``model_digest`` turns on the disk tier (``kv_disk_dir`` in ``config`` says where);
     ``arrivals`` (an InteractiveArrivals) lets interactive requests stop steps of batch work."""
     cfg = cfg or tiny_config()
-    model = LlamaModel(cfg, weights or tiny_weights(cfg), torch.device("cpu"), torch.float32,
-                       config.get("weight_format", "dense"))
+    family = registry.load(registry.by_name(cfg.family))
+    model = family.build(cfg, weights or tiny_weights(cfg), torch.device("cpu"), torch.float32,
+                         config.get("weight_format", "dense"))
     econf = EngineConfig(**{"block_size": 4, "kv_cache_tokens": 4096, "max_step_tokens": 64, **config})
     kwargs = {"clock": clock} if clock else {}
     return LLMEngine(model, ByteTokenizer(), econf, model_digest=model_digest,

@@ -22,9 +22,11 @@ from preheat.cache_dir import resolve_cache_dir
 from preheat.client.bench.command import add_bench_parser
 from preheat.client.chat.command import add_chat_parser
 from preheat.config import EngineConfig
+from preheat.loader.errors import ModelNotFoundError, UnsupportedModelError
 from preheat.server.settings import ServerSettings
 
 log = logging.getLogger("preheat")
+MODEL_ERROR_STATUS = 2  # a model preheat cannot run: as argparse's status for bad arguments
 
 ENV_PREFIX = "PREHEAT_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -85,12 +87,15 @@ def _field_converter(hint) -> Callable:
 
 ENGINE_HELP = {
     "model": "a .gguf file or Hugging Face folder (default: the embedded SmolLM2)",
+    "chat_template": "a Jinja chat template file to use instead of the model's own (or, for a "
+                     "model that ships none, instead of its family's turn format)",
     "device": "torch device",
     "dtype": "weight and activation dtype (the KV cache's is --kv-dtype)",
-    "weight_format": "dense (exact), int4 (4-bit decoder weights: fast on CPU) or auto (int4 "
-                     "for a 4-bit GGUF on a CPU with AVX-512 VNNI, else dense)",
+    "weight_format": "auto (a GGUF's quantized weights run as the file has them, on a CPU with "
+                     "AVX-512 VNNI; float weights as --dtype), dense (every weight as --dtype: "
+                     "the exact reference) or int4 (lossy: re-quantizes every matmul to 4 bits)",
     "kv_dtype": "KV cache dtype: float32, float16 (half the memory and bandwidth), bfloat16 or "
-                "auto (float16 with int4 weights, else --dtype: dense stays exact)",
+                "auto (float16 with quantized weights, else --dtype: dense stays exact)",
     "block_size": "tokens per KV cache block",
     "kv_cache_tokens": "KV cache pool size in tokens (default: a share of free memory)",
     "kv_cache_bytes": "KV cache pool size in bytes (instead of --kv-cache-tokens)",
@@ -115,7 +120,8 @@ ENGINE_HELP = {
     "max_pinned_fraction": "share of the KV pool that pinned prefixes may hold in RAM (the "
                            "least recently used beyond it live on in the disk tier)",
     "context_window": "context window in tokens (default: the model's)",
-    "cache_dir": "where converted weights are cached (default: the user cache dir)",
+    "cache_dir": "where file hashes, the KV disk tier and the stores live (default: the user "
+                 "cache dir)",
     "num_threads": "torch CPU threads (default: torch's choice)",
 }
 
@@ -269,10 +275,14 @@ def serve(args: argparse.Namespace) -> int:
                              "pip install 'preheat[ray]'") from None
         return serve_on_ray(settings, engine_config(args), scale_config(args), args.log_level)
     config = engine_config(args)
+    check_model(config)
     try:
         engine = (EngineProcess.start(config, args.log_level, restart=args.engine_restart)
                   if args.engine_process else _engine_on_a_thread(config))
     except EngineStartError as err:
+        if err.model_error:
+            print(f"preheat: {err}", file=sys.stderr)
+            return MODEL_ERROR_STATUS
         raise SystemExit(f"preheat: the engine could not start: {err}") from None
     server: GracefulServer | None = None
     try:
@@ -361,7 +371,9 @@ async def _generate(args: argparse.Namespace) -> None:
     from preheat.server.prompt_builder import build_prompt
     from preheat.server.protocol import PromptRequest
 
-    engine = AsyncEngine.from_config(engine_config(args))
+    config = engine_config(args)
+    check_model(config)
+    engine = AsyncEngine.from_config(config)
     try:
         body = PromptRequest.model_validate({
             "model": engine.model_id, "system": args.system,
@@ -391,11 +403,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_model(config: EngineConfig) -> None:
+    """A model or chat template preheat cannot use is one line and status 2 (``main``), before
+    any process starts; torch-free, so the API process stays so."""
+    from preheat.loader.model_check import check_model as check
+
+    check(config.model)
+    if config.chat_template is not None and not Path(config.chat_template).is_file():
+        raise ModelNotFoundError(f"--chat-template {config.chat_template}: no such file")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ModelNotFoundError, UnsupportedModelError) as err:
+        print(f"preheat: {err}", file=sys.stderr)
+        return MODEL_ERROR_STATUS
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 @dataclass
 class EngineConfig:
     model: str | None = None  # None = embedded SmolLM2; else a .gguf path or an HF folder
+    chat_template: Path | None = None  # a Jinja file used instead of the model's chat template
     device: str = "cpu"
     dtype: str = "float32"
     # "dense" (exact), "int4" (4-bit decoder weights: fast CPU decode) or "auto": int4 on a
@@ -39,5 +40,5 @@ class EngineConfig:
     max_waiting: int = 256  # queued requests before new ones are refused as overloaded
     max_pinned_fraction: float = 0.75  # share of the pool that pinned prefixes may hold
     context_window: int | None = None  # None = the model's own
-    cache_dir: Path | None = None  # converted-weights cache; None = user cache dir
+    cache_dir: Path | None = None  # file hashes, the KV disk tier, stores; None = user cache dir
     num_threads: int | None = None  # torch intra-op threads; None = torch's default

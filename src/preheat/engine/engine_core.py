@@ -13,6 +13,7 @@ import logging
 import signal
 from multiprocessing.connection import Connection
 
+from preheat.loader.errors import ModelNotFoundError, UnsupportedModelError
 from preheat.config import EngineConfig
 from preheat.engine.errors import EngineError
 from preheat.engine.interactive_arrivals import InteractiveArrivals
@@ -39,6 +40,10 @@ def run_engine_core(config: EngineConfig, conn: Connection, log_level: str = "IN
                         format="%(asctime)s %(levelname)s %(name)s[core]: %(message)s")
     try:
         engine, model_id = build_engine(config, arrivals=arrivals)
+    except (ModelNotFoundError, UnsupportedModelError) as exc:  # one line, no traceback
+        log.error("%s", exc)
+        conn.send(StartFailed(str(exc), model_error=True))
+        return
     except Exception as exc:  # reported to the API process, which exits with it
         log.exception("the engine could not start")
         conn.send(StartFailed(f"{type(exc).__name__}: {exc}"))

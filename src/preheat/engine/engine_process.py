@@ -39,6 +39,10 @@ _JOIN_SECONDS = 15.0
 class EngineStartError(RuntimeError):
     """The engine process could not load the model (the message says why)."""
 
+    def __init__(self, message: str, model_error: bool = False):
+        super().__init__(message)
+        self.model_error = model_error  # the model cannot run here, as opposed to a crash
+
 
 _Core = tuple[multiprocessing.process.BaseProcess, Connection, Ready]
 
@@ -73,7 +77,7 @@ def _await_ready(process: multiprocessing.process.BaseProcess, conn: Connection)
         raise EngineStartError(f"the engine process exited (code {process.exitcode})") from None
     if isinstance(first, StartFailed):
         process.join(_JOIN_SECONDS)
-        raise EngineStartError(first.message)
+        raise EngineStartError(first.message, first.model_error)
     return first
 
 
@@ -124,7 +128,7 @@ class EngineProcess:
         arrivals = InteractiveArrivals()
         process, conn = _spawn_core(config, log_level, arrivals)
         try:  # while the core loads the model
-            tokenizer: Tokenizer | None = load_tokenizer(config.model)
+            tokenizer: Tokenizer | None = load_tokenizer(config.model, config.chat_template)
         except Exception:  # the core reports what is wrong with the model
             tokenizer = None
         ready = _await_ready(process, conn)

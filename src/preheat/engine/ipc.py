@@ -48,6 +48,7 @@ class Ready:
 @dataclass(frozen=True)
 class StartFailed:
     message: str
+    model_error: bool = False  # the model cannot run here (the message says why, in one line)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,7 @@ from preheat.engine.scheduler import ScheduledBatch, Scheduler
 from preheat.engine.sequence import Sequence, SeqStatus
 from preheat.engine.speculative import Speculator
 from preheat.engine.stats import EngineStats
-from preheat.kernels.quant_matmul import load_quant_kernel
-from preheat.models.llama import LlamaModel
+from preheat.models.decoder import DecoderModel
 from preheat.models.stop_signal import StepInterrupted, StopSignal
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ def cache_usage(prompt_len: int, breakpoints: tuple[CacheBreakpoint, ...], hit: 
 
 
 class LLMEngine:
-    def __init__(self, model: LlamaModel, tokenizer, config: EngineConfig,
+    def __init__(self, model: DecoderModel, tokenizer, config: EngineConfig,
                  *, clock: Callable[[], float] = time.monotonic, model_digest: str | None = None,
                  grammar_tokenizer: Callable[[], object] | None = None,
                  arrivals: InteractiveArrivals | None = None):
@@ -420,38 +419,20 @@ class LLMEngine:
                                 seq.take_logprobs())
 
 
-FOUR_BIT_TYPES = frozenset({"Q4_0", "Q4_1", "Q4_K"})
-
-
-def resolve_weight_format(requested: str, weight_type: str | None, device: str,
-                          vnni_kernel: Callable[[], bool] = load_quant_kernel) -> str:
-    """``auto`` is int4 on a CPU when the file's decoder weights are 4-bit already (int4
-    keeps them as they are) and preheat's VNNI kernel runs here (its int16 activations keep
-    the exact model's tokens); else dense. PyTorch's int4 kernel rounds activations to
-    bf16, which lets a cache hit or a batch change greedy tokens: it runs only when asked."""
-    if requested not in ("auto", "dense", "int4"):
-        raise ValueError(f"weight format must be 'auto', 'dense' or 'int4', not {requested!r}")
-    if requested != "auto":
-        return requested
-    if torch.device(device).type != "cpu" or weight_type not in FOUR_BIT_TYPES:
-        return "dense"
-    return "int4" if vnni_kernel() else "dense"
-
-
 def build_engine(config: EngineConfig, *, clock: Callable[[], float] = time.monotonic,
                  loaded=None, arrivals: InteractiveArrivals | None = None) -> tuple[LLMEngine, str]:
     """Load the configured model and wrap it in an engine; returns (engine, model_id)."""
+    from preheat.loader.model_digest import model_digest
     from preheat.loader.model_loader import load_model
-    from preheat.loader.weight_cache import model_digest
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     dtype = getattr(torch, config.dtype)
-    loaded = loaded or load_model(config.model, dtype=dtype, cache_dir=config.cache_dir)
-    weight_format = resolve_weight_format(config.weight_format, loaded.weight_type, config.device)
-    log.info("model %s (%s weights) on %s: weight format %s", loaded.model_id,
-             loaded.weight_type or "float", config.device, weight_format)
-    model = LlamaModel(loaded.config, loaded.weights, torch.device(config.device), dtype, weight_format)
+    loaded = loaded or load_model(config.model, dtype=dtype, cache_dir=config.cache_dir,
+                                  chat_template=config.chat_template)
+    model = loaded.build(torch.device(config.device), dtype, config.weight_format)
+    log.info("model %s (%s, %s weights) on %s: weight format %s", loaded.model_id, loaded.family.name,
+             loaded.weight_type or "float", config.device, model.weight_format)
     digest = None if config.kv_disk_bytes == 0 else model_digest(loaded.source, config.cache_dir)
     return (LLMEngine(model, loaded.tokenizer, config, clock=clock, model_digest=digest,
                       arrivals=arrivals), loaded.model_id)

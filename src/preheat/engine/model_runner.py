@@ -14,7 +14,7 @@ from preheat.engine.sequence import Sequence
 from preheat.kernels.paged_attention import load_attention_kernel
 from preheat.layers.attention import AttentionMetadata, DecodeBatch, PrefillSlice
 from preheat.models.config import ModelConfig
-from preheat.models.llama import LlamaModel
+from preheat.models.decoder import DecoderModel
 from preheat.models.stop_signal import StopSignal
 
 
@@ -34,7 +34,7 @@ def _zeroed_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devi
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, kv_dtype: torch.dtype):
+    def __init__(self, model: DecoderModel, num_blocks: int, block_size: int, kv_dtype: torch.dtype):
         """``kv_dtype``: the cache's dtype, as ``engine/kv/kv_dtype.py`` resolves it."""
         cfg = model.cfg
         self.model = model

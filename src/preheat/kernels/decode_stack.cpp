@@ -17,7 +17,7 @@ namespace {
 
 using MatmulOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 using AttentionOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                               const at::Tensor&, const at::Tensor&, double);
+                               const at::Tensor&, const at::Tensor&, double, int64_t);
 
 // Registered by quant_matmul.cpp and paged_attention.cpp (loaded before this library is used).
 at::Tensor quant_matmul(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale,
@@ -34,7 +34,7 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("preheat::paged_decode_attention", "")
                        .typed<AttentionOp>();
-  return op.call(q, k_cache, v_cache, block_tables, context_lens, scale);
+  return op.call(q, k_cache, v_cache, block_tables, context_lens, scale, /*window=*/0);
 }
 
 // layers/linear.py QuantLinear: the kernel, trimmed to the real outputs, then the bias.

@@ -17,6 +17,9 @@
 // the thread count, so a sequence's output is bitwise the same alone, in any batch, and
 // on any number of threads (the engine's batch and cache invariance rests on this).
 //
+// A sliding window (window > 0) limits query position p to keys p - window < t <= p, as
+// Gemma's local layers and Mistral's attend; 0 attends the whole context.
+//
 // Scores are kept in base 2 (q is pre-multiplied by scale * log2(e)), so the softmax's
 // exponentials are exp2, computed with a polynomial (within 1 ulp of float32's exact 2^x).
 #include <ATen/Parallel.h>
@@ -274,12 +277,14 @@ AttendFn<T> pick_attend(int64_t dim) {
 }
 
 template <typename T>
-void run(const Problem<T>& pb, const std::vector<int64_t>& lens, float* out) {
+void run(const Problem<T>& pb, const std::vector<int64_t>& lens, int64_t window, float* out) {
   const int64_t batch = static_cast<int64_t>(lens.size()), dim = pb.head_dim;
   // Partitions in sequence order: sequence b owns partitions first[b] .. first[b + 1] - 1.
+  // A window's partitions start at its first key: what a sequence computes depends on its
+  // own length only, as without one.
   std::vector<int64_t> first(batch + 1, 0), part_seq, part_start;
   for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t t = 0; t < lens[b]; t += kPartition) {
+    for (int64_t t = window > 0 ? std::max<int64_t>(0, lens[b] - window) : 0; t < lens[b]; t += kPartition) {
       part_seq.push_back(b);
       part_start.push_back(t);
     }
@@ -378,9 +383,12 @@ void with_cache_type(at::ScalarType dtype, Fn fn) {
 
 // q [batch, heads, head_dim] float32; k_cache, v_cache [blocks, block_size, kv_heads, head_dim]
 // float32, float16 or bfloat16; block_tables [batch, max_blocks] and context_lens [batch]
-// int64 or int32. Returns softmax(scale q k^T) v over each sequence's context: [batch, heads, head_dim].
+// int64 or int32. Returns softmax(scale q k^T) v over each sequence's context (its last
+// `window` tokens when window > 0): [batch, heads, head_dim].
 at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                  const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
+                                  const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
+                                  int64_t window) {
+  TORCH_CHECK(window >= 0, "window must be 0 (none) or positive, got ", window);
   for (const at::Tensor* t : {&block_tables, &context_lens}) {
     TORCH_CHECK(t->device().is_cpu(), "paged_decode_attention runs on CPU tensors only");
   }
@@ -407,7 +415,7 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
     const Problem<T> pb{q.data(), static_cast<const T*>(k_cache.data_ptr()),
                         static_cast<const T*>(v_cache.data_ptr()), tables.data_ptr<int64_t>(),
                         tables.size(1), block_size, heads, kv_heads, dim};
-    run(pb, lens, out.data_ptr<float>());
+    run(pb, lens, window, out.data_ptr<float>());
   };
   with_cache_type(k_cache.scalar_type(), go);
   return out;
@@ -442,19 +450,21 @@ struct PrefillProblem {
   const T* k;              // [blocks, block_size, kv_heads, head_dim]
   const T* v;
   const int64_t* table;    // the sequence's blocks
-  int64_t n, context, block_size, heads, kv_heads, head_dim;
+  int64_t n, context, block_size, heads, kv_heads, head_dim, window;
 };
 
-// One item's rows and running softmax: qT and oT are [head_dim][kRows]; pos[r] is the last
-// key row r may see.
+// One item's rows and running softmax: qT and oT are [head_dim][kRows]; row r sees keys
+// lo[r] .. pos[r].
 struct PrefillItem {
   int64_t h = 0, row0 = 0, valid = 0;
   std::vector<float> qt, ot;
   alignas(64) int32_t pos[kRows];
+  alignas(64) int32_t lo[kRows];
   alignas(64) float m[kRows];
   alignas(64) float l[kRows];
 
-  int64_t end() const { return pos[kRows - 1] + 1; }  // rows are in token order
+  int64_t begin() const { return lo[0]; }  // rows are in token order
+  int64_t end() const { return pos[kRows - 1] + 1; }
 };
 
 // Item `it`'s rows (token-major: row = i * groups + g of KV head h) from q scaled to base 2.
@@ -471,7 +481,10 @@ void init_item(const PrefillProblem<T>& pb, const float* q, float q_scale, int64
     const int64_t row = row0 + std::min(r, item.valid - 1);  // spare lanes repeat the last row
     const int64_t i = row / groups, hq = h * groups + row % groups;
     item.pos[r] = static_cast<int32_t>(pb.context - pb.n + i);
-    item.m[r] = -std::numeric_limits<float>::infinity();
+    item.lo[r] = pb.window > 0 ? std::max<int32_t>(0, item.pos[r] - static_cast<int32_t>(pb.window) + 1) : 0;
+    // Finite: under a window a row may see no key of a whole step, and -inf - -inf is NaN.
+    // The first visible key's exp2(-FLT_MAX - s) is 0 all the same.
+    item.m[r] = -std::numeric_limits<float>::max();
     item.l[r] = 0.f;
     const float* qr = q + (i * pb.heads + hq) * dim;
     for (int64_t d = 0; d < dim; ++d) item.qt[d * kRows + r] = qr[d] * q_scale;
@@ -507,6 +520,7 @@ void prefill_step(PrefillItem& item, int64_t head_dim, int64_t t0, int64_t c, co
   const int64_t dim = DIM ? DIM : head_dim;
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const __m512i vpos = _mm512_load_si512(item.pos);
+  const __m512i vlo = _mm512_load_si512(item.lo);
   __m512 s[kKeys];
   for (auto& x : s) x = _mm512_setzero_ps();
   const float* qt = item.qt.data();
@@ -516,17 +530,17 @@ void prefill_step(PrefillItem& item, int64_t head_dim, int64_t t0, int64_t c, co
 #pragma GCC unroll 16
     for (int j = 0; j < kKeys; ++j) s[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j * dim]), qd, s[j]);
   }
-  // Row r sees key t0 + j when j < c and t0 + j <= pos[r]: branch-free, so the scores stay
-  // in registers.
+  // Row r sees key t0 + j when j < c and lo[r] <= t0 + j <= pos[r]: branch-free, so the
+  // scores stay in registers.
   const __m512 m_old = _mm512_load_ps(item.m);
   __m512 top = m_old;
 #pragma GCC unroll 16
   for (int j = 0; j < kKeys; ++j) {
-    const __mmask16 sees = _mm512_cmpge_epi32_mask(vpos, _mm512_set1_epi32(static_cast<int32_t>(t0 + j)));
+    const __m512i key = _mm512_set1_epi32(static_cast<int32_t>(t0 + j));
+    const __mmask16 sees = _mm512_mask_cmple_epi32_mask(_mm512_cmpge_epi32_mask(vpos, key), vlo, key);
     s[j] = _mm512_mask_blend_ps(j < c ? sees : static_cast<__mmask16>(0), neg_inf, s[j]);
     top = _mm512_max_ps(top, s[j]);
   }
-  // Key 0 is visible to every row, so from the first step on `top` is finite.
   const __m512 alpha = exp2_ps(_mm512_sub_ps(m_old, top));
   __m512 l = _mm512_mul_ps(_mm512_load_ps(item.l), alpha);
 #pragma GCC unroll 16
@@ -558,7 +572,9 @@ template <int DIM>
 void prefill_span(PrefillItem& item, int64_t dim, int64_t s0, int64_t s1, int64_t span, const float* keys,
                   const float* values) {
   const int64_t stop = std::min(s1, item.end());
-  for (int64_t t0 = s0; t0 < stop; t0 += kKeys) {
+  // Keys before the window's start are skipped a whole step at a time.
+  const int64_t start = s0 + std::max<int64_t>(0, item.begin() - s0) / kKeys * kKeys;
+  for (int64_t t0 = start; t0 < stop; t0 += kKeys) {
     const int64_t at = (item.h * span + (t0 - s0)) * dim;
     prefill_step<DIM>(item, dim, t0, std::min<int64_t>(kKeys, stop - t0), keys + at, values + at);
   }
@@ -614,7 +630,8 @@ void run_prefill(const PrefillProblem<T>& pb, const float* q, float q_scale, flo
   const SpanFn attend = pick_span(dim);
   // Zeroed once: a short last span leaves finite rows (zeros or older keys) past its end.
   std::vector<float> keys(pb.kv_heads * span * dim, 0.f), values(pb.kv_heads * span * dim, 0.f);
-  for (int64_t s0 = 0; s0 < pb.context; s0 += span) {
+  const int64_t first_key = pb.window > 0 ? std::max<int64_t>(0, pb.context - pb.n - pb.window + 1) : 0;
+  for (int64_t s0 = first_key / span * span; s0 < pb.context; s0 += span) {
     const int64_t s1 = std::min(s0 + span, pb.context);
     convert_span(pb, s0, s1, span, keys.data(), values.data());
     for_each_item(items, [&](PrefillItem& item) { attend(item, dim, s0, s1, span, keys.data(), values.data()); });
@@ -624,9 +641,11 @@ void run_prefill(const PrefillProblem<T>& pb, const float* q, float q_scale, flo
 
 // q [n, heads, head_dim] float32: the chunk's queries, at positions context - n .. context - 1;
 // k_cache, v_cache as for decode, already holding the chunk's own keys and values;
-// block_table [blocks] int64 or int32. Returns causal softmax(scale q k^T) v: [n, heads, head_dim].
+// block_table [blocks] int64 or int32. Returns causal softmax(scale q k^T) v (within `window`
+// keys when window > 0): [n, heads, head_dim].
 at::Tensor paged_prefill_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                   const at::Tensor& block_table, int64_t context, double scale) {
+                                   const at::Tensor& block_table, int64_t context, double scale, int64_t window) {
+  TORCH_CHECK(window >= 0, "window must be 0 (none) or positive, got ", window);
   TORCH_CHECK(block_table.device().is_cpu(), "paged_prefill_attention runs on CPU tensors only");
   check_query_and_caches("paged_prefill_attention", "n", query, k_cache, v_cache);
   static_assert(kLanes % kDims == 0, "a head_dim of whole registers is whole groups of kDims");
@@ -647,7 +666,7 @@ at::Tensor paged_prefill_attention(const at::Tensor& query, const at::Tensor& k_
   auto go = [&](auto tag) {
     using T = decltype(tag);
     const PrefillProblem<T> pb{static_cast<const T*>(k_cache.data_ptr()), static_cast<const T*>(v_cache.data_ptr()),
-                               table.data_ptr<int64_t>(), n, context, block_size, heads, kv_heads, dim};
+                               table.data_ptr<int64_t>(), n, context, block_size, heads, kv_heads, dim, window};
     run_prefill(pb, q.data_ptr<float>(), q_scale, out.data_ptr<float>());
   };
   with_cache_type(k_cache.scalar_type(), go);
@@ -658,9 +677,9 @@ at::Tensor paged_prefill_attention(const at::Tensor& query, const at::Tensor& k_
 
 TORCH_LIBRARY_FRAGMENT(preheat, m) {
   m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
-        "Tensor context_lens, float scale) -> Tensor",
+        "Tensor context_lens, float scale, int window=0) -> Tensor",
         &paged_decode_attention);
   m.def("paged_prefill_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, "
-        "int context, float scale) -> Tensor",
+        "int context, float scale, int window=0) -> Tensor",
         &paged_prefill_attention);
 }

@@ -53,22 +53,25 @@ def supports(kv_cache: torch.Tensor) -> bool:
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor,
-                           scale: float) -> torch.Tensor:
-    """softmax(scale q k^T) v per sequence over its cached context; requires ``load_attention_kernel()``.
+                           scale: float, window: int = 0) -> torch.Tensor:
+    """softmax(scale q k^T) v per sequence over its cached context (its last ``window``
+    tokens when window > 0); requires ``load_attention_kernel()``.
 
     q: [batch, heads, head_dim] float32; k_cache, v_cache: [blocks, block_size, kv_heads,
     head_dim]; block_tables: [batch, max_blocks]; context_lens: [batch] (int64 or int32).
     Returns [batch, heads, head_dim] float32.
     """
-    return torch.ops.preheat.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
+    return torch.ops.preheat.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, window)
 
 
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                            block_table: torch.Tensor, context: int, scale: float) -> torch.Tensor:
-    """Causal attention of a prompt chunk over its sequence's cache; requires ``load_attention_kernel()``.
+                            block_table: torch.Tensor, context: int, scale: float,
+                            window: int = 0) -> torch.Tensor:
+    """Causal attention of a prompt chunk over its sequence's cache (position p sees keys
+    p - window < t <= p when window > 0); requires ``load_attention_kernel()``.
 
     q: [n, heads, head_dim] float32, the queries at positions context - n .. context - 1,
     whose keys and values are already in the cache; block_table: [blocks] (int64 or int32).
     Returns [n, heads, head_dim] float32.
     """
-    return torch.ops.preheat.paged_prefill_attention(q, k_cache, v_cache, block_table, context, scale)
+    return torch.ops.preheat.paged_prefill_attention(q, k_cache, v_cache, block_table, context, scale, window)

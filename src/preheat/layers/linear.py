@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from preheat.kernels.quant_matmul import GROUP, TILE, load_quant_kernel, pack, quant_matmul, quantize_groups
+from preheat.kernels.quant_matmul import (GROUP, TILE, PackedWeight, load_quant_kernel, pack, quant_matmul,
+                                          quantize_groups)
 
 
 class Linear:
@@ -46,16 +47,38 @@ class Int4Linear:
 
 
 class QuantLinear:
-    """4- or 8-bit weights with a float16 scale and min per group of 32; the kernel
-    rounds activations to int16 per group of 32. Needs ``load_quant_kernel()``."""
+    """4- or 8-bit weight codes with a scale and min per group of inputs; the kernel
+    rounds activations to int16 per group of 32. Needs ``load_quant_kernel()``.
+
+    Built from float weights (quantized here: lossy) or, with ``from_packed``, from a GGUF
+    tensor's blocks repacked exactly (``kernels/gguf_repack.py``)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, bits: int = 4):
         self.bias = bias
         self.out_features = weight.shape[0]
         self.weight = pack(pad_rows(weight), bits)
 
+    @classmethod
+    def from_packed(cls, weight: PackedWeight, out_features: int, bias: torch.Tensor | None) -> QuantLinear:
+        layer = cls.__new__(cls)
+        layer.weight, layer.out_features, layer.bias = weight, out_features, bias
+        return layer
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = trim(quant_matmul(x, self.weight), self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+class ConcatLinear:
+    """Several linears over one input whose outputs are concatenated (q, k and v stored in
+    different quantization types cannot share one packed matrix)."""
+
+    def __init__(self, parts: list, bias: torch.Tensor | None = None):
+        self.parts = parts
+        self.bias = bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([part(x) for part in self.parts], dim=-1)
         return y if self.bias is None else y + self.bias
 
 

@@ -5,6 +5,8 @@ import math
 
 import torch
 
+RopeTables = tuple[torch.Tensor, torch.Tensor]  # cos and signed sin, [tokens, 1, head_dim]
+
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     # Llama 3.1 stretches low frequencies by `factor`, keeps high ones, and blends in between.
@@ -50,7 +52,7 @@ class RotaryEmbedding:
         self.cos = torch.cat((cos, cos), dim=-1).to(device=device, dtype=dtype)
         self.sin = torch.cat((-sin, sin), dim=-1).to(device=device, dtype=dtype)
 
-    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(self, positions: torch.Tensor) -> RopeTables:
         """cos and signed sin for each token, [tokens, 1, head_dim]; gathered once per forward."""
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 

@@ -1,13 +1,13 @@
-"""GGUF file -> `ModelConfig` and a state dict with Hugging Face Llama tensor names.
+"""A GGUF file: its family, config and weights, read through the memory map one tensor at a time.
 
-Dequantization is delegated to `gguf.quants.dequantize`; this module only maps names, restores
-PyTorch shape order and undoes llama.cpp's q/k row permutation.
+The family (``models/registry.py``) says what the file's metadata and tensor names mean;
+this module only reads them. Quantized tensors are handed over as the file's blocks
+(``QuantizedTensor``, a view of the map, rows permuted back where llama.cpp's converter
+permuted them); ``dense`` dequantizes one tensor with ``gguf.quants.dequantize``.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,96 +15,68 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGUFReader
-from gguf.gguf_reader import ReaderTensor
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
 from preheat.loader.errors import UnsupportedModelError
+from preheat.loader.gguf_file import GGUFFile, GGUFFormatError, GGUFTensor
+from preheat.models import registry
 from preheat.models.config import ModelConfig
+from preheat.models.family import Family
+from preheat.models.weights import QuantizedTensor
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
-# llama.cpp's converter interleaves the q/k rows of these so its RoPE can rotate adjacent pairs;
-# qwen2 is converted unpermuted because llama.cpp runs it with rotate-half ("NEOX") RoPE.
-_PERMUTED_ARCHITECTURES = frozenset({"llama", "mistral"})
-
-_GLOBAL_TENSORS = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_BLOCK_TENSORS = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-_BLOCK_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-# Llama 3.1+ files bake their llama3 RoPE scaling into per-frequency divisors; the config
-# carries the scaling instead, so the tensor itself is not part of the state dict.
-_ROPE_FREQS = "rope_freqs.weight"
+_FLOAT_TYPES = frozenset({GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16})
 
 
-def read_gguf(path: Path) -> GGUFReader:
-    """Open (memory-map) a GGUF file."""
-    return GGUFReader(path)
+def read_gguf(path: Path) -> GGUFFile:
+    """Open (memory-map) a GGUF file; a truncated or corrupted one raises UnsupportedModelError."""
+    try:
+        return GGUFFile(path)
+    except GGUFFormatError as exc:
+        raise UnsupportedModelError(str(exc)) from None
 
 
-def gguf_architecture(reader: GGUFReader) -> str:
+class GGUFMetadata:
+    """``models/family.py``'s ``Metadata`` over a reader."""
+
+    def __init__(self, reader: GGUFFile):
+        self.reader = reader
+        self.architecture = str(self.value("general.architecture"))
+        self.tensor_names = frozenset(t.name for t in reader.tensors)
+
+    def value(self, key: str, default: Any = None) -> Any:
+        return self.reader.value(key, default)
+
+    def require(self, key: str) -> Any:
+        value = self.value(key)
+        if value is None:
+            raise UnsupportedModelError(f"GGUF metadata is missing {key}")
+        return value
+
+    def tensor_values(self, name: str) -> np.ndarray:
+        return dequantize_tensor(next(t for t in self.reader.tensors if t.name == name))
+
+
+def gguf_architecture(reader: GGUFFile) -> str:
     """`general.architecture`, checked against the architectures preheat can run."""
-    arch = _value(reader, "general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise UnsupportedModelError(
-            f"GGUF architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
+    arch = GGUFMetadata(reader).architecture
+    try:
+        registry.for_gguf(arch)
+    except registry.UnknownArchitecture as exc:
+        raise UnsupportedModelError(str(exc)) from None
     return arch
 
 
-def gguf_config(reader: GGUFReader) -> ModelConfig:
-    """Build the model config from `{arch}.*` metadata and the tensor inventory."""
-    arch = gguf_architecture(reader)
-
-    def key(name: str, default: Any = None) -> Any:
-        value = _value(reader, f"{arch}.{name}", default)
-        if value is None:
-            raise UnsupportedModelError(f"GGUF metadata is missing {arch}.{name}")
-        return value
-
-    hidden = int(key("embedding_length"))
-    heads = int(key("attention.head_count"))
-    head_dim = int(key("attention.key_length", key("rope.dimension_count", hidden // heads)))
-    tensor_names = {t.name for t in reader.tensors}
-    vocab = _value(reader, f"{arch}.vocab_size")
-    if vocab is None:
-        vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
-    rope_theta = _float32(key("rope.freq_base", 10000.0))
-    return ModelConfig(
-        vocab_size=int(vocab),
-        hidden_size=hidden,
-        intermediate_size=int(key("feed_forward_length")),
-        num_layers=int(key("block_count")),
-        num_heads=heads,
-        num_kv_heads=int(key("attention.head_count_kv", heads)),
-        head_dim=head_dim,
-        max_position_embeddings=int(key("context_length")),
-        rms_norm_eps=_float32(key("attention.layer_norm_rms_epsilon")),
-        rope_theta=rope_theta,
-        rope_scaling=_rope_scaling(reader, arch, rope_theta, head_dim),
-        tie_word_embeddings="output.weight" not in tensor_names,
-        attention_bias="blk.0.attn_q.bias" in tensor_names,
-    )
+def gguf_family(reader: GGUFFile) -> Family:
+    return registry.load(registry.for_gguf(gguf_architecture(reader)))
 
 
-def gguf_weight_count(reader: GGUFReader) -> int:
-    """How many tensors `gguf_weights` yields (for progress reporting)."""
-    return sum(t.name != _ROPE_FREQS for t in reader.tensors)
+def gguf_config(reader: GGUFFile) -> ModelConfig:
+    """The model config, as the file's family reads it from the metadata."""
+    return gguf_family(reader).config_from_gguf(GGUFMetadata(reader))
 
 
-def gguf_matmul_type(reader: GGUFReader) -> str:
+def gguf_matmul_type(reader: GGUFFile) -> str:
     """The GGML type holding most of the decoder's matrix weights, e.g. "Q4_1" (or "Q4_K"
     for a Q4_K_M file, whose few Q6_K matrices hold fewer weights)."""
     weights: Counter[str] = Counter()
@@ -114,31 +86,52 @@ def gguf_matmul_type(reader: GGUFReader) -> str:
     return weights.most_common(1)[0][0] if weights else "F32"
 
 
-def gguf_weights(
-    reader: GGUFReader, config: ModelConfig, dtype: torch.dtype
-) -> Iterator[tuple[str, torch.Tensor]]:
+class GGUFWeights:
+    """``models/weights.py``'s ``Weights`` over a GGUF file, by Hugging Face name."""
+
+    def __init__(self, reader: GGUFFile, config: ModelConfig, family: Family | None = None):
+        self.family = family or gguf_family(reader)
+        self.config = config
+        self.architecture = GGUFMetadata(reader).architecture
+        self.tensors: dict[str, GGUFTensor] = {}
+        for t in reader.tensors:
+            if t.data.nbytes != t.n_bytes:
+                raise UnsupportedModelError(f"{reader.path.name}: the file is truncated (tensor {t.name} "
+                                            f"has {t.data.nbytes} of its {t.n_bytes} bytes)")
+            name = self.family.gguf_tensor_name(t.name)
+            if name is not None:
+                self.tensors[name] = t
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def dense(self, name: str) -> torch.Tensor:
+        # Cloned into torch's own (64-byte aligned) memory: matmul kernels may round differently
+        # on numpy's alignment, and the same weights must give the same logits from any source.
+        values = torch.from_numpy(dequantize_tensor(self.tensors[name])).clone()
+        heads = self.family.permuted_heads(name, self.config, self.architecture)
+        return values if heads is None else unpermute_rows(values, heads)
+
+    def quantized(self, name: str) -> QuantizedTensor | None:
+        t = self.tensors[name]
+        if t.tensor_type in _FLOAT_TYPES or len(t.shape) != 2:
+            return None
+        blocks = t.data
+        heads = self.family.permuted_heads(name, self.config, self.architecture)
+        if heads is not None:  # rows are whole blocks: permuting them permutes the weights' rows
+            rows = blocks.shape[0]
+            blocks = blocks.reshape(heads, rows // heads // 2, 2, -1).swapaxes(1, 2).reshape(rows, -1)
+        return QuantizedTensor(blocks, t.tensor_type, (int(t.shape[1]), int(t.shape[0])))
+
+
+def gguf_weights(reader: GGUFFile, config: ModelConfig, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(hf_name, tensor)` for every weight, dequantized to `dtype` on CPU, in HF layout."""
-    permute = gguf_architecture(reader) in _PERMUTED_ARCHITECTURES
-    for tensor in reader.tensors:
-        if tensor.name == _ROPE_FREQS:
-            continue
-        name = hf_tensor_name(tensor.name)
-        weight = torch.from_numpy(_dequantize(tensor))
-        if permute and (".q_proj." in name or ".k_proj." in name):
-            heads = config.num_heads if ".q_proj." in name else config.num_kv_heads
-            weight = unpermute_rows(weight, heads)
-        yield name, weight.to(dtype).contiguous()
-
-
-def hf_tensor_name(gguf_name: str) -> str:
-    """Map a llama.cpp tensor name to its Hugging Face Llama name."""
-    if gguf_name in _GLOBAL_TENSORS:
-        return _GLOBAL_TENSORS[gguf_name]
-    match = _BLOCK_NAME.fullmatch(gguf_name)
-    if match is None or match.group(2) not in _BLOCK_TENSORS:
-        raise UnsupportedModelError(f"unexpected tensor {gguf_name!r} in GGUF file")
-    layer, part, kind = match.groups()
-    return f"model.layers.{layer}.{_BLOCK_TENSORS[part]}.{kind}"
+    weights = GGUFWeights(reader, config)
+    for name in weights:
+        yield name, weights.dense(name).to(dtype).contiguous()
 
 
 def unpermute_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -153,72 +146,15 @@ def unpermute_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     return shaped.transpose(1, 2).reshape(weight.shape)
 
 
-def _dequantize(tensor: ReaderTensor) -> np.ndarray:
+def dequantize_tensor(tensor: GGUFTensor) -> np.ndarray:
     """Float32 values of one tensor in PyTorch (row-major) shape order."""
     try:
         values = dequantize(tensor.data, tensor.tensor_type)
     except NotImplementedError as exc:
         raise UnsupportedModelError(
-            f"tensor {tensor.name!r} uses GGML type {tensor.tensor_type.name}, which gguf cannot dequantize"
+            f"tensor {tensor.name!r} uses GGML type {tensor.tensor_type.name}, which preheat does not run"
         ) from exc
     # GGUF lists dimensions fastest-varying first, the reverse of PyTorch's order.
     values = values.reshape(tuple(int(d) for d in reversed(tensor.shape)))
-    # F32 data is a read-only view of the memory map; the state dict must own its memory.
-    return values if values.flags.writeable else values.copy()
-
-
-def _rope_scaling(reader: GGUFReader, arch: str, rope_theta: float, head_dim: int) -> dict | None:
-    """HF-style `rope_scaling` from `{arch}.rope.scaling.*`, else inferred from `rope_freqs`."""
-    kind = _value(reader, f"{arch}.rope.scaling.type")
-    if kind is not None and kind != "none":
-        scaling: dict[str, Any] = {"rope_type": kind}
-        factor = _value(reader, f"{arch}.rope.scaling.factor")
-        if factor is not None:
-            scaling["factor"] = _float32(factor)
-        original = _value(reader, f"{arch}.rope.scaling.original_context_length")
-        if original is not None:
-            scaling["original_max_position_embeddings"] = int(original)
-        return scaling
-    freqs = next((t for t in reader.tensors if t.name == _ROPE_FREQS), None)
-    if freqs is None:
-        return None
-    dim = int(_value(reader, f"{arch}.rope.dimension_count", head_dim))
-    return _llama3_scaling(_dequantize(freqs), rope_theta, dim)
-
-
-def _llama3_scaling(divisors: np.ndarray, rope_theta: float, dim: int) -> dict:
-    """Recover llama3 RoPE parameters from llama.cpp's per-frequency divisors.
-
-    llama.cpp's converter always uses low/high frequency factors 1 and 4 around an 8192 context
-    (it never reads those from the HF config), so only `factor` varies: it is the largest divisor.
-    The guess is verified by recomputing every divisor.
-    """
-    scaling = {
-        "rope_type": "llama3",
-        "factor": _float32(divisors.max()),
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    }
-    if not np.allclose(_llama3_divisors(scaling, rope_theta, dim), divisors, rtol=1e-4):
-        raise UnsupportedModelError("GGUF tensor rope_freqs.weight does not match any llama3 RoPE scaling")
-    return scaling
-
-
-def _llama3_divisors(scaling: dict, rope_theta: float, dim: int) -> np.ndarray:
-    """The per-frequency divisors llama3 scaling applies (as llama.cpp's converter writes them)."""
-    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
-    context = scaling["original_max_position_embeddings"]
-    wavelengths = 2 * math.pi * rope_theta ** (np.arange(0, dim, 2) / dim)
-    smooth = np.clip((context / wavelengths - low) / (high - low), 0.0, 1.0)
-    return 1.0 / ((1.0 - smooth) / factor + smooth)
-
-
-def _float32(value: float) -> float:
-    """GGUF stores floats as float32; use the shortest decimal that rounds to it (1e-05, not 9.99e-06)."""
-    return float(str(np.float32(value)))
-
-
-def _value(reader: GGUFReader, key: str, default: Any = None) -> Any:
-    field = reader.get_field(key)
-    return default if field is None else field.contents()
+    # F32 data is a read-only view of the memory map; torch needs memory it may write.
+    return np.array(values, dtype=np.float32) if not values.flags.writeable or values.dtype != np.float32 else values

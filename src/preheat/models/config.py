@@ -1,4 +1,4 @@
-"""Architecture hyper-parameters of a Llama-family model."""
+"""Architecture hyper-parameters: what every family has, and each family's own additions."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything the model code needs to build a Llama-family network.
+    """What the engine and every family's model code read.
 
-    Covers Llama 2/3 (incl. llama3 RoPE scaling), SmolLM2, Mistral and Qwen2
-    (which only adds biases on the q/k/v projections).
+    A family with more to say subclasses it (``models/gemma3.py``'s ``Gemma3Config``);
+    ``family`` names the module under ``models/`` that builds the network.
     """
 
     vocab_size: int
@@ -26,4 +26,5 @@ class ModelConfig:
     # "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}; None = plain RoPE.
     rope_scaling: dict | None = field(default=None, hash=False, compare=False)
     tie_word_embeddings: bool = False
-    attention_bias: bool = False
+    attention_bias: bool = False  # biases on the q/k/v projections (Qwen2)
+    family: str = "llama"

@@ -9,6 +9,7 @@ where each ``key=value`` is a ``preheat serve`` option (``docs/scale-out.md``).
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from ray import serve
 from ray.serve import Application
@@ -30,13 +31,15 @@ from preheat.tokenizer.load import load_tokenizer
 class Ingress:
     """The HTTP side: the app of ``preheat serve``, its engine the replicas' handle."""
 
-    def __init__(self, engines: DeploymentHandle, settings: ServerSettings, model: str | None):
+    def __init__(self, engines: DeploymentHandle, settings: ServerSettings, model: str | None,
+                 chat_template: Path | None = None):
         self._engines = engines
         self._settings = settings
         self._model = model
+        self._chat_template = chat_template
 
     async def __serve_build_asgi_app__(self):
-        tokenizer = await asyncio.to_thread(load_tokenizer, self._model)
+        tokenizer = await asyncio.to_thread(load_tokenizer, self._model, self._chat_template)
         engine = await ReplicaEngineClient.connect(self._engines, tokenizer)
         app = create_app(engine, self._settings)
         app.add_middleware(ServedByHeader)
@@ -63,7 +66,7 @@ def application(settings: ServerSettings, config: EngineConfig, scale: ScaleConf
     ingress = serve.deployment(Ingress, name="ingress", num_replicas=1,
                                ray_actor_options={"num_cpus": 0},
                                max_ongoing_requests=100_000)
-    return ingress.bind(engines, settings, config.model)
+    return ingress.bind(engines, settings, config.model, config.chat_template)
 
 
 def build(args: dict[str, str]) -> Application:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from gguf import GGUFReader
+from preheat.loader.gguf_file import GGUFFile
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as Backend
 
@@ -55,7 +55,7 @@ class GGUFVocab:
     add_space_prefix: bool
 
     @classmethod
-    def from_reader(cls, reader: GGUFReader) -> GGUFVocab:
+    def from_reader(cls, reader: GGUFFile) -> GGUFVocab:
         """Read the vocabulary keys; absent optional keys take llama.cpp's defaults."""
         tokens = gguf_metadata(reader, "tokenizer.ggml.tokens")
         if tokens is None:
@@ -73,7 +73,7 @@ class GGUFVocab:
         )
 
 
-def gguf_backend(reader: GGUFReader) -> Backend:
+def gguf_backend(reader: GGUFFile) -> Backend:
     """Build the tokenizer a GGUF file describes.
 
     Raises:
@@ -93,10 +93,9 @@ def gguf_backend(reader: GGUFReader) -> Backend:
     return backend
 
 
-def gguf_metadata(reader: GGUFReader, key: str, default: Any = None) -> Any:
+def gguf_metadata(reader: GGUFFile, key: str, default: Any = None) -> Any:
     """A metadata value, or `default` when the key is absent."""
-    field = reader.get_field(key)
-    return default if field is None else field.contents()
+    return reader.value(key, default)
 
 
 def _byte_level_bpe(vocab: GGUFVocab) -> Backend:

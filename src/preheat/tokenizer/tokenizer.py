@@ -9,10 +9,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFReader
 from tokenizers import Tokenizer as Backend
 
-from preheat.tokenizer.chat_template import CHATML_TEMPLATE, ChatTemplate
+from preheat.loader.gguf_file import GGUFFile
+from preheat.tokenizer import turn_formats
+from preheat.tokenizer.chat_template import ChatTemplate
 from preheat.tokenizer.gguf_tokenizer import gguf_backend, gguf_metadata
 
 # End-of-turn markers of common chat formats (ChatML, Llama 3, Phi-3, Gemma); when a template
@@ -28,7 +29,8 @@ class Tokenizer:
         bos_token_id / bos_token: beginning-of-sequence token, if the model has one.
         eos_token_id / eos_token: the end-of-sequence token.
         eos_token_ids: every id that ends generation (EOS, end-of-turn markers, generation config).
-        chat_template: the model's Jinja chat template source, or None (ChatML is used then).
+        chat_template: the Jinja chat template in use: the model's own, else its family's turn
+            format (``turn_formats.py``), unless ``--chat-template`` named another.
     """
 
     def __init__(
@@ -49,14 +51,14 @@ class Tokenizer:
         self.eos_token: str = backend.id_to_token(eos_token_id)
         self.add_bos = add_bos and bos_token_id is not None
         self.chat_template = chat_template
-        self._template = ChatTemplate(chat_template or CHATML_TEMPLATE)
+        self._template = ChatTemplate(chat_template or turn_formats.CHATML)
         stops = {eos_token_id, *stop_token_ids, *self._end_of_turn_ids()}
         self.eos_token_ids: frozenset[int] = frozenset(stops)
 
     @classmethod
-    def from_gguf(cls, reader_or_path: GGUFReader | str | Path) -> Tokenizer:
-        """Build from a GGUF file's `tokenizer.*` metadata."""
-        reader = reader_or_path if isinstance(reader_or_path, GGUFReader) else GGUFReader(reader_or_path)
+    def from_gguf(cls, reader_or_path: GGUFFile | str | Path, chat_template: str | None = None) -> Tokenizer:
+        """Build from a GGUF file's `tokenizer.*` metadata; ``chat_template`` overrides the file's."""
+        reader = reader_or_path if isinstance(reader_or_path, GGUFFile) else GGUFFile(reader_or_path)
         model = gguf_metadata(reader, "tokenizer.ggml.model")
         eos = gguf_metadata(reader, "tokenizer.ggml.eos_token_id")
         if eos is None:
@@ -69,11 +71,12 @@ class Tokenizer:
             stop_token_ids=[int(i) for i in stops if i is not None],
             # llama.cpp adds BOS to SentencePiece vocabularies unless the file says otherwise.
             add_bos=bool(gguf_metadata(reader, "tokenizer.ggml.add_bos_token", model == "llama")),
-            chat_template=gguf_metadata(reader, "tokenizer.chat_template"),
+            chat_template=(chat_template or gguf_metadata(reader, "tokenizer.chat_template")
+                           or turn_formats.for_gguf(gguf_metadata(reader, "general.architecture"))),
         )
 
     @classmethod
-    def from_hf_folder(cls, path: str | Path) -> Tokenizer:
+    def from_hf_folder(cls, path: str | Path, chat_template: str | None = None) -> Tokenizer:
         """Build from `tokenizer.json`, with `tokenizer_config.json`, `generation_config.json` and
         `config.json` (all optional) supplying special tokens, stop ids and the chat template."""
         folder = Path(path)
@@ -96,7 +99,8 @@ class Tokenizer:
             bos_token_id=bos,
             stop_token_ids=_as_id_list(generation.get("eos_token_id")),
             add_bos=bool(add_bos),
-            chat_template=_hf_chat_template(folder, settings),
+            chat_template=(chat_template or _hf_chat_template(folder, settings)
+                           or turn_formats.for_hf(model)),
         )
 
     @property

@@ -35,7 +35,7 @@ from preheat.engine.kv.pin_table import PinEntry
 from preheat.engine.kv.radix_cache import RadixCache
 from preheat.engine.sequence import Sequence, SeqStatus
 from preheat.cache_dir import resolve_cache_dir
-from preheat.models.llama import LlamaModel
+from preheat.models.decoder import DecoderModel
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class _Install(enum.Enum):
     NO_ROOM = "no room"  # nor will there be: its requests recompute the prefix
 
 
-def open_disk_tier(config: EngineConfig, model: LlamaModel, kv_cache: torch.Tensor, radix: RadixCache,
+def open_disk_tier(config: EngineConfig, model: DecoderModel, kv_cache: torch.Tensor, radix: RadixCache,
                    pool: BlockPool, model_digest: str, clock: Callable[[], float]) -> KVOffload | None:
     """The disk tier ``config`` asks for, with the entries an earlier run left restored;
     None when its quota is 0."""
