@@ -40,8 +40,7 @@ def run_engine_core(config: EngineConfig, conn: Connection, log_level: str = "IN
                         format="%(asctime)s %(levelname)s %(name)s[core]: %(message)s")
     try:
         engine, model_id = build_engine(config, arrivals=arrivals)
-    except (ModelNotFoundError, UnsupportedModelError) as exc:  # one line, no traceback
-        log.error("%s", exc)
+    except (ModelNotFoundError, UnsupportedModelError) as exc:  # the API process says it, in one line
         conn.send(StartFailed(str(exc), model_error=True))
         return
     except Exception as exc:  # reported to the API process, which exits with it

@@ -42,18 +42,34 @@ class RotaryEmbedding:
     The sin table carries the rotation's sign (-sin for the first half, sin for the
     second), so applying it takes three tensor ops instead of eight: it runs for every
     layer of every step.
+
+    On a CPU the tables grow with the positions used (doubling, from 4096): a model with a
+    128k window would otherwise hold 130 MB of them per base from the start. Each row is
+    computed alone, so a grown table holds the values a whole one would.
     """
+
+    _FIRST = 4096
 
     def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict | None,
                  device: torch.device, dtype: torch.dtype):
-        inv_freq = inv_frequencies(head_dim, theta, scaling)
-        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
+        self.inv_freq = inv_frequencies(head_dim, theta, scaling)
+        self.max_positions = max_positions
+        self.device, self.dtype = device, dtype
+        self.cos = self.sin = torch.empty(0, head_dim, device=device, dtype=dtype)
+        self._grow(max_positions if device.type != "cpu" else min(self._FIRST, max_positions))
+
+    def _grow(self, n: int) -> None:
+        freqs = torch.outer(torch.arange(n, dtype=torch.float64), self.inv_freq)
         cos, sin = freqs.cos(), freqs.sin()
-        self.cos = torch.cat((cos, cos), dim=-1).to(device=device, dtype=dtype)
-        self.sin = torch.cat((-sin, sin), dim=-1).to(device=device, dtype=dtype)
+        self.cos = torch.cat((cos, cos), dim=-1).to(device=self.device, dtype=self.dtype)
+        self.sin = torch.cat((-sin, sin), dim=-1).to(device=self.device, dtype=self.dtype)
 
     def tables(self, positions: torch.Tensor) -> RopeTables:
         """cos and signed sin for each token, [tokens, 1, head_dim]; gathered once per forward."""
+        if len(self.cos) < self.max_positions and positions.numel():
+            need = int(positions.max()) + 1
+            if need > len(self.cos):
+                self._grow(min(max(need, 2 * len(self.cos)), self.max_positions))
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 

@@ -41,6 +41,7 @@ class GGUFTensor:
     n_elements: int
     n_bytes: int
     data: np.ndarray  # uint8 view of the map: [rows, bytes per row] (1-D tensors: [bytes])
+    offset: int  # of the data in the file
 
 
 class GGUFFile:
@@ -62,6 +63,14 @@ class GGUFFile:
 
     def value(self, key: str, default: Any = None) -> Any:
         return self.fields.get(key, default)
+
+    def drop_pages(self, tensor: GGUFTensor) -> None:
+        """Let the kernel take back the tensor's pages from this process (they stay in the page
+        cache): once repacked, a tensor's file bytes need not count toward the process's RSS."""
+        if not tensor.n_bytes or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        begin = tensor.offset // mmap.PAGESIZE * mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, begin, tensor.offset + tensor.n_bytes - begin)
 
     def _parse(self) -> tuple[dict[str, Any], list[GGUFTensor]]:
         if self._map[:4] != _MAGIC:
@@ -128,4 +137,4 @@ class GGUFFile:
         data = np.frombuffer(self._map, np.uint8, available, begin) if available else np.empty(0, np.uint8)
         if available == n_bytes and len(dims) > 1:
             data = data.reshape(-1, row_bytes)
-        return GGUFTensor(name, qtype, dims, n_elements, n_bytes, data)
+        return GGUFTensor(name, qtype, dims, n_elements, n_bytes, data, begin)

@@ -90,6 +90,7 @@ class GGUFWeights:
     """``models/weights.py``'s ``Weights`` over a GGUF file, by Hugging Face name."""
 
     def __init__(self, reader: GGUFFile, config: ModelConfig, family: Family | None = None):
+        self.reader = reader
         self.family = family or gguf_family(reader)
         self.config = config
         self.architecture = GGUFMetadata(reader).architecture
@@ -114,6 +115,10 @@ class GGUFWeights:
         values = torch.from_numpy(dequantize_tensor(self.tensors[name])).clone()
         heads = self.family.permuted_heads(name, self.config, self.architecture)
         return values if heads is None else unpermute_rows(values, heads)
+
+    def release(self, name: str) -> None:
+        """The tensor has been copied into the model: its pages may leave this process's RSS."""
+        self.reader.drop_pages(self.tensors[name])
 
     def quantized(self, name: str) -> QuantizedTensor | None:
         t = self.tensors[name]

@@ -69,6 +69,9 @@ class SafetensorsWeights(Mapping):
     def quantized(self, name: str) -> QuantizedTensor | None:
         return None
 
+    def release(self, name: str) -> None:
+        pass  # each read is a copy out of a map closed at once
+
 
 def safetensors_files(folder: Path) -> list[Path]:
     """The checkpoint's shard files, from the index when the checkpoint is sharded."""

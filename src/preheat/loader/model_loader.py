@@ -59,7 +59,12 @@ def load_model(
     """
     path = model_path(model)
     template = read_template_file(chat_template) if chat_template else None
-    return _load_gguf(path, template) if is_gguf(path) else _load_hf_folder(path, dtype, template)
+    try:
+        return _load_gguf(path, template) if is_gguf(path) else _load_hf_folder(path, dtype, template)
+    except UnsupportedModelError as exc:
+        if str(exc).startswith(path.name):
+            raise
+        raise UnsupportedModelError(f"{path.name}: {exc}") from None
 
 
 def _load_gguf(path: Path, chat_template: str | None) -> LoadedModel:

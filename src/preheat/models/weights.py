@@ -52,6 +52,9 @@ class Weights(Protocol):
     def quantized(self, name: str) -> QuantizedTensor | None:
         """The tensor's blocks if the file quantizes it, else None."""
 
+    def release(self, name: str) -> None:
+        """The model holds its own copy of the tensor now (a memory map may drop its pages)."""
+
 
 class StateDict:
     """``Weights`` over tensors already in memory (tests, small float checkpoints)."""
@@ -67,6 +70,9 @@ class StateDict:
 
     def quantized(self, name: str) -> QuantizedTensor | None:
         return None
+
+    def release(self, name: str) -> None:
+        pass
 
 
 def as_weights(weights: Weights | dict[str, torch.Tensor]) -> Weights:
@@ -93,11 +99,11 @@ class WeightBuilder:
 
     def tensor(self, name: str) -> torch.Tensor:
         """A small float tensor (a bias, a norm) in the model's dtype."""
-        return self.weights.dense(name).to(device=self.device, dtype=self.dtype).contiguous()
+        return self._dense(name, offset=0.0)
 
     def norm(self, name: str, eps: float, offset: float = 0.0) -> RMSNorm:
         """An RMSNorm whose weight is stored as ``multiplier - offset``."""
-        return RMSNorm(multiplier(self.weights.dense(name), offset).to(self.device, self.dtype), eps)
+        return RMSNorm(self._dense(name, offset), eps)
 
     def linear(self, names: Iterable[str], biases: Iterable[str] | None = None):
         """One matmul whose outputs are the named weights' outputs, in order."""
@@ -132,7 +138,12 @@ class WeightBuilder:
         return make_head(weight, quantized=self.format == "int4")
 
     def _dense_matrix(self, name: str) -> torch.Tensor:
-        return self.weights.dense(name).to(device=self.device, dtype=self.dtype).contiguous()
+        return self._dense(name, offset=0.0)
+
+    def _dense(self, name: str, offset: float) -> torch.Tensor:
+        values = multiplier(self.weights.dense(name), offset).to(device=self.device, dtype=self.dtype)
+        self.weights.release(name)
+        return values.contiguous()
 
     def _packed(self, names: list[str]) -> list[tuple[PackedWeight, int]] | None:
         """The weights repacked, runs of one type concatenated first (their rows are
@@ -151,4 +162,6 @@ class WeightBuilder:
             blocks = run[0].blocks if len(run) == 1 else np.concatenate([t.blocks for t in run])
             rows = sum(t.shape[0] for t in run)
             out.append((repack(blocks, run[0].ggml_type, run[0].shape[1]), rows))
+        for name in names:
+            self.weights.release(name)
         return out
