@@ -84,7 +84,8 @@ def test_the_default_path_gives_transformers_greedy_tokens(loaded, reference):
 
 def test_building_the_default_model_expands_no_quantized_tensor(loaded, monkeypatch):
     """Count it: the only tensors dequantized to floats while the model is built are the file's
-    F32 norms; every matrix goes from the map to the kernel's layout as blocks."""
+    F32 norms; every matrix goes from the map to the kernel's layout as blocks (q, k and v, of
+    Q5_0 and Q8_0, joined into one matrix of 8-bit codes)."""
     if not load_quant_kernel():
         pytest.skip("needs preheat's VNNI kernel")
     expanded = []
@@ -98,4 +99,4 @@ def test_building_the_default_model_expands_no_quantized_tensor(loaded, monkeypa
     model = loaded.build(torch.device("cpu"), torch.float32, "auto")
     assert expanded and {kind for _, kind in expanded} == {"F32"}
     assert all(isinstance(lin, QuantLinear) for block in model.layers
-               for lin in (block.attn.o, block.mlp.gate_up, block.mlp.down))
+               for lin in (block.attn.qkv, block.attn.o, block.mlp.gate_up, block.mlp.down))

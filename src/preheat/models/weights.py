@@ -24,7 +24,7 @@ import torch
 from gguf import GGMLQuantizationType
 
 from preheat.kernels.gguf_repack import repack, supported_types
-from preheat.kernels.quant_matmul import PackedWeight, load_quant_kernel
+from preheat.kernels.quant_matmul import TILE, PackedWeight, load_quant_kernel
 from preheat.layers.embedding import DenseEmbedding, PackedEmbedding
 from preheat.layers.linear import ConcatLinear, QuantLinear, make_head, make_linear
 from preheat.layers.norm import RMSNorm, multiplier
@@ -164,4 +164,19 @@ class WeightBuilder:
             out.append((repack(blocks, run[0].ggml_type, run[0].shape[1]), rows))
         for name in names:
             self.weights.release(name)
-        return out
+        return _joined(out)
+
+
+def _joined(parts: list[tuple[PackedWeight, int]]) -> list[tuple[PackedWeight, int]]:
+    """Adjacent parts in one packed format (Q5_0 and Q8_0 both become 8-bit codes with float16
+    scales) as one matrix, where the first fills whole tiles of rows: one kernel call, not two."""
+    out = [parts[0]]
+    for weight, rows in parts[1:]:
+        prev, prev_rows = out[-1]
+        if prev_rows % TILE == 0 and all(a.shape[1:] == b.shape[1:] and a.dtype == b.dtype for a, b in
+                                         zip((prev.codes, prev.scale, prev.min), (weight.codes, weight.scale, weight.min))):
+            out[-1] = (PackedWeight(*(torch.cat([a, b]) for a, b in zip(
+                (prev.codes, prev.scale, prev.min), (weight.codes, weight.scale, weight.min)))), prev_rows + rows)
+        else:
+            out.append((weight, rows))
+    return out
