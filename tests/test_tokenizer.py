@@ -196,3 +196,21 @@ def test_sentencepiece_gguf_parity_with_transformers(tmp_path):
     assert (
         ours.decode(ours.encode("<|user|>hi</s>")) == "<|user|>hi"
     )  # user-defined stays, control is skipped
+
+
+def test_a_built_tokenizer_is_cached_by_its_vocabulary(tmp_path, monkeypatch, caplog):
+    """The second load reads the first one's build; a damaged copy is rebuilt, not served."""
+    from preheat.loader.gguf_file import GGUFFile
+    from preheat.tokenizer.gguf_tokenizer import gguf_backend
+
+    monkeypatch.setenv("PREHEAT_CACHE_DIR", str(tmp_path / "cache"))
+    write_sentencepiece_gguf(tmp_path / "sp.gguf")
+    first = gguf_backend(GGUFFile(tmp_path / "sp.gguf"))
+    [cached] = (tmp_path / "cache" / "tokenizers").glob("*.json")
+    texts = ["hello world", "the hello, world", "<|user|>hello</s>"]
+    second = gguf_backend(GGUFFile(tmp_path / "sp.gguf"))
+    assert [second.encode(t).ids for t in texts] == [first.encode(t).ids for t in texts]
+    cached.write_text("{ not a tokenizer")
+    rebuilt = gguf_backend(GGUFFile(tmp_path / "sp.gguf"))
+    assert [rebuilt.encode(t).ids for t in texts] == [first.encode(t).ids for t in texts]
+    assert "rebuilding the tokenizer" in caplog.text

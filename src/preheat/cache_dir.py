@@ -1,5 +1,5 @@
-"""Where preheat keeps what outlives a process: converted weights, the KV disk tier, the
-thinking-signature key. Torch-free, so the API process can name it too."""
+"""Where preheat keeps what outlives a process: file hashes, built tokenizers, the KV disk
+tier, the thinking-signature key, the stores. Torch-free, so the API process can name it too."""
 from __future__ import annotations
 
 import os
