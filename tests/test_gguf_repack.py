@@ -22,6 +22,8 @@ ALL = supported_types()
 # (type, where its blocks come from): random bytes for all, gguf's quantizer where it has one
 SOURCES = [pytest.param(t, "random", id=f"{t.name}-random") for t in ALL] + \
           [pytest.param(t, "quantize", id=f"{t.name}-quantize") for t in QUANTIZABLE]
+# Types whose default (compact) scales differ from the plain float16/float32 ones.
+COMPACT = [T.Q4_0, T.Q5_0, T.Q8_0, T.IQ4_NL, T.Q4_K, T.Q5_K, T.Q6_K]
 
 
 def random_blocks(ggml_type: T, rows: int, cols: int, seed: int) -> np.ndarray:
@@ -58,53 +60,88 @@ def reference(raw: np.ndarray, ggml_type: T) -> torch.Tensor:
 def test_every_weight_keeps_its_value(ggml_type, rows, n_blocks, source):
     cols = GGML_QUANT_SIZES[ggml_type][0] * n_blocks
     raw = blocks(ggml_type, source, rows, cols, seed=rows + n_blocks)
-    packed = repack(raw, ggml_type, cols)
-    assert packed.codes.shape[0] == -(-rows // 16)  # rows padded to whole tiles
-    assert torch.equal(unpack(packed, rows, cols), reference(raw, ggml_type))
+    for compact in (True, False):
+        packed = repack(raw, ggml_type, cols, compact=compact)
+        assert packed.codes.shape[0] == -(-rows // 16)  # rows padded to whole tiles
+        assert torch.equal(unpack(packed, rows, cols), reference(raw, ggml_type))
 
 
-@pytest.mark.parametrize("ggml_type", [T.Q4_K, T.Q6_K, T.Q8_0], ids=lambda t: t.name)
-def test_unpack_rows_reads_only_the_rows_asked_for(ggml_type):
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "plain"])
+@pytest.mark.parametrize("ggml_type", [T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_0, T.Q4_1], ids=lambda t: t.name)
+def test_unpack_rows_reads_only_the_rows_asked_for(ggml_type, compact):
     raw = random_blocks(ggml_type, 40, 512, seed=11)
-    packed = repack(raw, ggml_type, 512)
+    packed = repack(raw, ggml_type, 512, compact=compact)
     ids = torch.tensor([39, 0, 17, 17, 5])
     assert torch.equal(unpack_rows(packed, ids, 512), reference(raw, ggml_type)[ids])
 
 
 @pytest.mark.parametrize("ggml_type", ALL, ids=lambda t: t.name)
 def test_memory_per_weight(ggml_type):
-    """Codes as wide as the file's (4 bits only where the file's are 4-bit and affine),
-    float16 scales where float16 holds them exactly."""
-    packed = repack(random_blocks(ggml_type, 32, 512, seed=1), ggml_type, 512)
-    nbytes = sum(t.numel() * t.element_size() for t in (packed.codes, packed.scale, packed.min))
-    assert nbytes * 8 / (32 * 512) == bits_per_weight(ggml_type)
+    """Codes as wide as the file's (4 bits only where the file's are 4-bit and affine); scales
+    as the file's own factors (compact), or float16 where float16 holds them exactly (plain)."""
     file_bits = GGML_QUANT_SIZES[ggml_type][1] * 8 / GGML_QUANT_SIZES[ggml_type][0]
-    assert bits_per_weight(ggml_type) >= file_bits
-    expected = {T.Q4_0: 5, T.Q4_1: 5, T.Q5_0: 9, T.Q5_1: 9, T.Q8_0: 9, T.IQ4_NL: 9,
-                T.Q4_K: 6, T.Q5_K: 10, T.IQ4_XS: 10, T.Q6_K: 12}
-    assert bits_per_weight(ggml_type) == expected[ggml_type]
+    raw = random_blocks(ggml_type, 32, 512, seed=1)
+    for compact in (True, False):
+        packed = repack(raw, ggml_type, 512, compact=compact)
+        tensors = (packed.codes, packed.scale) + ((packed.min,) if packed.min.dim() > 1 else ())
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)  # less an implied min's factor per tile
+        assert nbytes * 8 / (32 * 512) == bits_per_weight(ggml_type, compact)
+        assert bits_per_weight(ggml_type, compact) >= file_bits
+    compact = {T.Q4_0: 4.5, T.Q4_1: 5, T.Q5_0: 8.5, T.Q5_1: 9, T.Q8_0: 8.5, T.IQ4_NL: 8.5,
+               T.Q4_K: 4.625, T.Q5_K: 8.625, T.IQ4_XS: 10, T.Q6_K: 8.5625}
+    plain = {T.Q4_0: 5, T.Q4_1: 5, T.Q5_0: 9, T.Q5_1: 9, T.Q8_0: 9, T.IQ4_NL: 9,
+             T.Q4_K: 6, T.Q5_K: 10, T.IQ4_XS: 10, T.Q6_K: 12}
+    assert bits_per_weight(ggml_type) == compact[ggml_type]
+    assert bits_per_weight(ggml_type, compact=False) == plain[ggml_type]
+
+
+@pytest.mark.parametrize("ggml_type", COMPACT, ids=lambda t: t.name)
+def test_compact_formats(ggml_type):
+    """The file's factors, in the shapes the kernel recognizes (quant_matmul.cpp's header)."""
+    packed = repack(random_blocks(ggml_type, 40, 512, seed=14), ggml_type, 512)
+    tiles, groups = 3, 16
+    if ggml_type in (T.Q4_K, T.Q5_K):
+        assert packed.scale.dtype == torch.uint8 and packed.scale.shape == (tiles, groups, 2, 16)
+        assert packed.min.dtype == torch.float16 and packed.min.shape == (tiles, groups // 8, 2, 16)
+    elif ggml_type == T.Q6_K:
+        assert packed.scale.dtype == torch.int8 and packed.scale.shape == (tiles, groups, 2, 16)
+        assert packed.min.dtype == torch.float16 and packed.min.shape == (tiles, groups // 8, 16)
+    else:
+        offset = {T.Q4_0: -8, T.Q5_0: -16, T.Q8_0: -128, T.IQ4_NL: -128}[ggml_type]
+        assert packed.scale.dtype == torch.float16 and packed.scale.shape == (tiles, groups, 16)
+        assert torch.equal(packed.min, torch.full((tiles,), float(offset)))
 
 
 @pytest.mark.parametrize("ggml_type", [T.Q4_0, T.Q8_0, T.IQ4_NL], ids=lambda t: t.name)
 def test_float16_scales_that_overflow_take_float32(ggml_type, monkeypatch):
-    """A min of -8d, -128d overflows float16 for large d: those tensors keep float32 scales,
-    even when the large d only appears after the first chunk of rows."""
+    """A min of -8d, -128d overflows float16 for large d: plain tensors keep float32 scales,
+    even when the large d only appears after the first chunk of rows. An implied min needs
+    no such thing: its scale is the file's float16 d."""
     monkeypatch.setattr(gguf_repack, "_CHUNK_BYTES", 1)  # 16 rows a chunk
     raw = random_blocks(ggml_type, 40, 64, seed=2)
     raw[35, 0:2] = np.array([20000.0], dtype=np.float16).view(np.uint8)
-    packed = repack(raw, ggml_type, 64)
+    packed = repack(raw, ggml_type, 64, compact=False)
     assert packed.scale.dtype == packed.min.dtype == torch.float32
     assert torch.equal(unpack(packed, 40, 64), reference(raw, ggml_type))
+    compact = repack(raw, ggml_type, 64)
+    assert compact.scale.dtype == torch.float16
+    assert torch.equal(unpack(compact, 40, 64), reference(raw, ggml_type))
+    if load_quant_kernel():
+        x = torch.randn(3, 64, generator=torch.Generator().manual_seed(15))
+        assert torch.equal(quant_matmul(x, compact), quant_matmul(x, packed))
 
 
 @pytest.mark.parametrize("ggml_type", ALL, ids=lambda t: t.name)
 def test_chunks_and_inputs_do_not_change_the_result(ggml_type, monkeypatch):
     raw = random_blocks(ggml_type, 53, 512, seed=3)
-    whole = repack(raw, ggml_type, 512)
-    monkeypatch.setattr(gguf_repack, "_CHUNK_BYTES", 1)  # 16 rows a chunk, the last one padded
-    for packed in (repack(raw, ggml_type, 512), repack(torch.from_numpy(raw), ggml_type, 512)):
-        for a, b in zip((whole.codes, whole.scale, whole.min), (packed.codes, packed.scale, packed.min)):
-            assert torch.equal(a, b)
+    for compact in (True, False):
+        monkeypatch.undo()
+        whole = repack(raw, ggml_type, 512, compact=compact)
+        monkeypatch.setattr(gguf_repack, "_CHUNK_BYTES", 1)  # 16 rows a chunk, the last one padded
+        for packed in (repack(raw, ggml_type, 512, compact=compact),
+                       repack(torch.from_numpy(raw), ggml_type, 512, compact=compact)):
+            for a, b in zip((whole.codes, whole.scale, whole.min), (packed.codes, packed.scale, packed.min)):
+                assert torch.equal(a, b)
 
 
 def test_unsupported_types_and_shapes_are_refused():
@@ -156,7 +193,7 @@ def test_kernel_computes_the_float64_product(ggml_type, source):
     got = quant_matmul(x, packed)
     assert torch.equal(got[:, rows:], torch.zeros(9, got.shape[1] - rows))  # padding rows
     got = got[:, :rows].double()
-    terms = 2 * cols // GROUP * (2 if packed.scale.dim() == 4 else 1)
+    terms = 2 * cols // GROUP * (2 if ggml_type == T.Q6_K else 1)
     in_float32 = float_rounding(x, w, mins, terms)
     # Exactly the product with the int16-rounded activations, up to float32 rounding...
     assert ((got - quantized_activations(x) @ w.double().T).abs() <= in_float32).all()
@@ -168,9 +205,31 @@ def test_kernel_computes_the_float64_product(ggml_type, source):
 
 
 @needs_kernel
+@pytest.mark.parametrize("ggml_type,source", [p for p in SOURCES if p.values[0] in COMPACT] +
+                         [pytest.param(T.Q6_K, "gemma-like", id="Q6_K-gemma-like")])
+def test_compact_scales_compute_as_plain_float32_ones(ggml_type, source):
+    """The kernel multiplies the compact factors out exactly: bitwise the results of the plain
+    float32 (or float16) scale and min they stand for, at every batch size."""
+    rows, cols = 45, 1024
+    if source == "gemma-like":  # realistic magnitudes: Q4_K-sized d, sub-scales over their range
+        raw = random_blocks(ggml_type, rows, cols, seed=16)
+        blocks_ = raw.reshape(rows, -1, 210)
+        blocks_[..., 208:210] = (np.random.default_rng(17).uniform(1e-5, 1e-3, blocks_.shape[:2])
+                                 .astype(np.float16).view(np.uint8).reshape(*blocks_.shape[:2], 2))
+    else:
+        raw = blocks(ggml_type, source, rows, cols, seed=16)
+    compact, plain = repack(raw, ggml_type, cols), repack(raw, ggml_type, cols, compact=False)
+    assert compact.scale.dtype != plain.scale.dtype or compact.min.shape != plain.min.shape
+    x = torch.randn(19, cols, generator=torch.Generator().manual_seed(18)) * torch.logspace(-2, 2, 19)[:, None]
+    for n in (1, 2, 7, 8, 9, 19):
+        assert torch.equal(quant_matmul(x[:n], compact), quant_matmul(x[:n], plain))
+
+
+@needs_kernel
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "plain"])
 @pytest.mark.parametrize("ggml_type", ALL, ids=lambda t: t.name)
-def test_each_row_ignores_the_others(ggml_type):
-    packed = repack(random_blocks(ggml_type, 40, 512, seed=6), ggml_type, 512)
+def test_each_row_ignores_the_others(ggml_type, compact):
+    packed = repack(random_blocks(ggml_type, 40, 512, seed=6), ggml_type, 512, compact=compact)
     x = torch.randn(19, 512, generator=torch.Generator().manual_seed(7)) * torch.logspace(-2, 2, 19)[:, None]
     batched = quant_matmul(x, packed)
     for i in range(19):
@@ -178,7 +237,7 @@ def test_each_row_ignores_the_others(ggml_type):
 
 
 @needs_kernel
-@pytest.mark.parametrize("ggml_type", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("ggml_type", [T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_0], ids=lambda t: t.name)
 def test_thread_count_does_not_change_a_bit(ggml_type):
     packed = repack(random_blocks(ggml_type, 64, 512, seed=12), ggml_type, 512)
     x = torch.randn(5, 512, generator=torch.Generator().manual_seed(13))
@@ -203,7 +262,7 @@ def test_float32_scales_compute_as_float16_ones():
 
 @needs_kernel
 def test_kernel_refuses_mixed_scale_formats():
-    packed = repack(random_blocks(T.Q6_K, 16, 256, seed=10), T.Q6_K, 256)
+    packed = repack(random_blocks(T.Q6_K, 16, 256, seed=10), T.Q6_K, 256, compact=False)
     x = torch.randn(2, 256)
     with pytest.raises(RuntimeError, match="same dtype"):
         quant_matmul(x, PackedWeight(packed.codes, packed.scale, packed.min.half()))
@@ -211,3 +270,19 @@ def test_kernel_refuses_mixed_scale_formats():
         quant_matmul(x, PackedWeight(packed.codes, packed.scale.half(), packed.min.half()))
     with pytest.raises(RuntimeError, match="float16 or float32"):
         quant_matmul(x, PackedWeight(packed.codes, packed.scale[:, :4].clone(), packed.min[:, :4].clone()))
+
+
+@needs_kernel
+def test_kernel_refuses_malformed_compact_scales():
+    x = torch.randn(2, 512)
+    k = repack(random_blocks(T.Q4_K, 16, 512, seed=19), T.Q4_K, 512)
+    q6 = repack(random_blocks(T.Q6_K, 16, 512, seed=19), T.Q6_K, 512)
+    q8 = repack(random_blocks(T.Q8_0, 16, 512, seed=19), T.Q8_0, 512)
+    for scale, low in ((k.scale, k.min.float()),  # super-block factors in float32
+                       (k.scale.view(torch.int8), k.min),  # Q4_K's layout with Q6_K's dtype
+                       (q6.scale.view(torch.uint8), q6.min),  # and the other way round
+                       (k.scale, k.min[:, :1].clone()),  # too few super-blocks
+                       (q8.scale, q8.min.half()),  # a tile's factor in float16
+                       (q8.scale.float(), q8.min)):  # an implied min with float32 scales
+        with pytest.raises(RuntimeError, match="compact pair"):
+            quant_matmul(x, PackedWeight(k.codes, scale, low))

@@ -11,10 +11,21 @@ moved bit for bit into the kernel's layout and its scales become the kernel's sc
 - IQ4_NL, IQ4_XS: their table values are integers in [-127, 113], so code = value + 128
   with min -128 * scale: 8-bit codes.
 
-Scale and min are float16 where the file's are (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) and
-float32 where they are products like d * s_j, exact in float32 but not in float16. A
-float16 tensor whose shifted min would overflow float16 (d above 512 for Q8_0) falls back
-to float32 too: exactness decides, never the type name alone.
+Scale and min are stored compactly, as the file's own factors, which the kernel multiplies
+in float32 exactly (``quant_matmul.cpp``'s header has the layouts):
+
+- Q4_K, Q5_K ("super-blocks"): uint8 s_j and m_j per 32 inputs, float16 d and -dmin per 256;
+  4.625 bits a weight for Q4_K (the file: 4.5), 8.625 for Q5_K's 8-bit codes;
+- Q6_K ("symmetric per 16"): int8 s per 16 inputs, float16 d per 256, min -32 * scale: 8.5625;
+- Q4_0, Q5_0, Q8_0, IQ4_NL ("implied min"): float16 d per 32, min = -8, -16 or -128 times d,
+  the factor a float32 per tile of 16 rows;
+- Q4_1, Q5_1: float16 scale and min per 32, as the file's; IQ4_XS: float32 d * ls and
+  -128 times that, per 32.
+
+``repack(..., compact=False)`` gives instead the plain float16/float32 scale and min per 32
+(per 16 for Q6_K) that these stand for, and the kernel's results are bitwise the same. There,
+a float16 tensor whose shifted min would overflow float16 (d above 512 for Q8_0) falls back
+to float32: exactness decides, never the type name alone.
 
 The work is vectorized torch on 32-bit words (four codes at a time), a few MB of the file
 at a time, so a 1 GB tensor needs no more than its output plus a few MB of temporaries.
@@ -41,17 +52,26 @@ _IQ4_CODES = (np.array(IQ4_NL.kvalues, dtype=np.int16) + 128).astype(np.uint16)
 _IQ4_PAIRS = _IQ4_CODES[np.arange(256) & 15] | (_IQ4_CODES[np.arange(256) >> 4] << 8)
 
 # What a decoder returns for a chunk of rows: the codes as int32 words [rows, groups, 4 or 8]
-# (word j holds the 4 bytes the kernel reads for chunk j), and scale, min as float32
-# [rows, groups] or, per 16 inputs, [rows, groups, 2].
+# (word j holds the 4 bytes the kernel reads for chunk j), and float32 scale, min [rows, groups]
+# or, per 16 inputs, [rows, groups, 2]; for the super-block types instead the file's factors,
+# sub [rows, groups, 2] and super [rows, blocks (, 2)] (see _Layout.compact).
 Decoded = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+SUPER = 8  # groups of 32 per K-quant block of 256
 
 
 @dataclass(frozen=True)
 class _Layout:
     bits: int  # the kernel's code width: 4 or 8
-    half: bool  # float16 scale and min (when exact)
+    half: bool  # float16 scale and min (when exact), in the plain form
     per16: bool  # a scale and min per 16 inputs
     decode: Callable[[torch.Tensor], Decoded]  # blocks [rows, blocks, type size] uint8
+    # The compact form: None (plain float16/float32 scale and min); "implied" (float16 scale,
+    # min = offset * scale); "super" (decode gives sub = (s_j, m_j) per group and super =
+    # (d, -dmin) per block: scale d s_j, min -dmin m_j); "super16" (sub = s per 16 inputs,
+    # super = d per block: scale d s, min -32 scale).
+    compact: str | None = None
+    offset: int = 0  # "implied": min = offset * scale
 
 
 # -- reading fields of the blocks ---------------------------------------------------------
@@ -148,18 +168,18 @@ def _q8_0(blocks: torch.Tensor) -> Decoded:
     return _words(blocks, 2, 32) ^ -0x7F7F7F80, d, d * -128  # int8 q -> q + 128: flip each sign bit
 
 
-def _k_scale_min(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q4_K/Q5_K's per-32 scale d * s_j and min -dmin * m_j [rows, blocks * 8], exact in float32."""
+def _k_factors(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K's sub-scales and sub-mins (s_j, m_j) [rows, blocks * 8, 2] and their factors
+    (d, -dmin) [rows, blocks, 2]: w = d s_j q - dmin m_j."""
     s, m = _k_scales(blocks)
-    scale = _f16(blocks, 0)[..., None] * s
-    low = -(_f16(blocks, 2)[..., None] * m)  # the file subtracts dmin * m_j: w = d s q - dmin m
-    return scale.reshape(blocks.shape[0], -1), low.reshape(blocks.shape[0], -1)
+    sub = torch.stack([s, m], dim=-1).reshape(blocks.shape[0], -1, 2)
+    return sub, torch.stack([_f16(blocks, 0), -_f16(blocks, 2)], dim=-1)
 
 
 def _q4_k(blocks: torch.Tensor) -> Decoded:
     w = _words(blocks, 16, 128).unflatten(-1, (4, 8))  # 4 pairs of groups: 2j low, 2j + 1 high
     a, b = _pair_nibbles(w[..., 0::2], w[..., 1::2])
-    return torch.stack([a, b], dim=-2).reshape(blocks.shape[0], -1, 4), *_k_scale_min(blocks)
+    return torch.stack([a, b], dim=-2).reshape(blocks.shape[0], -1, 4), *_k_factors(blocks)
 
 
 def _q5_k(blocks: torch.Tensor) -> Decoded:
@@ -168,7 +188,7 @@ def _q5_k(blocks: torch.Tensor) -> Decoded:
     qh = _words(blocks, 16, 32)[..., None, :]  # bit j of byte i: input i of group j
     high = ((qh >> torch.arange(8, dtype=torch.int32)[:, None]) & 0x01010101) << 4
     codes = low.reshape(high.shape) | high
-    return codes.reshape(blocks.shape[0], -1, 8), *_k_scale_min(blocks)
+    return codes.reshape(blocks.shape[0], -1, 8), *_k_factors(blocks)
 
 
 def _q6_k(blocks: torch.Tensor) -> Decoded:
@@ -180,8 +200,8 @@ def _q6_k(blocks: torch.Tensor) -> Decoded:
     qh = _words(blocks, 128, 64).unflatten(-1, (2, 1, 8))
     high = ((qh >> torch.arange(0, 8, 2, dtype=torch.int32)[:, None]) & 0x03030303) << 4
     codes = low.reshape(*high.shape[:2], 64) | high.reshape(*high.shape[:2], 64)  # 6-bit q
-    scale = _f16(blocks, 208)[..., None] * blocks[..., 192:208].view(torch.int8).float()
-    return codes.reshape(rows, -1, 8), scale.reshape(rows, -1, 2), (scale * -32).reshape(rows, -1, 2)
+    sub = blocks[..., 192:208].view(torch.int8).float().reshape(rows, -1, 2)  # s per 16 inputs
+    return codes.reshape(rows, -1, 8), sub, _f16(blocks, 208)
 
 
 def _iq4_codes(qs: torch.Tensor) -> torch.Tensor:
@@ -209,17 +229,27 @@ def _iq4_xs(blocks: torch.Tensor) -> Decoded:
 
 _T = GGMLQuantizationType
 _LAYOUTS: dict[GGMLQuantizationType, _Layout] = {
-    _T.Q4_0: _Layout(4, True, False, _q4_0),
+    _T.Q4_0: _Layout(4, True, False, _q4_0, "implied", -8),
     _T.Q4_1: _Layout(4, True, False, _q4_1),
-    _T.Q5_0: _Layout(8, True, False, _q5_0),
+    _T.Q5_0: _Layout(8, True, False, _q5_0, "implied", -16),
     _T.Q5_1: _Layout(8, True, False, _q5_1),
-    _T.Q8_0: _Layout(8, True, False, _q8_0),
-    _T.Q4_K: _Layout(4, False, False, _q4_k),
-    _T.Q5_K: _Layout(8, False, False, _q5_k),
-    _T.Q6_K: _Layout(8, False, True, _q6_k),
-    _T.IQ4_NL: _Layout(8, True, False, _iq4_nl),
+    _T.Q8_0: _Layout(8, True, False, _q8_0, "implied", -128),
+    _T.Q4_K: _Layout(4, False, False, _q4_k, "super"),
+    _T.Q5_K: _Layout(8, False, False, _q5_k, "super"),
+    _T.Q6_K: _Layout(8, False, True, _q6_k, "super16"),
+    _T.IQ4_NL: _Layout(8, True, False, _iq4_nl, "implied", -128),
     _T.IQ4_XS: _Layout(8, False, False, _iq4_xs),
 }
+
+
+def _expand(compact: str, sub: torch.Tensor, sup: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 scale and min [rows, groups (, 2)] that super-block factors stand for
+    (exact: a float16 times a small integer, or -32 times a float32)."""
+    if compact == "super":
+        per_group = sup.repeat_interleave(SUPER, dim=1)  # [rows, groups, 2]: d, -dmin
+        return per_group[..., 0] * sub[..., 0], per_group[..., 1] * sub[..., 1]
+    scale = sup.repeat_interleave(SUPER, dim=1)[..., None] * sub  # "super16": [rows, groups, 2]
+    return scale, scale * -32
 
 
 # -- public API ----------------------------------------------------------------------------
@@ -230,40 +260,60 @@ def supported_types() -> list[GGMLQuantizationType]:
     return list(_LAYOUTS)
 
 
-def bits_per_weight(ggml_type: GGMLQuantizationType) -> float:
+def bits_per_weight(ggml_type: GGMLQuantizationType, compact: bool = True) -> float:
     """Memory per weight of ``repack``'s result (codes, scale and min), in bits, in the
-    usual case (float16 scales that overflow take float32 and more)."""
+    usual case (float16 scales that overflow take float32 and more), leaving out the
+    implied-min formats' factor per tile (32 bits per 16 rows)."""
     layout = _layout(ggml_type)
+    if compact and layout.compact == "super":
+        return layout.bits + 2 * 8 / GROUP + 2 * 16 / (SUPER * GROUP)
+    if compact and layout.compact == "super16":
+        return layout.bits + 8 / (GROUP // 2) + 16 / (SUPER * GROUP)
+    if compact and layout.compact == "implied":
+        return layout.bits + 16 / GROUP
     inputs_per_scale = GROUP // 2 if layout.per16 else GROUP
     return layout.bits + 2 * (16 if layout.half else 32) / inputs_per_scale
 
 
-def repack(raw: torch.Tensor | np.ndarray, ggml_type: GGMLQuantizationType, in_features: int) -> PackedWeight:
+def repack(raw: torch.Tensor | np.ndarray, ggml_type: GGMLQuantizationType, in_features: int,
+           compact: bool = True) -> PackedWeight:
     """A GGUF tensor's raw blocks, uint8 [rows, row_bytes], in the kernel's layout.
 
     Every weight keeps the value ``gguf.quants.dequantize`` gives it. Rows are padded with
-    zero weights to a multiple of 16. Raises ValueError for a type not in ``supported_types()``
-    or bytes that do not match ``in_features``.
+    zero weights to a multiple of 16. ``compact`` picks the type's compact scale format (see
+    the module's docstring), else the plain float16/float32 scale and min per 32 (per 16 for
+    Q6_K) it stands for: the kernel gives bitwise the same results from either. Raises
+    ValueError for a type not in ``supported_types()`` or bytes that do not match ``in_features``.
     """
     layout = _layout(ggml_type)
     ggml_type = GGMLQuantizationType(ggml_type)
+    form = layout.compact if compact else None
     rows, row_bytes = _check_shape(raw, ggml_type, in_features)
     tiles, groups = -(-rows // TILE), in_features // GROUP
-    parts = (2,) if layout.per16 else ()
-    dtype = torch.float16 if layout.half else torch.float32
     codes = torch.empty(tiles, groups, 64 * layout.bits, dtype=torch.uint8)
-    scale = torch.empty(tiles, groups, *parts, TILE, dtype=dtype)
-    low = torch.empty_like(scale)
+    if form == "super":
+        scale = torch.empty(tiles, groups, 2, TILE, dtype=torch.uint8)
+        low = torch.empty(tiles, groups // SUPER, 2, TILE, dtype=torch.float16)
+    elif form == "super16":
+        scale = torch.empty(tiles, groups, 2, TILE, dtype=torch.int8)
+        low = torch.empty(tiles, groups // SUPER, TILE, dtype=torch.float16)
+    else:
+        parts = (2,) if layout.per16 else ()
+        scale = torch.empty(tiles, groups, *parts, TILE, dtype=torch.float16 if layout.half else torch.float32)
+        low = torch.full((tiles,), float(layout.offset)) if form == "implied" else torch.empty_like(scale)
     step = max(1, _CHUNK_BYTES // (row_bytes * TILE)) * TILE
     for r0 in range(0, rows, step):
         blocks = _chunk(raw, r0, min(r0 + step, rows), row_bytes)
         words, s, m = layout.decode(blocks.view(blocks.shape[0], -1, GGML_QUANT_SIZES[ggml_type][1]))
         t0, t1 = r0 // TILE, r0 // TILE + blocks.shape[0] // TILE
         _place_codes(codes[t0:t1], words)
-        if scale.dtype == torch.float16 and not (_fits_half(s) and _fits_half(m)):
+        if layout.compact in ("super", "super16") and form is None:
+            s, m = _expand(layout.compact, s, m)
+        if scale.dtype == torch.float16 and form is None and not (_fits_half(s) and _fits_half(m)):
             scale, low = scale.float(), low.float()  # what was written so far converts exactly
         _place_scales(scale[t0:t1], s)
-        _place_scales(low[t0:t1], m)
+        if form != "implied":
+            _place_scales(low[t0:t1], m)
     return PackedWeight(codes, scale, low)
 
 
@@ -289,7 +339,7 @@ def unpack_rows(pw: PackedWeight, rows: torch.Tensor, in_features: int) -> torch
     b = words.contiguous().view(torch.uint8).view(len(rows), groups, -1, 4)
     if width == 256:
         b = torch.stack([b & 0x0F, b >> 4], dim=-2)
-    scale, low = (t[tile, ..., lane].reshape(len(rows), -1, 1).float() for t in (pw.scale, pw.min))
+    scale, low = (t.reshape(len(rows), -1, 1) for t in _float_scales(pw, tile, lane))
     codes = b.reshape(len(rows), scale.shape[1], -1).float()  # [rows, scales, inputs per scale]
     w = codes * scale
     w = w + low  # not fused: the product rounds first, as in gguf's numpy
@@ -297,6 +347,18 @@ def unpack_rows(pw: PackedWeight, rows: torch.Tensor, in_features: int) -> torch
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _float_scales(pw: PackedWeight, tile: torch.Tensor, lane: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (tile, lane)'s float32 scale and min [rows, groups (, 2)] in any of the kernel's
+    formats, compact ones multiplied out exactly as the kernel does."""
+    if pw.scale.dtype in (torch.uint8, torch.int8):  # super-block factors
+        compact = "super" if pw.scale.dtype == torch.uint8 else "super16"
+        return _expand(compact, pw.scale[tile, ..., lane].float(), pw.min[tile, ..., lane].float())
+    scale = pw.scale[tile, ..., lane].float()
+    if pw.min.dim() == 1:  # implied: a factor per tile
+        return scale, scale * pw.min[tile].float()[:, None]
+    return scale, pw.min[tile, ..., lane].float()
 
 
 def _layout(ggml_type: GGMLQuantizationType) -> _Layout:

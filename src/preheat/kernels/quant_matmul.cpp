@@ -16,11 +16,22 @@
 //     of output row l at inputs 8p + kk (low nibble) and 8p + 4 + kk (high nibble);
 //   8-bit codes [tiles, groups, 8, 64] uint8: byte (l * 4 + kk) of chunk j holds the code
 //     of output row l at input 4j + kk;
-//   scale and min, one of (chosen from their dtype and shape):
-//     [tiles, groups, 16] float16: one pair per group (preheat's own Q4_1/Q8_0 packing);
-//     [tiles, groups, 16] float32: the same, for GGUF scales fp16 cannot hold (Q4_K's d * s_j);
-//     [tiles, groups, 2, 16] float32: a pair per 16 inputs (GGUF's Q6_K): element [g, h, l]
-//       serves row l at inputs g * 32 + 16h .. + 15. The activations' int16 scale stays per 32.
+//   scale and min, one of (chosen from their dtypes and shapes):
+//     [tiles, groups, 16] float16 both: one pair per group (preheat's own Q4_1/Q8_0 packing);
+//     [tiles, groups, 16] float32 both: the same, for GGUF scales fp16 cannot hold;
+//     [tiles, groups, 2, 16] float32 both: a pair per 16 inputs: element [g, h, l]
+//       serves row l at inputs g * 32 + 16h .. + 15. The activations' int16 scale stays per 32;
+//   or compact, the file's own factors multiplied here in float32, exactly (an fp16 times a
+//   small integer, or a power of two, fits float32's mantissa), so each gives bitwise the
+//   results of the float32 scale and min they stand for:
+//     implied min (Q4_0, Q5_0, Q8_0, IQ4_NL): scale [tiles, groups, 16] float16, min
+//       [tiles] float32 holding a factor per tile: min = min[t] * scale (-8, -16 or -128);
+//     super-blocks (Q4_K, Q5_K; groups a multiple of 8): scale [tiles, groups, 2, 16] uint8
+//       holding s_j at [g, 0, l] and m_j at [g, 1, l], min [tiles, groups / 8, 2, 16] float16
+//       holding d at [b, 0, l] and -dmin at [b, 1, l] for groups 8b .. 8b + 7:
+//       scale = d * s_j, min = -dmin * m_j;
+//     symmetric per 16 (Q6_K): scale [tiles, groups, 2, 16] int8 holding s per 16 inputs as
+//       above, min [tiles, groups / 8, 16] float16 holding d: scale = d * s, min = -32 scale.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -38,14 +49,17 @@ constexpr int64_t kMaxRows = 8;       // activation rows per register block
 constexpr float kActMax = 32767.f;    // activations become int16: near-exact, unlike int8
 constexpr float kTiny = 1e-30f;
 
-// How scale and min are stored: per group of 32 as float16 or float32, or per 16 as float32.
-enum class Scales { kHalf, kFloat, kFloatHalves };
+// How scale and min are stored (see the header): per group of 32 as float16 or float32, per 16
+// as float32; or compact: float16 with an implied min, super-block factors (Q4_K), per 16 (Q6_K).
+enum class Scales { kHalf, kFloat, kFloatHalves, kHalfImplied, kSuper, kSuper16 };
+
+constexpr bool per_16(Scales s) { return s == Scales::kFloatHalves || s == Scales::kSuper16; }
 
 struct QuantizedRows {
   std::vector<int16_t> codes;  // [rows, in], each quad stored as inputs 0, 2, 1, 3
   std::vector<float> scale;    // [rows, groups]: x ~= scale * code
   std::vector<float> sum;      // [rows, groups]: scale * sum of the group's codes
-  std::vector<float> sum16;    // [rows, groups, 2]: the same per 16 inputs (kFloatHalves only)
+  std::vector<float> sum16;    // [rows, groups, 2]: the same per 16 inputs (per-16 formats only)
 };
 
 QuantizedRows quantize_rows(const float* x, int64_t rows, int64_t in, bool halves) {
@@ -77,22 +91,59 @@ QuantizedRows quantize_rows(const float* x, int64_t rows, int64_t in, bool halve
 
 struct TileArgs {
   const uint8_t* codes;    // this tile's [groups, 64 * bits]
-  const void* scale;       // this tile's [groups, 16] (fp16 or fp32) or [groups, 2, 16] (fp32)
-  const void* min;
+  const uint8_t* scale;    // this tile's scale bytes, in the format's layout
+  const uint8_t* min;      // this tile's min bytes (kHalfImplied: its float32 factor)
   const int16_t* x;        // first activation row of the block
   const float* x_scale;    // [rows, groups]
-  const float* x_sum;      // [rows, groups], or [rows, groups, 2] for kFloatHalves
+  const float* x_sum;      // [rows, groups], or [rows, groups, 2] per 16 inputs
   float* y;                // y[0, tile * 16]
   int64_t groups, in, out;
 };
 
-// The 16 rows' scales (or mins) at vector index i: group i, or half i % 2 of group i / 2.
+__m512 half16(const uint8_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+__m512 float32x16(const uint8_t* p) { return _mm512_loadu_ps(reinterpret_cast<const float*>(p)); }
+__m512 u8x16(const uint8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+__m512 i8x16(const uint8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+// The super-block factors of groups g .. g + 7 (g a multiple of 8): d and -dmin, or d alone.
 template <Scales S>
-__m512 load_scales(const void* p, int64_t i) {
+void load_super(const TileArgs& a, int64_t g, __m512* super) {
+  if constexpr (S == Scales::kSuper) {
+    super[0] = half16(a.min + (g / 8) * 64);
+    super[1] = half16(a.min + (g / 8) * 64 + 32);
+  } else if constexpr (S == Scales::kSuper16) {
+    super[0] = half16(a.min + (g / 8) * 32);
+  }
+}
+
+// The 16 rows' scale d and min m for group g (and half `part` of it, per 16 inputs), in float32.
+// The compact formats' products are exact: the same floats as the float32 formats hold.
+template <Scales S>
+void load_scales(const TileArgs& a, const __m512* super, int64_t g, int part, __m512& d, __m512& m) {
   if constexpr (S == Scales::kHalf) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(static_cast<const __m256i*>(p) + i));
-  } else {
-    return _mm512_loadu_ps(static_cast<const float*>(p) + i * kTile);
+    d = half16(a.scale + g * 32);
+    m = half16(a.min + g * 32);
+  } else if constexpr (S == Scales::kFloat) {
+    d = float32x16(a.scale + g * 64);
+    m = float32x16(a.min + g * 64);
+  } else if constexpr (S == Scales::kFloatHalves) {
+    d = float32x16(a.scale + (2 * g + part) * 64);
+    m = float32x16(a.min + (2 * g + part) * 64);
+  } else if constexpr (S == Scales::kHalfImplied) {
+    d = half16(a.scale + g * 32);
+    m = _mm512_mul_ps(d, _mm512_set1_ps(*reinterpret_cast<const float*>(a.min)));
+  } else if constexpr (S == Scales::kSuper) {
+    d = _mm512_mul_ps(super[0], u8x16(a.scale + g * 32));
+    m = _mm512_mul_ps(super[1], u8x16(a.scale + g * 32 + 16));
+  } else {  // kSuper16
+    d = _mm512_mul_ps(super[0], i8x16(a.scale + (2 * g + part) * 16));
+    m = _mm512_mul_ps(d, _mm512_set1_ps(-32.f));
   }
 }
 
@@ -114,16 +165,18 @@ void load_codes(const uint8_t* src, __m512i* w) {
 template <int Bits, int Rows, Scales S>
 void tile_block(const TileArgs& a) {
   // A scale and min per 16 inputs split each group's dot product in two halves of 4 quads.
-  constexpr int kParts = S == Scales::kFloatHalves ? 2 : 1;
+  constexpr int kParts = per_16(S) ? 2 : 1;
   constexpr int kQuads = 8 / kParts;
   __m512 acc[Rows];
   for (int i = 0; i < Rows; ++i) acc[i] = _mm512_setzero_ps();
+  __m512 super[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
   for (int64_t g = 0; g < a.groups; ++g) {
+    if (g % 8 == 0) load_super<S>(a, g, super);
     __m512i w[8];
     load_codes<Bits>(a.codes + g * Bits * 64, w);
     for (int part = 0; part < kParts; ++part) {
-      const __m512 d = load_scales<S>(a.scale, g * kParts + part);
-      const __m512 m = load_scales<S>(a.min, g * kParts + part);
+      __m512 d, m;
+      load_scales<S>(a, super, g, part, d, m);
       __m512i dot[Rows];
       for (int i = 0; i < Rows; ++i) dot[i] = _mm512_setzero_si512();
       const __m512i low_bytes = _mm512_set1_epi32(0x00FF00FF);
@@ -168,21 +221,31 @@ void run_block(int64_t bits, int64_t rows, const TileArgs& a) {
   bits == 8 ? run_block<8, S>(rows, a) : run_block<4, S>(rows, a);
 }
 
-// The scale/min format from the tensors' dtype and shape (see the header).
+// The scale/min format from the tensors' dtypes and shapes (see the header).
 Scales scale_format(const at::Tensor& scale, const at::Tensor& min, int64_t tiles, int64_t groups) {
-  TORCH_CHECK(scale.scalar_type() == min.scalar_type() && scale.sizes() == min.sizes(),
-              "scale and min must have the same dtype and shape");
   TORCH_CHECK(scale.is_contiguous() && min.is_contiguous(), "scale and min must be contiguous");
-  const bool per_group = scale.dim() == 3 && scale.size(0) == tiles && scale.size(1) == groups &&
-                         scale.size(2) == kTile;
-  const bool per_16 = scale.dim() == 4 && scale.size(0) == tiles && scale.size(1) == groups &&
-                      scale.size(2) == 2 && scale.size(3) == kTile;
-  if (per_group && scale.scalar_type() == at::kHalf) return Scales::kHalf;
-  if (per_group && scale.scalar_type() == at::kFloat) return Scales::kFloat;
-  TORCH_CHECK(per_16 && scale.scalar_type() == at::kFloat,
-              "scale and min must be [tiles, groups, 16] float16 or float32, "
-              "or [tiles, groups, 2, 16] float32");
-  return Scales::kFloatHalves;
+  const auto is = [](const at::Tensor& t, at::ScalarType type, std::vector<int64_t> shape) {
+    return t.scalar_type() == type && t.sizes() == at::IntArrayRef(shape);
+  };
+  const auto h = at::kHalf, f = at::kFloat;
+  if (is(scale, h, {tiles, groups, kTile})) {
+    if (is(min, h, {tiles, groups, kTile})) return Scales::kHalf;
+    if (is(min, f, {tiles})) return Scales::kHalfImplied;
+  }
+  if (is(scale, f, {tiles, groups, kTile}) && is(min, f, {tiles, groups, kTile})) return Scales::kFloat;
+  if (is(scale, f, {tiles, groups, 2, kTile}) && is(min, f, {tiles, groups, 2, kTile}))
+    return Scales::kFloatHalves;
+  if (groups % 8 == 0 && is(scale, at::kByte, {tiles, groups, 2, kTile}) &&
+      is(min, h, {tiles, groups / 8, 2, kTile}))
+    return Scales::kSuper;
+  if (groups % 8 == 0 && is(scale, at::kChar, {tiles, groups, 2, kTile}) &&
+      is(min, h, {tiles, groups / 8, kTile}))
+    return Scales::kSuper16;
+  TORCH_CHECK(false,
+              "scale and min must have the same dtype and shape, [tiles, groups, 16] float16 or "
+              "float32 or [tiles, groups, 2, 16] float32, or be a compact pair: [tiles, groups, 16] "
+              "float16 with [tiles] float32; [tiles, groups, 2, 16] uint8 with [tiles, groups / 8, "
+              "2, 16] float16; [tiles, groups, 2, 16] int8 with [tiles, groups / 8, 16] float16");
 }
 
 // x [..., in] of a floating dtype -> [..., out] of the same dtype; computes in float32.
@@ -199,24 +262,26 @@ at::Tensor quant_matmul(const at::Tensor& input, const at::Tensor& codes, const 
   const int64_t rows = x.size(0), in = x.size(1), tiles = codes.size(0), groups = codes.size(1);
   TORCH_CHECK(in == groups * kGroup, "x has ", in, " inputs, the weights ", groups * kGroup);
   const Scales format = scale_format(scale, min, tiles, groups);
-  const int64_t parts = format == Scales::kFloatHalves ? 2 : 1;
+  const int64_t parts = per_16(format) ? 2 : 1;
   const int64_t out = tiles * kTile;
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
   shape.back() = out;
   at::Tensor y = at::empty({rows, out}, x.options());
   if (rows == 0) return y.view(shape).to(input.scalar_type());
-  const QuantizedRows q = quantize_rows(x.data_ptr<float>(), rows, in, format == Scales::kFloatHalves);
-  const float* x_sum = format == Scales::kFloatHalves ? q.sum16.data() : q.sum.data();
+  const QuantizedRows q = quantize_rows(x.data_ptr<float>(), rows, in, per_16(format));
+  const float* x_sum = per_16(format) ? q.sum16.data() : q.sum.data();
   const auto* codes_p = codes.data_ptr<uint8_t>();
   const auto* scale_p = static_cast<const uint8_t*>(scale.data_ptr());
   const auto* min_p = static_cast<const uint8_t*>(min.data_ptr());
-  const int64_t tile_scales = groups * parts * kTile * scale.element_size();  // bytes of a tile's scales
+  // Bytes of a tile's scale and of its min: both tensors lead with the tile.
+  const int64_t tile_scales = tiles ? scale.numel() / tiles * scale.element_size() : 0;
+  const int64_t tile_mins = tiles ? min.numel() / tiles * min.element_size() : 0;
   float* y_p = y.data_ptr<float>();
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows) {
         const TileArgs a{codes_p + t * groups * bits * 64, scale_p + t * tile_scales,
-                         min_p + t * tile_scales, q.codes.data() + r0 * in,
+                         min_p + t * tile_mins, q.codes.data() + r0 * in,
                          q.scale.data() + r0 * groups, x_sum + r0 * groups * parts,
                          y_p + r0 * out + t * kTile, groups, in, out};
         const int64_t n = std::min(kMaxRows, rows - r0);
@@ -224,6 +289,9 @@ at::Tensor quant_matmul(const at::Tensor& input, const at::Tensor& codes, const 
           case Scales::kHalf: run_block<Scales::kHalf>(bits, n, a); break;
           case Scales::kFloat: run_block<Scales::kFloat>(bits, n, a); break;
           case Scales::kFloatHalves: run_block<Scales::kFloatHalves>(bits, n, a); break;
+          case Scales::kHalfImplied: run_block<Scales::kHalfImplied>(bits, n, a); break;
+          case Scales::kSuper: run_block<Scales::kSuper>(bits, n, a); break;
+          case Scales::kSuper16: run_block<Scales::kSuper16>(bits, n, a); break;
         }
       }
     }

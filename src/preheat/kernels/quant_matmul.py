@@ -6,8 +6,9 @@ rows cost three times one row, which caps batched decoding. This kernel multipli
 as exact integer dot products on AVX-512 VNNI, so a batch of decode rows costs little
 more than one, and results stay within float rounding of the dequantized model.
 ``pack`` quantizes float weights into that form; ``gguf_repack.repack`` moves a GGUF
-file's own blocks (Q4_0 ... Q6_K, IQ4) into it without changing a weight, using float32
-scales, or a scale per 16 inputs, where the file's need them.
+file's own blocks (Q4_0 ... Q6_K, IQ4) into it without changing a weight, keeping K-quants'
+super-block scales compact (the kernel multiplies them out exactly), or a scale per 16 inputs
+where the file's need them.
 
 It needs a CPU with AVX-512 VNNI and a C++ compiler (ninja comes with preheat). Where
 either is missing, ``load_quant_kernel`` says so once and returns False, and callers use
@@ -35,11 +36,27 @@ _FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512v
 @dataclass
 class PackedWeight:
     """A weight [out, in] in the kernel's layout (see quant_matmul.cpp's header):
-    w = scale * code + min, a scale and min per 32 inputs, or per 16 ([..., 2, 16])."""
+    w = scale * code + min, a scale and min per 32 inputs, or per 16 ([..., 2, 16]).
+
+    With T = out / 16 tiles and G = in / 32 groups, (scale, min) is one of:
+
+    - plain: both [T, G, 16] float16 or float32, or both [T, G, 2, 16] float32 (per 16 inputs);
+    - implied min: scale [T, G, 16] float16, min [T] float32, a factor per tile:
+      min = min[t] * scale (GGUF's Q4_0, Q5_0, Q8_0, IQ4_NL: -8, -16, -128, -128);
+    - super-blocks (Q4_K, Q5_K): scale [T, G, 2, 16] uint8, the sub-scale s_j at [t, g, 0]
+      and sub-min m_j at [t, g, 1]; min [T, G / 8, 2, 16] float16, d at [t, b, 0] and
+      -dmin at [t, b, 1] for groups 8b .. 8b + 7: scale = d * s_j, min = -dmin * m_j;
+    - symmetric per 16 (Q6_K): scale [T, G, 2, 16] int8, s per 16 inputs; min [T, G / 8, 16]
+      float16, d per 8 groups: scale = d * s, min = -32 * scale.
+
+    The compact forms' products are exact in float32, so the kernel's results equal those of
+    the plain float32 scale and min they stand for, bit for bit. Every tensor leads with the
+    tile: rows of tiles concatenate along dim 0.
+    """
 
     codes: torch.Tensor  # [out / 16, in / 32, 64 * bits] uint8, bits 4 or 8
-    scale: torch.Tensor  # [out / 16, in / 32, 16] float16 or float32, or [out / 16, in / 32, 2, 16] float32
-    min: torch.Tensor  # as scale
+    scale: torch.Tensor  # see above
+    min: torch.Tensor  # see above
 
 
 def cpu_has_vnni() -> bool:
