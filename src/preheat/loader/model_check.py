@@ -7,6 +7,7 @@ needs but the file lacks) is reported by the loader in the same way.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from gguf import GGMLQuantizationType as Q
@@ -55,8 +56,6 @@ def check_gguf(path: Path) -> None:
 
 
 def check_folder(path: Path) -> None:
-    import json
-
     config = path / "config.json"
     if not config.is_file():
         raise ModelNotFoundError(f"{path}: a model folder needs config.json, *.safetensors and tokenizer.json; "

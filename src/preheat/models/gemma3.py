@@ -20,7 +20,6 @@ from preheat.models.config import ModelConfig
 from preheat.models.config_keys import float32, gguf_core, hf_core, hf_rope_scaling
 from preheat.models.decoder import DecoderModel, DecoderParts
 from preheat.models.family import Metadata
-from preheat.models.llama import weight_format_of
 from preheat.models.standard_blocks import gated_mlp, self_attention
 from preheat.models.weights import WeightBuilder, Weights
 
@@ -126,7 +125,7 @@ class Gemma3Family:
             embed=embed, blocks=blocks, norm=wb.norm("model.norm.weight", eps, offset),
             head=wb.head(None if cfg.tie_word_embeddings else "lm_head.weight", embed), ropes=ropes,
             embed_scale=float32(cfg.hidden_size ** 0.5), logit_softcap=cfg.final_logit_softcapping)
-        return DecoderModel(cfg, parts, device, dtype, weight_format_of(wb))
+        return DecoderModel(cfg, parts, device, dtype, wb.built_format)
 
 
 def _optional_float(value) -> float | None:

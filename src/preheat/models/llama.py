@@ -30,11 +30,6 @@ _NO_STOP = torch.empty(0, dtype=torch.int64)  # the fused stack's "no stop signa
 _PERMUTED_ARCHITECTURES = frozenset({"llama", "mistral"})
 
 
-def weight_format_of(wb: WeightBuilder) -> str:
-    """What the built model reports: "native" once a matmul kept the file's quantized weights."""
-    return "native" if wb.packed_any else wb.format if wb.format != "auto" else "dense"
-
-
 class LlamaModel(DecoderModel):
     """A Llama-family network from HF-named weights (a dict or a ``Weights`` source);
     ``weight_format`` as ``models/weights.py`` defines it."""
@@ -53,7 +48,7 @@ class LlamaModel(DecoderModel):
             head=wb.head(None if cfg.tie_word_embeddings else "lm_head.weight", embed),
             ropes=[RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
                                    cfg.rope_scaling, device, dtype)])
-        super().__init__(cfg, parts, device, dtype, weight_format_of(wb))
+        super().__init__(cfg, parts, device, dtype, wb.built_format)
         self.decode_stack = fused_decode_stack(cfg, blocks)
 
     def run_blocks(self, x: torch.Tensor, ropes: list[RopeTables], kv_cache: torch.Tensor,

@@ -12,7 +12,6 @@ from preheat.models.config import ModelConfig
 from preheat.models.config_keys import gguf_core, hf_core
 from preheat.models.decoder import DecoderModel, DecoderParts
 from preheat.models.family import Metadata
-from preheat.models.llama import weight_format_of
 from preheat.models.standard_blocks import gated_mlp, self_attention
 from preheat.models.weights import WeightBuilder, Weights
 
@@ -61,7 +60,7 @@ class Qwen3Family:
             head=wb.head(None if cfg.tie_word_embeddings else "lm_head.weight", embed),
             ropes=[RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
                                    cfg.rope_scaling, device, dtype)])
-        return DecoderModel(cfg, parts, device, dtype, weight_format_of(wb))
+        return DecoderModel(cfg, parts, device, dtype, wb.built_format)
 
 
 FAMILY = Qwen3Family()

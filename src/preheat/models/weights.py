@@ -97,6 +97,12 @@ class WeightBuilder:
     def __contains__(self, name: str) -> bool:
         return name in self.weights
 
+    @property
+    def built_format(self) -> str:
+        """What the built model reports: "native" once a matmul kept the file's quantized
+        weights, else the format asked for ("dense" for an ``auto`` that found none)."""
+        return "native" if self.packed_any else "dense" if self.format == "auto" else self.format
+
     def tensor(self, name: str) -> torch.Tensor:
         """A small float tensor (a bias, a norm) in the model's dtype."""
         return self._dense(name, offset=0.0)
