@@ -179,29 +179,25 @@ def create_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
         body = parse_request(PromptRequest, await _read_body(request, settings.max_request_bytes))
         return JSONResponse((await service.count_tokens(body)).model_dump(exclude_none=True))
 
-    @app.post("/v1/chat/completions")
-    async def create_chat_completion(request: Request) -> Response:
+    async def create_with(api, request: Request) -> Response:
+        """An OpenAI-shaped API's create: the raw body to its service, 499 if the client left."""
         namespace = auth.namespace(request.headers)
         raw = await _read_body(request, settings.max_request_bytes)
-        response = await chat.create(raw, namespace, request.state.request_id,
-                                     request.is_disconnected, request.state.record)
+        response = await api.create(raw, namespace, request.state.request_id,
+                                    request.is_disconnected, request.state.record)
         return Response(status_code=CLIENT_CLOSED) if response is None else response
+
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(request: Request) -> Response:
+        return await create_with(chat, request)
 
     @app.post("/v1/completions")
     async def create_completion(request: Request) -> Response:
-        namespace = auth.namespace(request.headers)
-        raw = await _read_body(request, settings.max_request_bytes)
-        response = await completions.create(raw, namespace, request.state.request_id,
-                                            request.is_disconnected, request.state.record)
-        return Response(status_code=CLIENT_CLOSED) if response is None else response
+        return await create_with(completions, request)
 
     @app.post("/v1/responses")
     async def create_response(request: Request) -> Response:
-        namespace = auth.namespace(request.headers)
-        raw = await _read_body(request, settings.max_request_bytes)
-        response = await responses.create(raw, namespace, request.state.request_id,
-                                          request.is_disconnected, request.state.record)
-        return Response(status_code=CLIENT_CLOSED) if response is None else response
+        return await create_with(responses, request)
 
     @app.get("/v1/responses/{response_id}")
     async def get_response(request: Request, response_id: str) -> Response:
