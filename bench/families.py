@@ -402,7 +402,7 @@ def preheat_perplexity(args: argparse.Namespace, gguf: Path) -> tuple[float, flo
     config = EngineConfig(model=str(gguf), num_threads=args.threads, kv_cache_tokens=2 * n_ctx,
                           kv_disk_bytes=0, max_step_tokens=max(512, n_ctx))
     engine, _ = build_engine(config)
-    model, kv_cache = engine.model, engine.runner.kv_cache
+    model = engine.model
     tokenizer = engine.tokenizer
     ids = tokenizer.encode_prompt(GPL.read_text())[0]  # BOS first, as llama.cpp tokenizes it
     chunks, first = len(ids) // n_ctx, n_ctx // 2
@@ -410,6 +410,8 @@ def preheat_perplexity(args: argparse.Namespace, gguf: Path) -> tuple[float, flo
         chunks = min(chunks, args.ppl_chunks)
     device = model.device
     blocks = torch.arange(math.ceil(n_ctx / config.block_size), device=device)
+    if engine.slots is not None:  # sliding-window layers: the chunk's blocks get window slots
+        engine.slots.hold(blocks.tolist())
     positions = torch.arange(n_ctx, device=device)
     nll = nll2 = 0.0
     count = 0
@@ -421,7 +423,7 @@ def preheat_perplexity(args: argparse.Namespace, gguf: Path) -> tuple[float, flo
             chunk[0] = tokenizer.bos_token_id
             # one prefill of the whole chunk into blocks 0.., nothing cached before it
             meta = AttentionMetadata(positions, None, [PrefillSlice(0, n_ctx, n_ctx, blocks)])
-            hidden = model.forward(torch.tensor(chunk, device=device), positions, kv_cache, meta)
+            hidden = model.forward(torch.tensor(chunk, device=device), positions, engine.runner.step_kv(meta))
             logp = torch.log_softmax(model.logits(hidden[first: n_ctx - 1]).float(), dim=-1)
             token_nll = -logp.gather(1, targets[:, None]).squeeze(1).double()
             nll += token_nll.sum().item()

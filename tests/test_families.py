@@ -112,17 +112,60 @@ def gemma(tmp_path_factory):
 
 
 @pytest.mark.parametrize("shared", [40, 43, 17])
-def test_a_cached_prefix_longer_than_the_window_gives_the_cold_tokens(gemma, shared):
+def test_a_prefix_cached_at_a_breakpoint_past_the_window_gives_the_cold_tokens(gemma, shared):
+    """The tree keeps the local layers' window before a breakpoint: the next request resumes there."""
     cfg, weights = gemma
     base = ids(60, 1)
     first, second = base[:shared] + ids(10, 2), base[:shared] + ids(25, 3)
     want_logits = last_logits(tiny_engine(cfg=cfg, weights=weights), second)
     want = run_one(tiny_engine(cfg=cfg, weights=weights), second, GREEDY_40)
     warm = tiny_engine(cfg=cfg, weights=weights)
-    run_one(warm, first)
+    run_one(warm, first, breakpoints=(CacheBreakpoint(shared, 300.0),))
     assert len(warm.radix.match("", second)) * 4 == shared - shared % 4 > 0
     torch.testing.assert_close(last_logits(warm, second), want_logits, atol=1e-5, rtol=1e-5)
     assert run_one(warm, second, GREEDY_40).output_ids == want.output_ids
+
+
+def test_without_a_breakpoint_a_prefix_resumes_where_a_window_was_kept(gemma):
+    """Mid-prompt the local KV is gone (the second request recomputes, and answers as a cold
+    run); the first prompt asked again, and a thread's next turn, resume at its end."""
+    cfg, weights = gemma
+    base = ids(60, 1)
+    first, second = base[:40] + ids(10, 2), base[:40] + ids(25, 3)
+    want = run_one(tiny_engine(cfg=cfg, weights=weights), second, GREEDY_40).output_ids
+    warm = tiny_engine(cfg=cfg, weights=weights)
+    turn = run_one(warm, first, GREEDY_40, hold_seconds=60.0)
+    assert warm.radix.cached_len("", second) == 0  # every block of 0..40 has a window slot freed
+    assert run_one(warm, second, GREEDY_40).output_ids == want
+    assert len(warm.radix.match("", first[:-1])) * 4 == 48  # the prompt's end
+    history = first + turn.output_ids
+    again = history + ids(7, 4)
+    cold = run_one(tiny_engine(cfg=cfg, weights=weights), again, GREEDY_40).output_ids
+    seq = warm.prepare(GenerationRequest(again, GREEDY_40))
+    warm.enqueue(seq)
+    outputs = []
+    while warm.has_work:
+        outputs += [ev for _, ev in warm.step() if hasattr(ev, "output_ids")]
+    assert seq.reused_prompt_tokens == len(history) - 1  # all but the last token computed
+    assert outputs[0].output_ids == cold
+
+
+def test_local_layers_hold_only_the_window_a_long_sequence_still_reads(gemma):
+    cfg, weights = gemma
+    engine = tiny_engine(cfg=cfg, weights=weights, max_step_tokens=24)
+    assert engine.slots is not None and engine.runner.window_cache.shape[0] == 2  # two local layers
+    seq = engine.prepare(GenerationRequest(ids(300, 7), GREEDY_40))
+    engine.enqueue(seq)
+    most = 0
+    while engine.has_work:
+        engine.step()
+        most = max(most, engine.slots.num_slots - engine.slots.num_free)
+    used = engine.pool.num_blocks - engine.pool.num_free  # the tree keeps every block
+    assert used == (300 + 40 - 1) // 4  # the last token has no KV yet
+    # a sequence's window (5 blocks), a step's chunk (6), one block ahead and one behind, and
+    # the window kept at the prompt's end (5): not the 85 blocks it has written
+    assert most <= 18
+    assert engine.slots.num_slots - engine.slots.num_free <= 2 * 5  # the prompt's end, its own end
 
 
 def test_concurrent_and_preempted_gemma_equals_sequential(gemma):

@@ -232,3 +232,35 @@ def test_held_tails_are_freed_after_unheld_entries_and_first_once_expired(cache,
     clock.now += 61
     assert cache.evict(1) == 1  # the expired tail goes before anything else
     assert cache.take_tail("", held + [2, 3], BS) is None and cache.match("", held)
+
+
+def test_windows_keep_local_kv_where_requests_resume_and_go_least_recently_used(clock):
+    """With sliding-window layers a prefix is resumable only where the window before its end
+    has slots: the tree keeps them at resume points, unpinned ones least recently used first,
+    pinned ones while the pin lives, none past its blocks' eviction."""
+    from preheat.engine.kv.window_slots import WindowSlots
+
+    pool = BlockPool(32, 4)
+    slots = WindowSlots(8, 32, window=8, block_size=4)
+    cache = RadixCache(pool, clock=clock, slots=slots)
+    tokens = list(range(24))
+    blocks = pool.allocate(6)
+    slots.hold(blocks)  # a sequence that has written 24 tokens
+    cache.insert("", tokens, blocks)
+    assert cache.keep_window("", tokens) and cache.keep_window("", tokens[:12])
+    slots.drop(blocks)  # it leaves: the tree's windows keep blocks 1, 2 (for 12) and 4, 5 (for 24)
+    pool.decref(blocks)
+    assert [slots.has(b) for b in blocks] == [False, True, True, False, True, True]
+    assert cache.match("", tokens) == blocks
+    assert cache.cached_len("", tokens[:20] + [99] * 4) == 12  # 16 and 20 need block 3
+    assert not cache.keep_window("", tokens[:16])  # its window's local KV is gone
+    clock.now += 1
+    cache.match("", tokens)  # the window at 24 is the more recently used
+    assert cache.evict_windows(1) == 2
+    assert cache.cached_len("", tokens[:20] + [99] * 4) == 0 and cache.cached_len("", tokens) == 24
+    assert cache.pin("", tokens, 300.0)
+    assert cache.evict_windows(8) == 0  # pinned
+    assert cache.release_pins(0, num_slots=2) == 2 and slots.num_free == 8
+    assert cache.match("", tokens) == []
+    assert not cache.keep_window("", tokens[:4])  # block 0 has no slot
+    assert cache.evict(6) == 6 and slots.num_free == 8

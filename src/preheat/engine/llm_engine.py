@@ -22,9 +22,11 @@ from preheat.engine.interactive_arrivals import InteractiveArrivals
 from preheat.engine.kv.block_pool import BlockPool
 from preheat.engine.kv.kv_budget import pool_size
 from preheat.engine.kv.kv_dtype import resolve_kv_dtype
+from preheat.engine.kv.kv_layout import WINDOW_SLOT_SHARE, KVLayout
 from preheat.engine.kv.kv_offload import open_disk_tier
 from preheat.engine.kv.radix_cache import RadixCache
-from preheat.engine.model_runner import ModelRunner, kv_bytes_per_block
+from preheat.engine.kv.window_slots import WindowSlots
+from preheat.engine.model_runner import ModelRunner, kv_bytes_per_layer_block
 from preheat.engine.logprobs import RowLogprobs, sampled_logprobs
 from preheat.engine.output import (CacheUsage, EngineEvent, Finished, StopReason, TextDelta,
                                    TokenLogprob)
@@ -71,27 +73,37 @@ class LLMEngine:
         self.context_window = min(config.context_window or cfg.max_position_embeddings,
                                   cfg.max_position_embeddings)
         kv_dtype = resolve_kv_dtype(config.kv_dtype, model)
-        block_bytes = kv_bytes_per_block(cfg, config.block_size, kv_dtype)
+        layout = KVLayout.of(cfg.layer_windows())
+        block_bytes, slot_bytes = layout.bytes_per_block(
+            kv_bytes_per_layer_block(cfg, config.block_size, kv_dtype))
         size = pool_size(tokens=config.kv_cache_tokens, nbytes=config.kv_cache_bytes,
                          memory_share=config.kv_cache_memory_share, block_size=config.block_size,
-                         bytes_per_block=block_bytes, device=model.device)
+                         bytes_per_block=block_bytes + int(slot_bytes * WINDOW_SLOT_SHARE),
+                         device=model.device)
         num_blocks = size.num_blocks
         self.pool = BlockPool(num_blocks, config.block_size)
-        self.pool_bytes = num_blocks * block_bytes
-        self.radix = RadixCache(self.pool, clock=clock,
+        self.slots = (WindowSlots(layout.num_slots(num_blocks, config.block_size, config.max_step_tokens),
+                                  num_blocks, layout.window, config.block_size)
+                      if layout.windowed else None)
+        self.pool_bytes = num_blocks * block_bytes + (self.slots.num_slots * slot_bytes if self.slots else 0)
+        self.radix = RadixCache(self.pool, clock=clock, slots=self.slots,
                                 max_pinned_blocks=int(num_blocks * config.max_pinned_fraction))
         # With arrivals to watch, a step of batch work stops between layers for a newcomer,
         # who then waits for one layer of it rather than the whole step.
         self.scheduler = Scheduler(self.pool, self.radix, config.max_step_tokens, config.max_running,
                                    config.batch_step_ms / 1000,
                                    model.cfg.num_layers if arrivals is not None else 1)
-        self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype, layout, self.slots)
         self.speculator = Speculator(config.speculative, config.speculative_tokens,
                                      config.speculative_max_batch)
         log.info("KV cache: %d tokens in %.2f GiB of %s (%s); pinned prefixes may hold %.0f%% of it",
                  num_blocks * config.block_size, self.pool_bytes / 2**30, str(kv_dtype).removeprefix("torch."),
                  size.reason, 100 * config.max_pinned_fraction)
-        self.offload = open_disk_tier(config, model, self.runner.kv_cache, self.radix, self.pool,
+        if self.slots is not None:
+            log.info("sliding-window layers (%d of %d, window %d): %d tokens of window slots",
+                     len(layout.window_layers), cfg.num_layers, layout.window,
+                     self.slots.num_slots * config.block_size)
+        self.offload = open_disk_tier(config, model, self.runner, self.radix, self.pool,
                                       model_digest, clock) if model_digest else None
         self._inbox: deque[tuple[str, object]] = deque()
         self._eos = frozenset(tokenizer.eos_token_ids)
@@ -169,7 +181,9 @@ class LLMEngine:
                            tier.quota_bytes if tier else 0,
                            self.offload.num_reads if self.offload else 0,
                            s.prompt_tokens, s.prompt_tokens_cached, spec.drafted, spec.accepted,
-                           spec.verify_steps, spec.verify_tokens, self.num_interrupted)
+                           spec.verify_steps, spec.verify_tokens, self.num_interrupted,
+                           self.slots.num_slots if self.slots else 0,
+                           self.slots.num_free if self.slots else 0)
 
     def close(self, timeout: float = 30.0) -> None:
         """Before the process ends: let queued disk writes finish (within ``timeout`` s)."""

@@ -9,6 +9,11 @@ preempted: its blocks are freed and it is recomputed later. Only when pinned
 prefixes alone are in the way do they leave RAM (to their disk copy if they have
 one): no request waits for a pin to expire.
 
+A model with sliding-window layers also has window slots (``kv/window_slots.py``): a
+sequence holds those of the blocks its window still reads and lets the older ones go,
+after the tree has kept a window at each place a later request may resume: its
+breakpoints, the end of its prompt, and where it stands when it leaves.
+
 Batch work (``GenerationRequest.background``) fills idle capacity only: while any
 interactive request is running or waiting, background sequences are not stepped (they
 keep their KV, and are the first to be preempted), waiting interactive requests are
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 from preheat.engine.background_pacer import BackgroundPacer
 from preheat.engine.kv.block_pool import BlockPool
 from preheat.engine.kv.radix_cache import RadixCache
+from preheat.engine.kv.window_slots import WindowSlots
 from preheat.engine.sequence import Sequence, SeqStatus
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ class Scheduler:
                  batch_step_s: float = -1.0, batch_stretches: int = 1):
         self.pool = pool
         self.radix = radix
+        self.slots: WindowSlots | None = radix.slots
         self.max_step_tokens = max_step_tokens
         self.max_running = max_running
         # the shortest stretch of batch work while paced (< 0: never paced), and the
@@ -183,12 +190,28 @@ class Scheduler:
         while seq.pending_pins and seq.pending_pins[0].position <= seq.num_computed:
             bp = seq.pending_pins.pop(0)
             self.radix.pin(seq.namespace, seq.token_ids[: bp.position], bp.ttl)
+        if self.slots is not None:
+            self._slide(seq)
+
+    def _slide(self, seq: Sequence) -> None:
+        """Keep windows at the resume points passed, then let go of the slots no longer read.
+
+        One block more than the window is held: a resume point just passed may lie a block
+        before the tokens this step ran."""
+        inserted = seq.num_inserted_blocks * self.pool.block_size
+        while seq.resume_points and seq.resume_points[0] <= inserted:
+            self.radix.keep_window(seq.namespace, seq.token_ids[: seq.resume_points.pop(0)])
+        keep = max(seq.window_from, self.slots.first_needed(seq.num_computed) - 1)
+        self.slots.drop(seq.block_table[seq.window_from: keep])
+        seq.window_from = keep
 
     def trim(self, seq: Sequence) -> None:
         """Give back blocks held past ``seq``'s tokens (a rejected draft's); its next step
         reserves what it needs again."""
         keep = self.pool.blocks_for(seq.num_tokens)
         if len(seq.block_table) > keep:
+            if self.slots is not None:
+                self.slots.drop(seq.block_table[max(keep, seq.window_from):])
             self.pool.decref(seq.block_table[keep:])
             del seq.block_table[keep:]
 
@@ -209,10 +232,19 @@ class Scheduler:
         seq.block_table = list(blocks)
         seq.num_computed = len(blocks) * self.pool.block_size
         seq.num_inserted_blocks = len(blocks)
+        if self.slots is not None:
+            seq.window_from = self.slots.first_needed(seq.num_computed)
+            held = self.slots.share(seq.block_table[seq.window_from:])
+            assert held, "match returns only prefixes whose windows are held"
         tail = self.radix.take_tail(seq.namespace, prompt, seq.num_computed)
-        if tail is not None:  # a thread's last partial block: its reference is ours now
+        if tail is not None:  # a thread's last partial block: its references are ours now
             seq.block_table.append(tail[0])
             seq.num_computed += tail[1]
+        if self.slots is not None:
+            bs = self.pool.block_size
+            points = {bp.position - bp.position % bs for bp in seq.request.breakpoints}
+            points.add(len(prompt) - len(prompt) % bs)
+            seq.resume_points = sorted(p for p in points if p > seq.num_computed)
         if not seq.admitted:  # a preempted sequence coming back is not a new prompt
             seq.admitted = True
             seq.reused_prompt_tokens = seq.num_computed
@@ -221,8 +253,10 @@ class Scheduler:
 
     def _reserve(self, seq: Sequence, n: int, chosen: set[int]) -> bool:
         need = self.pool.blocks_for(seq.num_computed + n) - len(seq.block_table)
-        while need > self.pool.num_free:
-            if self.radix.evict(need - self.pool.num_free) > 0:
+        while need > self.pool.num_free or need > self._free_slots():
+            if need > self.pool.num_free and self.radix.evict(need - self.pool.num_free) > 0:
+                continue
+            if self.radix.evict_windows(need - self._free_slots()) > 0:
                 continue
             victim = next((s for s in sorted(reversed(self.running),
                                              key=lambda s: not s.request.background)
@@ -232,13 +266,20 @@ class Scheduler:
                 continue
             # Only pinned prefixes are left in the way: a request never waits for a pin's
             # expiry (it would wait minutes with the engine stepping idly all along).
-            released = self.radix.release_pins(need - self.pool.num_free)
+            released = self.radix.release_pins(need - self.pool.num_free,
+                                               num_slots=need - self._free_slots())
             if released == 0:
                 return False
             log.warning("ended pinned prefixes to free %d KV blocks for a request", released)
         if need > 0:
-            seq.block_table.extend(self.pool.allocate(need))
+            blocks = self.pool.allocate(need)
+            if self.slots is not None:
+                self.slots.hold(blocks)
+            seq.block_table.extend(blocks)
         return True
+
+    def _free_slots(self) -> int:
+        return self.slots.num_free if self.slots is not None else 1 << 62
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
@@ -248,6 +289,13 @@ class Scheduler:
         self.num_preemptions += 1
 
     def _release(self, seq: Sequence) -> None:
+        if self.slots is not None:
+            # where it stands is where it (preempted) or its next turn resumes
+            end = seq.num_inserted_blocks * self.pool.block_size
+            self.radix.keep_window(seq.namespace, seq.token_ids[:end])
+            self.slots.drop(seq.block_table[seq.window_from:])
+            seq.window_from = 0
+            seq.resume_points = []
         self.pool.decref(seq.block_table)
         seq.block_table = []
         seq.num_computed = 0

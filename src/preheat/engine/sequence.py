@@ -32,6 +32,11 @@ class Sequence:
     num_computed: int = 0  # tokens whose KV is in the cache
     block_table: list[int] = field(default_factory=list)
     num_inserted_blocks: int = 0  # leading blocks already handed to the radix tree
+    # sliding-window layers (engine/kv/window_slots.py): it holds the window slots of
+    # block_table[window_from:], and the tree keeps a window at each of resume_points
+    # (block-aligned positions ahead of it) once it has passed them
+    window_from: int = 0
+    resume_points: list[int] = field(default_factory=list)
     pending_pins: list = field(default_factory=list)  # breakpoints not yet pinned, by position
     pinned_hit: PinEntry | None = None  # the pinned prefix its cache read came from
     pending_load: str | None = None  # disk key of that entry while its blocks are read back

@@ -34,6 +34,9 @@ class EngineStats:
     spec_verify_steps: int = 0
     spec_verify_tokens: int = 0
     interrupted_steps: int = 0  # steps of batch work stopped for an arriving interactive request
+    # sliding-window layers' slots (engine/kv/window_slots.py); 0 for models without them
+    window_slots: int = 0
+    window_slots_free: int = 0
 
     @classmethod
     def total(cls, parts: list[EngineStats]) -> EngineStats:

@@ -73,6 +73,32 @@ class AttentionMetadata:
     prefills: list[PrefillSlice]
 
 
+@dataclass
+class StepKV:
+    """Where each layer's K and V live this step, and the metadata that addresses them.
+
+    ``caches`` holds the layers that keep the whole context ([layers, 2, blocks, block_size,
+    kv_heads, head_dim]); sliding-window layers may keep theirs apart (``window_caches``,
+    over window slots, with ``window_meta``); ``places`` says per layer which and where."""
+
+    caches: torch.Tensor
+    meta: AttentionMetadata
+    places: list[tuple[bool, int]]
+    window_caches: torch.Tensor | None = None
+    window_meta: AttentionMetadata | None = None
+
+    def layer(self, i: int) -> tuple[torch.Tensor, AttentionMetadata]:
+        windowed, j = self.places[i]
+        if windowed:
+            return self.window_caches[j], self.window_meta
+        return self.caches[j], self.meta
+
+    @property
+    def uniform(self) -> bool:
+        """Every layer in ``caches``, in model order."""
+        return self.window_caches is None
+
+
 def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
     # [blocks, block_size, kv_heads, head_dim] -> [kv_heads, blocks * block_size, head_dim]
     blocks = cache.index_select(0, block_table)

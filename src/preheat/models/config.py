@@ -28,3 +28,7 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # biases on the q/k/v projections (Qwen2)
     family: str = "llama"
+
+    def layer_windows(self) -> tuple[int, ...]:
+        """Each layer's sliding window in tokens; 0 where a layer sees the whole context."""
+        return (0,) * self.num_layers

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from preheat.layers.attention import AttentionMetadata
+from preheat.layers.attention import AttentionMetadata, StepKV
 from preheat.layers.norm import RMSNorm
 from preheat.layers.rotary import RopeTables, RotaryEmbedding
 from preheat.models.config import ModelConfig
@@ -54,9 +54,9 @@ class DecoderModel:
         self.decode_stack = None
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata, stop: StopSignal | None = None) -> torch.Tensor:
-        """input_ids, positions: [tokens]; kv_cache: [layers, 2, blocks, block_size, kv_heads, head_dim].
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: StepKV,
+                stop: StopSignal | None = None) -> torch.Tensor:
+        """input_ids, positions: [tokens]; ``kv``: each layer's cache and attention metadata.
 
         With ``stop``, the pass checks it before each layer and raises StepInterrupted once it fired."""
         p = self.parts
@@ -64,15 +64,15 @@ class DecoderModel:
         if p.embed_scale is not None:
             x = x * torch.tensor(p.embed_scale, dtype=self.dtype)
         ropes = [rope.tables(positions) for rope in p.ropes]
-        x = self.run_blocks(x, ropes, kv_cache, meta, stop)
+        x = self.run_blocks(x, ropes, kv, stop)
         return p.norm(x)
 
-    def run_blocks(self, x: torch.Tensor, ropes: list[RopeTables], kv_cache: torch.Tensor,
-                   meta: AttentionMetadata, stop: StopSignal | None) -> torch.Tensor:
+    def run_blocks(self, x: torch.Tensor, ropes: list[RopeTables], kv: StepKV,
+                   stop: StopSignal | None) -> torch.Tensor:
         for i, block in enumerate(self.layers):
             if stop is not None and stop.fired():
                 raise StepInterrupted
-            x = block(x, ropes, kv_cache[i], meta)
+            x = block(x, ropes, *kv.layer(i))
         return x
 
     @torch.inference_mode()

@@ -37,6 +37,9 @@ class Gemma3Config(ModelConfig):
     final_logit_softcapping: float | None = None
     norm_offset: float = 1.0  # 1 for Hugging Face weights (w), 0 for llama.cpp's (1 + w)
 
+    def layer_windows(self) -> tuple[int, ...]:
+        return tuple(0 if is_global else self.sliding_window for is_global in self.global_layers)
+
 
 def _pattern_layers(num_layers: int, pattern: int) -> tuple[bool, ...]:
     return tuple((i + 1) % pattern == 0 for i in range(num_layers))
@@ -107,7 +110,7 @@ class Gemma3Family:
         def block(i: int) -> SandwichBlock:
             p = f"model.layers.{i}"
             is_global = cfg.global_layers[i]
-            variant = AttentionVariant(scale, 0 if is_global else cfg.sliding_window)
+            variant = AttentionVariant(scale, cfg.layer_windows()[i])
             norms = tuple(wb.norm(f"{p}.{n}.weight", eps, offset) for n in (
                 "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
                 "post_feedforward_layernorm"))

@@ -10,7 +10,7 @@ import torch
 
 from preheat.kernels import paged_attention as attention_kernel
 from preheat.kernels.decode_stack import load_decode_stack_kernel
-from preheat.layers.attention import AttentionMetadata
+from preheat.layers.attention import StepKV
 from preheat.layers.decoder_block import PreNormBlock
 from preheat.layers.linear import QuantLinear
 from preheat.layers.rotary import RopeTables, RotaryEmbedding
@@ -51,22 +51,23 @@ class LlamaModel(DecoderModel):
         super().__init__(cfg, parts, device, dtype, wb.built_format)
         self.decode_stack = fused_decode_stack(cfg, blocks)
 
-    def run_blocks(self, x: torch.Tensor, ropes: list[RopeTables], kv_cache: torch.Tensor,
-                   meta: AttentionMetadata, stop: StopSignal | None) -> torch.Tensor:
-        if not self._fused(kv_cache, meta):
-            return super().run_blocks(x, ropes, kv_cache, meta, stop)
-        d = meta.decode
+    def run_blocks(self, x: torch.Tensor, ropes: list[RopeTables], kv: StepKV,
+                   stop: StopSignal | None) -> torch.Tensor:
+        if not self._fused(kv):
+            return super().run_blocks(x, ropes, kv, stop)
+        d = kv.meta.decode
         cell, value = (stop.cell, stop.value) if stop is not None else (_NO_STOP, 0)
-        x = self.decode_stack.forward(x, *ropes[0], kv_cache, meta.slot_mapping, d.block_tables,
+        x = self.decode_stack.forward(x, *ropes[0], kv.caches, kv.meta.slot_mapping, d.block_tables,
                                       d.context_lens, self.cfg.head_dim ** -0.5, cell, value)
         if x is None:
             raise StepInterrupted
         return x
 
-    def _fused(self, kv_cache: torch.Tensor, meta: AttentionMetadata) -> bool:
+    def _fused(self, kv: StepKV) -> bool:
         """Whether this step runs on the C++ decode stack: pure decode, kernel-ready cache."""
-        return (self.decode_stack is not None and meta.decode is not None and not meta.prefills
-                and attention_kernel.supports(kv_cache[0]))
+        meta = kv.meta
+        return (self.decode_stack is not None and kv.uniform and meta.decode is not None
+                and not meta.prefills and attention_kernel.supports(kv.caches[0]))
 
 
 def fused_decode_stack(cfg: ModelConfig, blocks: list[PreNormBlock]):

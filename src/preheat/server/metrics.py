@@ -146,6 +146,10 @@ class EngineStatsCollector:
                      "the prefix cache", s.total_blocks - s.free_blocks)
         yield _gauge("preheat_kv_blocks_cached", "blocks held by the prefix cache (radix tree)",
                      s.cached_blocks)
+        yield _gauge("preheat_kv_window_slots", "window slots of sliding-window layers' KV (0: the "
+                     "model has none)", s.window_slots)
+        yield _gauge("preheat_kv_window_slots_used", "window slots held by running sequences' windows "
+                     "and the prefix cache's resume points", s.window_slots - s.window_slots_free)
         yield _gauge("preheat_kv_blocks_pinned", "blocks in RAM under a live cache_control pin",
                      s.pinned_blocks)
         yield _gauge("preheat_kv_pinned_entries", "live pinned prefixes, in RAM or on disk",

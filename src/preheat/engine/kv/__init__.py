@@ -5,6 +5,9 @@ One hierarchy, each layer built on the one before:
 - ``block_pool``: the fixed pool of KV block ids with reference counts (the tensors
   themselves are the model runner's). A block is shared copy-free by every sequence and
   tree node that holds it.
+- ``kv_layout`` and ``window_slots``: a model's sliding-window layers keep their KV apart,
+  in slots a block owns only while a window reads it (a running sequence's, or one the
+  tree keeps where a cached prefix may be resumed).
 - ``radix_cache``: the radix tree of cached blocks keyed by token ids, per namespace. It
   holds one reference on each block it stores, evicts least recently used leaves nobody
   else holds, and keeps a message thread's held prefix (and its partial last block) until

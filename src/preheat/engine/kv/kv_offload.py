@@ -13,6 +13,10 @@ thread then copies the blocks into the pool, puts them back in the radix tree
 and pins them again. Usage is decided before any of this (the entry is alive,
 wherever it is), so every tier reports the same.
 
+With sliding-window layers, a file holds their KV only for the window before its prefix's
+end (zeros elsewhere: nothing resuming there reads it), and a read back restores the
+window slots of that window alone.
+
 Runs on the engine thread, except ``hit`` (a listener call that only queues a job).
 """
 from __future__ import annotations
@@ -33,6 +37,8 @@ from preheat.engine.kv.disk_tier import DiskTier, Evicted, Loaded, LoadFailed, W
 from preheat.engine.kv.kv_budget import disk_quota
 from preheat.engine.kv.pin_table import PinEntry
 from preheat.engine.kv.radix_cache import RadixCache
+from preheat.engine.kv.window_slots import WindowSlots
+from preheat.engine.model_runner import ModelRunner
 from preheat.engine.sequence import Sequence, SeqStatus
 from preheat.cache_dir import resolve_cache_dir
 from preheat.models.decoder import DecoderModel
@@ -49,7 +55,7 @@ class _Install(enum.Enum):
     NO_ROOM = "no room"  # nor will there be: its requests recompute the prefix
 
 
-def open_disk_tier(config: EngineConfig, model: DecoderModel, kv_cache: torch.Tensor, radix: RadixCache,
+def open_disk_tier(config: EngineConfig, model: DecoderModel, runner: ModelRunner, radix: RadixCache,
                    pool: BlockPool, model_digest: str, clock: Callable[[], float]) -> KVOffload | None:
     """The disk tier ``config`` asks for, with the entries an earlier run left restored;
     None when its quota is 0."""
@@ -58,21 +64,79 @@ def open_disk_tier(config: EngineConfig, model: DecoderModel, kv_cache: torch.Te
     if quota <= 0:
         log.info("disk tier: off")
         return None
+    kv_cache = runner.kv_cache
     fingerprint = cache_fingerprint(model=model_digest, weight_format=model.weight_format,
                                     dtype=model.dtype, kv_dtype=kv_cache.dtype,
                                     block_size=config.block_size, device=model.device.type)
     cfg = model.cfg
     block_shape = (config.block_size, cfg.num_kv_heads, cfg.head_dim * kv_cache.element_size())
     tier = DiskTier(root, fingerprint, quota, cfg.num_layers, block_shape)
-    offload = KVOffload(radix, pool, kv_cache, tier, clock=clock)
+    store = LayerStore(runner.kv_cache, runner.layout.places(), runner.window_cache, runner.slots)
+    offload = KVOffload(radix, pool, store, tier, clock=clock)
     restored = offload.restore()
     log.info("disk tier: %s, quota %.1f GiB; %d pinned prefixes restored (%.2f GiB)",
              tier.root, quota / 2**30, restored, tier.used_bytes / 2**30)
     return offload
 
 
+class LayerStore:
+    """The KV bytes of blocks as files hold them, ``[layers, 2, blocks, block_size, heads,
+    head_dim * elem]`` in the model's layer order, read from and written to the caches
+    where the runner keeps them (a sliding-window layer's in its window slots)."""
+
+    def __init__(self, kv_cache: torch.Tensor, places: list[tuple[bool, int]],
+                 window_cache: torch.Tensor | None = None, slots: WindowSlots | None = None):
+        self._kv = kv_cache.view(torch.uint8)
+        self._window = window_cache.view(torch.uint8) if window_cache is not None else None
+        self.slots = slots
+        self._places = places
+        # copies into the pool move the widest words the row allows (8 bytes: 5x faster than bytes)
+        self._word = next(d for d in (torch.int64, torch.int32, torch.int16, torch.uint8)
+                          if self._kv.shape[-1] % d.itemsize == 0)
+
+    def gather(self, blocks: list[int], windowed: set[int] | frozenset[int] = frozenset()) -> np.ndarray:
+        """The KV bytes of ``blocks`` (writer thread: the blocks are full, so nobody writes
+        them); sliding-window layers' only for the blocks in ``windowed``, zeros elsewhere."""
+        full = self._take(self._kv, blocks)
+        if self._window is None:
+            return full
+        out = np.zeros((len(self._places), *full.shape[1:]), dtype=np.uint8)
+        at = [i for i, b in enumerate(blocks) if b in windowed]
+        local = self._take(self._window, [int(self.slots.slot_of[blocks[i]]) for i in at])
+        for layer, (in_window, j) in enumerate(self._places):
+            if not in_window:
+                out[layer] = full[j]
+            elif at:
+                out[layer][:, at] = local[j]
+        return out
+
+    def _take(self, cache: torch.Tensor, index: list[int]) -> np.ndarray:
+        if cache.device.type != "cpu":
+            return cache.index_select(2, torch.tensor(index, dtype=torch.long, device=cache.device)).cpu().numpy()
+        # numpy, not torch: a torch op here would start a second thread team beside the engine's.
+        # One call rather than a Python loop over blocks: this thread runs on idle CPU only,
+        # so the less it holds the GIL between copies, the less the engine thread can wait on it.
+        return np.take(cache.numpy(), index, axis=2)
+
+    def copy_in(self, blocks: list[int], kv: np.ndarray) -> None:
+        """Write the global layers' KV bytes read from disk (``[layers, 2, len(blocks), ...]``)
+        into ``blocks``."""
+        full = [j for j, (in_window, _) in enumerate(self._places) if not in_window]
+        self._put(self._kv, blocks, kv if self._window is None else kv[full])
+
+    def copy_in_window(self, blocks: list[int], kv: np.ndarray) -> None:
+        """Write the sliding-window layers' KV bytes of ``blocks`` (which hold window slots)."""
+        local = [j for j, (in_window, _) in enumerate(self._places) if in_window]
+        self._put(self._window, [int(self.slots.slot_of[b]) for b in blocks], kv[local])
+
+    def _put(self, cache: torch.Tensor, index: list[int], kv: np.ndarray) -> None:
+        where = torch.tensor(index, dtype=torch.long, device=cache.device)
+        src = torch.from_numpy(np.ascontiguousarray(kv)).to(cache.device)
+        cache.view(self._word).index_copy_(2, where, src.view(self._word))
+
+
 class KVOffload:
-    def __init__(self, radix: RadixCache, pool: BlockPool, kv_cache: torch.Tensor, tier: DiskTier,
+    def __init__(self, radix: RadixCache, pool: BlockPool, store: LayerStore, tier: DiskTier,
                  *, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time):
         self.radix = radix
@@ -81,14 +145,12 @@ class KVOffload:
         self.tier = tier
         self.clock = clock
         self.wall_clock = wall_clock
-        self._kv = kv_cache.view(torch.uint8)  # [layers, 2, blocks, block_size, heads, head_dim * elem]
-        # copies into the pool move the widest words the row allows (8 bytes: 5x faster than bytes)
-        self._word = next(d for d in (torch.int64, torch.int32, torch.int16, torch.uint8)
-                          if self._kv.shape[-1] % d.itemsize == 0)
+        self.store = store
+        self.slots = store.slots
         self._entries: dict[str, PinEntry] = {}  # disk key -> entry, for entries on or going to disk
-        # per disk key, the writes under way (FIFO, as the tier does them): the entry and
-        # the blocks held until its write is done
-        self._held: dict[str, deque[tuple[PinEntry, list[int]]]] = {}
+        # per disk key, the writes under way (FIFO, as the tier does them): the entry, the
+        # blocks held until its write is done, and those whose window slots it holds
+        self._held: dict[str, deque[tuple[PinEntry, list[int], list[int]]]] = {}
         self._waiting: dict[str, list[Sequence]] = {}  # sequences waiting for a read
         self._loaded: dict[str, np.ndarray] = {}  # reads done, not yet in the pool
         self.num_reads = 0  # prefixes read back from disk into the pool
@@ -121,9 +183,10 @@ class KVOffload:
         elif not entry.writing:
             entry.writing = True
             self.pool.incref(blocks)
-            self._held.setdefault(key, deque()).append((entry, blocks))
+            windowed = self._window_of(blocks)
+            self._held.setdefault(key, deque()).append((entry, blocks, windowed))
             self.tier.write(entry.namespace, entry.tokens, entry.ttl, self._wall(entry.expiry),
-                            lambda first: self._gather(blocks[first:]))
+                            lambda first: self.store.gather(blocks[first:], set(windowed)))
 
     def hit(self, entry: PinEntry) -> None:
         if entry.on_disk:
@@ -195,7 +258,9 @@ class KVOffload:
 
     def _written(self, done: Written | WriteFailed) -> None:
         held = self._held[done.key]
-        entry, blocks = held.popleft()
+        entry, blocks, windowed = held.popleft()
+        if windowed:
+            self.slots.drop(windowed)
         self.pool.decref(blocks)
         if not held:
             del self._held[done.key]
@@ -242,12 +307,39 @@ class KVOffload:
         need = kv.shape[2] - len(cached)
         if need > 0:
             blocks = self.pool.allocate(need)
-            self.copy_in(blocks, kv[:, :, len(cached):])
+            self.store.copy_in(blocks, kv[:, :, len(cached):])
             self.radix.insert(entry.namespace, list(tokens), cached + blocks)
             self.pool.decref(blocks)  # the tree holds them now
             self.num_reads += 1
+        if self.slots is not None and not self._install_window(entry.namespace, tokens, kv):
+            return _Install.WAIT if may_release else _Install.NO_ROOM
         self.radix.repin(entry)
         return _Install.DONE
+
+    def _window_of(self, blocks: list[int]) -> list[int]:
+        """The blocks of a prefix's window whose slots a write of it holds (none without slots)."""
+        if self.slots is None:
+            return []
+        window = [b for b in blocks[self.slots.first_needed(len(blocks) * self.pool.block_size):]
+                  if self.slots.has(b)]
+        self.slots.share(window)
+        return window
+
+    def _install_window(self, namespace: str, tokens: list[int], kv: np.ndarray) -> bool:
+        """Give the window before ``tokens``' end (in the tree now) its slots and local KV."""
+        blocks = self.radix.cached_blocks_of(namespace, tokens)
+        first = self.slots.first_needed(len(tokens))
+        missing = [i for i in range(first, len(blocks)) if not self.slots.has(blocks[i])]
+        if len(missing) > self.slots.num_free:
+            self.radix.evict_windows(len(missing) - self.slots.num_free)
+        if len(missing) > self.slots.num_free:
+            return False
+        fresh = [blocks[i] for i in missing]
+        self.slots.hold(fresh)
+        self.store.copy_in_window(fresh, kv[:, :, missing])
+        self.radix.keep_window(namespace, tokens)
+        self.slots.drop(fresh)  # the tree's window holds them now
+        return True
 
     def _make_room(self, namespace: str, tokens: list[int], num_blocks: int,
                    may_release: bool) -> list[int] | None:
@@ -277,21 +369,6 @@ class KVOffload:
             if self.pins.pinned_blocks <= self.pins.max_pinned_blocks:
                 break
             self.pins.unpin_ram(entry)
-
-    def copy_in(self, blocks: list[int], kv: np.ndarray) -> None:
-        """Write KV bytes read from disk (``[layers, 2, len(blocks), ...]``) into ``blocks``."""
-        index = torch.tensor(blocks, device=self._kv.device)
-        src = torch.from_numpy(kv).to(self._kv.device)
-        self._kv.view(self._word).index_copy_(2, index, src.view(self._word))
-
-    def _gather(self, blocks: list[int]) -> np.ndarray:
-        """The KV bytes of ``blocks`` (writer thread: the blocks are full, so nobody writes them)."""
-        if self._kv.device.type != "cpu":
-            return self._kv.index_select(2, torch.tensor(blocks, device=self._kv.device)).cpu().numpy()
-        # numpy, not torch: a torch op here would start a second thread team beside the engine's.
-        # One call rather than a Python loop over blocks: this thread runs on idle CPU only,
-        # so the less it holds the GIL between copies, the less the engine thread can wait on it.
-        return np.take(self._kv.numpy(), blocks, axis=2)
 
     def _aligned(self, entry: PinEntry) -> int:
         return len(entry.tokens) - len(entry.tokens) % self.pool.block_size

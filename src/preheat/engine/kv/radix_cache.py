@@ -15,6 +15,13 @@ A held prefix (``hold``, for message threads) may keep its last, partial block t
 that block goes to the one request that continues the prefix exactly (``take_tail``),
 so a thread's next turn recomputes no token of its history.
 
+With sliding-window layers (``slots``, see ``window_slots.py``), a prefix is only as good as
+the local KV before its end: the tree keeps a window's worth of it (a ``_Window``) at the
+places later requests resume (breakpoints, prompt and sequence ends; the scheduler says
+which), and ``match`` returns the longest prefix whose window is all there. A pinned
+prefix's window lives as long as its pin; the others go least recently used when the slots
+run short, and with the blocks they end at.
+
 Threads: the tree belongs to the engine thread; it has no lock. Other threads reach
 only ``pins`` (as ``pin_table.py`` says) and read the ``cached_blocks`` /
 ``pinned_blocks`` counters, which the engine thread keeps current.
@@ -29,6 +36,7 @@ from dataclasses import dataclass, field
 
 from preheat.engine.kv.block_pool import BlockPool
 from preheat.engine.kv.pin_table import PinEntry, PinTable, Tokens
+from preheat.engine.kv.window_slots import WindowSlots
 
 
 @dataclass(eq=False)
@@ -48,12 +56,28 @@ class _Tail:
     tokens: Tokens
     block: int
     held_until: float
+    slot: bool = False  # holds the block's window slot too
+
+
+@dataclass(eq=False)
+class _Window:
+    """The local KV a request resuming after a cached block needs: the slots of the blocks
+    its window reads, held by the tree (keyed by that last block)."""
+
+    blocks: list[int]
+    last_access: float
+    pin: PinEntry | None = None  # kept while this pin lives in RAM
+
+    def protected(self, now: float) -> bool:
+        return self.pin is not None and self.pin.in_ram and self.pin.alive(now)
 
 
 class RadixCache:
     def __init__(self, pool: BlockPool, *, clock: Callable[[], float] = time.monotonic,
-                 max_pinned_blocks: int | None = None):
+                 max_pinned_blocks: int | None = None, slots: WindowSlots | None = None):
         self.pool = pool
+        self.slots = slots
+        self._windows: dict[int, _Window] = {}  # last block -> its window (with ``slots``)
         self.bs = pool.block_size
         self.clock = clock
         self.pins = PinTable(clock, pool.num_blocks if max_pinned_blocks is None else max_pinned_blocks)
@@ -127,11 +151,64 @@ class RadixCache:
         for node in path:
             node.last_access = now
             blocks.extend(node.blocks)
-        return blocks[: matched // self.bs]
+        blocks = self._resumable(blocks[: matched // self.bs])
+        if blocks and (window := self._windows.get(blocks[-1])) is not None:
+            window.last_access = now
+        return blocks
 
     def cached_len(self, ns: str, tokens: list[int] | Tokens) -> int:
-        """Tokens of ``tokens`` the tree holds (block-aligned), without touching LRU order."""
-        return self._walk(ns, tokens, split=False)[1]
+        """Tokens of ``tokens`` a request may resume after (block-aligned), without touching
+        LRU order."""
+        path, matched = self._walk(ns, tokens, split=False)
+        blocks = [b for node in path for b in node.blocks][: matched // self.bs]
+        return len(self._resumable(blocks)) * self.bs
+
+    def cached_blocks_of(self, ns: str, tokens: list[int] | Tokens) -> list[int]:
+        """The tree's blocks for the block-aligned start of ``tokens``, resumable or not."""
+        path, matched = self._walk(ns, tokens, split=False)
+        return [b for node in path for b in node.blocks][: matched // self.bs]
+
+    def _resumable(self, blocks: list[int]) -> list[int]:
+        return blocks if self.slots is None else blocks[: self.slots.resumable(blocks)]
+
+    # ---- windows (sliding-window layers) ------------------------------------
+
+    def keep_window(self, ns: str, tokens: list[int] | Tokens, pin: PinEntry | None = None) -> bool:
+        """Keep the local KV a request resuming after ``tokens`` (cached, whole blocks) needs;
+        False when some of it is gone already. ``pin`` keeps it while that pin lives in RAM."""
+        if self.slots is None or not tokens:
+            return True
+        blocks = self.cached_blocks_of(ns, tokens)
+        if len(blocks) * self.bs != len(tokens):
+            return False
+        window = self._windows.get(blocks[-1])
+        if window is None:
+            held = blocks[self.slots.first_needed(len(tokens)):]
+            if not self.slots.share(held):
+                return False
+            window = self._windows[blocks[-1]] = _Window(held, self.clock())
+        window.last_access = self.clock()
+        if pin is not None:
+            window.pin = pin
+        return True
+
+    def evict_windows(self, num_slots: int) -> int:
+        """Free at least ``num_slots`` window slots if possible, least recently used windows
+        first (not those of pins in RAM); returns the slots freed."""
+        if self.slots is None or num_slots <= 0:
+            return 0
+        now, start = self.clock(), self.slots.num_free
+        order = sorted((w.last_access, key) for key, w in self._windows.items() if not w.protected(now))
+        for _, key in order:
+            if self.slots.num_free - start >= num_slots:
+                break
+            self._drop_window(key)
+        return self.slots.num_free - start
+
+    def _drop_window(self, key: int) -> None:
+        window = self._windows.pop(key, None)
+        if window is not None:
+            self.slots.drop(window.blocks)
 
     def insert(self, ns: str, tokens: list[int], blocks: list[int]) -> None:
         """Add the full blocks of ``tokens`` (len == len(blocks) * block_size).
@@ -196,6 +273,9 @@ class RadixCache:
         parent = node.parent
         del parent.children[self._key(node.tokens, 0)]
         self.pins.evicted(node)
+        if self._windows:
+            for b in node.blocks:
+                self._drop_window(b)
         self.pool.decref(node.blocks)
         self.cached_blocks -= len(node.blocks)
         if parent.parent is not None and self._evictable(parent, now):
@@ -218,14 +298,16 @@ class RadixCache:
         if tail_block is None or aligned == len(tokens):
             return
         self.pool.incref([tail_block])
+        slot = self.slots is not None and self.slots.share([tail_block])
         self.cached_blocks += 1
         key = (ns, tuple(tokens[:aligned]))
         self._drop_tail(key)
-        self._tails[key] = _Tail(tuple(tokens[aligned:]), tail_block, until)
+        self._tails[key] = _Tail(tuple(tokens[aligned:]), tail_block, until, slot)
 
     def take_tail(self, ns: str, tokens: list[int], matched: int) -> tuple[int, int] | None:
         """The held tail that continues ``tokens[:matched]`` (block-aligned) with the next
-        tokens of ``tokens``: (block, tokens it holds), handed over with its reference, or None.
+        tokens of ``tokens``: (block, tokens it holds), handed over with its reference (and
+        its window slot's, with ``slots``), or None.
 
         A tail goes to one taker: its block is written past its tokens from then on.
         """
@@ -235,6 +317,8 @@ class RadixCache:
         tail = self._tails.get(key)
         if tail is None or tuple(tokens[matched: matched + len(tail.tokens)]) != tail.tokens:
             return None
+        if self.slots is not None and not tail.slot:
+            return None  # its local KV is gone: the taker could not resume after it
         del self._tails[key]
         self.cached_blocks -= 1
         return tail.block, len(tail.tokens)
@@ -243,6 +327,8 @@ class RadixCache:
         tail = self._tails.pop(key, None)
         if tail is None:
             return 0
+        if tail.slot:
+            self.slots.drop([tail.block])
         self.pool.decref([tail.block])
         self.cached_blocks -= 1
         return 1
@@ -265,6 +351,7 @@ class RadixCache:
         if nodes is None:
             return False
         self.pins.place(entry, nodes)
+        self.keep_window(ns, tokens[: self._aligned(entry)], entry)
         return True
 
     def repin(self, entry: PinEntry) -> bool:
@@ -273,17 +360,21 @@ class RadixCache:
         if nodes is None:
             return False
         self.pins.cover(entry, nodes)
+        self.keep_window(entry.namespace, entry.tokens[: self._aligned(entry)], entry)
         return True
 
     def _full_blocks(self, entry: PinEntry) -> list[_Node] | None:
         """The nodes of ``entry``'s full blocks, split to end with them; None if not all cached."""
-        aligned = len(entry.tokens) - len(entry.tokens) % self.bs
+        aligned = self._aligned(entry)
         path, matched = self._walk(entry.namespace, entry.tokens[:aligned], split=True)
         return path if matched >= aligned else None
 
-    def release_pins(self, num_blocks: int, keep_undisked: bool = False) -> int:
-        """Take pinned prefixes out of RAM until evicting has freed ``num_blocks`` blocks or
-        none is left in RAM; returns the blocks freed.
+    def _aligned(self, entry: PinEntry) -> int:
+        return len(entry.tokens) - len(entry.tokens) % self.bs
+
+    def release_pins(self, num_blocks: int, keep_undisked: bool = False, num_slots: int = 0) -> int:
+        """Take pinned prefixes out of RAM until evicting has freed ``num_blocks`` blocks (and
+        ``num_slots`` window slots) or none is left in RAM; returns the blocks and slots freed.
 
         For a request that fits the pool but finds it held by pins: it must not wait
         for them to expire (minutes, or an hour). Entries with a disk copy go first and
@@ -293,15 +384,16 @@ class RadixCache:
         """
         now = self.clock()
         order = self.pins.releasable(now, keep_undisked)
-        freed = 0
+        freed = slots = 0
         for entry in order:
-            if freed >= num_blocks:
+            if freed >= num_blocks and slots >= num_slots:
                 break
             if entry.on_disk or entry.writing:
                 self.pins.unpin_ram(entry)
             else:
                 self.pins.end(entry, now)
-            freed += self.evict(num_blocks - freed)
+            freed += self.evict(num_blocks - freed) if freed < num_blocks else 0
+            slots += self.evict_windows(num_slots - slots)
         if order:
             self.pins.retire(now)
-        return freed
+        return freed + slots
