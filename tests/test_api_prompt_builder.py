@@ -324,3 +324,15 @@ def test_a_billing_header_with_a_breakpoint_stays_a_block(tokenizer):
     body = request(system=[{"type": "text", "text": "x-anthropic-billing-header: a;",
                             "cache_control": CC}], messages=[{"role": "user", "content": "Hi"}])
     assert model_input(body, DocumentReader()) is body
+
+
+def test_the_preamble_ends_where_requests_sharing_a_system_prompt_part(tokenizer):
+    system = "You are terse. Answer in French."
+    a, b = (build_prompt(request(system=system, messages=[{"role": "user", "content": q}]), tokenizer)
+            for q in ("Where is Paris?", "How old is the Moon?"))
+    (end,) = a.preamble_end()
+    assert b.preamble_end() == (end,) and a.token_ids[:end] == b.token_ids[:end]
+    assert text_before(tokenizer, a, a.blocks[0]).endswith(system)
+    assert a.token_ids[end] != b.token_ids[end] or a.token_ids[:end + 8] != b.token_ids[:end + 8]
+    bare = build_prompt(request(messages=[{"role": "user", "content": "Hi"}]), tokenizer)
+    assert bare.preamble_end() == ()  # no system block of the request's own

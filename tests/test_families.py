@@ -111,16 +111,20 @@ def gemma(tmp_path_factory):
     return folder_weights(save_folder(model, tmp_path_factory.mktemp("gemma") / "folder"))
 
 
-@pytest.mark.parametrize("shared", [40, 43, 17])
-def test_a_prefix_cached_at_a_breakpoint_past_the_window_gives_the_cold_tokens(gemma, shared):
-    """The tree keeps the local layers' window before a breakpoint: the next request resumes there."""
+@pytest.mark.parametrize("shared, mark", [(40, "breakpoint"), (43, "breakpoint"), (17, "breakpoint"),
+                                         (43, "resume point")])
+def test_a_prefix_cached_at_a_breakpoint_past_the_window_gives_the_cold_tokens(gemma, shared, mark):
+    """The tree keeps the local layers' window before a breakpoint (or a resume point, the
+    API's end of a system prompt): the next request resumes there."""
     cfg, weights = gemma
+    kept = ({"breakpoints": (CacheBreakpoint(shared, 300.0),)} if mark == "breakpoint"
+            else {"resume_points": (shared,)})
     base = ids(60, 1)
     first, second = base[:shared] + ids(10, 2), base[:shared] + ids(25, 3)
     want_logits = last_logits(tiny_engine(cfg=cfg, weights=weights), second)
     want = run_one(tiny_engine(cfg=cfg, weights=weights), second, GREEDY_40)
     warm = tiny_engine(cfg=cfg, weights=weights)
-    run_one(warm, first, breakpoints=(CacheBreakpoint(shared, 300.0),))
+    run_one(warm, first, **kept)
     assert len(warm.radix.match("", second)) * 4 == shared - shared % 4 > 0
     torch.testing.assert_close(last_logits(warm, second), want_logits, atol=1e-5, rtol=1e-5)
     assert run_one(warm, second, GREEDY_40).output_ids == want.output_ids

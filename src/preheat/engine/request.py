@@ -67,6 +67,10 @@ class GenerationRequest:
     # after the reply, hold its KV (prompt and reply) in the cache this long, unreported,
     # for a follow-up that starts with both (a message thread's next turn)
     hold_seconds: float = 0.0
+    # where later requests are likely to part from this prompt (the end of its system
+    # prompt): with sliding-window layers the cache keeps a window there too, so they can
+    # resume from it without a breakpoint (nothing is pinned or reported)
+    resume_points: tuple[int, ...] = ()
     # batch work: it runs only while no interactive request is waiting or running, is
     # preempted first, and is never refused for a full queue (its runner bounds it)
     background: bool = False

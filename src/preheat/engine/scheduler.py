@@ -12,7 +12,7 @@ one): no request waits for a pin to expire.
 A model with sliding-window layers also has window slots (``kv/window_slots.py``): a
 sequence holds those of the blocks its window still reads and lets the older ones go,
 after the tree has kept a window at each place a later request may resume: its
-breakpoints, the end of its prompt, and where it stands when it leaves.
+breakpoints and resume points, the end of its prompt, and where it stands when it leaves.
 
 Batch work (``GenerationRequest.background``) fills idle capacity only: while any
 interactive request is running or waiting, background sequences are not stepped (they
@@ -242,7 +242,8 @@ class Scheduler:
             seq.num_computed += tail[1]
         if self.slots is not None:
             bs = self.pool.block_size
-            points = {bp.position - bp.position % bs for bp in seq.request.breakpoints}
+            points = {p - p % bs for p in (*(bp.position for bp in seq.request.breakpoints),
+                                           *seq.request.resume_points)}
             points.add(len(prompt) - len(prompt) % bs)
             seq.resume_points = sorted(p for p in points if p > seq.num_computed)
         if not seq.admitted:  # a preempted sequence coming back is not a new prompt

@@ -231,7 +231,8 @@ class MessageService:
         message_id = new_message_id()
         generation = GenerationRequest(
             prompt.token_ids, params, namespace, breakpoints, message_id,
-            hold_seconds=hold_seconds, speculative=body.speculative)
+            hold_seconds=hold_seconds, speculative=body.speculative,
+            resume_points=prompt.preamble_end())
         return PreparedMessage(message_id, request_id, namespace, self.registry.model_id, body,
                                prompt, output, self.tool_form, generation, turn, record,
                                thinking=thinking)

@@ -74,6 +74,12 @@ class BuiltPrompt:
     prefill: bool
     block_chars: list[int] = field(default_factory=list)  # where each block ends in ``text``
 
+    def preamble_end(self) -> tuple[int, ...]:
+        """Where the tools and system prompt end, when messages follow: where requests
+        that share them part (the engine may keep a resume point there)."""
+        ends = [b.end for b in self.blocks if b.section != "messages"]
+        return (ends[-1],) if ends and ends[-1] < len(self.token_ids) else ()
+
 
 @dataclass(frozen=True)
 class _Piece:

@@ -102,7 +102,8 @@ class LayerStore:
             return full
         out = np.zeros((len(self._places), *full.shape[1:]), dtype=np.uint8)
         at = [i for i, b in enumerate(blocks) if b in windowed]
-        local = self._take(self._window, [int(self.slots.slot_of[blocks[i]]) for i in at])
+        slot_of = self.slots.slot_of.numpy()  # numpy on this thread, as in _take
+        local = self._take(self._window, [int(slot_of[blocks[i]]) for i in at])
         for layer, (in_window, j) in enumerate(self._places):
             if not in_window:
                 out[layer] = full[j]
