@@ -49,5 +49,7 @@ class KVLayout:
     def num_slots(self, num_blocks: int, block_size: int, max_step_tokens: int) -> int:
         """Window slots beside a pool of ``num_blocks``: a share of it, at least one
         sequence's window and step, at most the pool."""
-        floor = -(-(self.window + max_step_tokens) // block_size) + 2
+        # a sequence holds its window, a block behind it, a step's blocks and the partial
+        # blocks at both ends
+        floor = -(-(self.window + max_step_tokens) // block_size) + 4
         return min(num_blocks, max(floor, int(num_blocks * WINDOW_SLOT_SHARE)))
