@@ -22,7 +22,7 @@ from preheat.engine.interactive_arrivals import InteractiveArrivals
 from preheat.engine.kv.block_pool import BlockPool
 from preheat.engine.kv.kv_budget import pool_size
 from preheat.engine.kv.kv_dtype import resolve_kv_dtype
-from preheat.engine.kv.kv_layout import WINDOW_SLOT_SHARE, KVLayout
+from preheat.engine.kv.kv_layout import KVLayout
 from preheat.engine.kv.kv_offload import open_disk_tier
 from preheat.engine.kv.radix_cache import RadixCache
 from preheat.engine.kv.window_slots import WindowSlots
@@ -74,12 +74,11 @@ class LLMEngine:
                                   cfg.max_position_embeddings)
         kv_dtype = resolve_kv_dtype(config.kv_dtype, model)
         layout = KVLayout.of(cfg.layer_windows())
-        block_bytes, slot_bytes = layout.bytes_per_block(
-            kv_bytes_per_layer_block(cfg, config.block_size, kv_dtype))
+        layer_block = kv_bytes_per_layer_block(cfg, config.block_size, kv_dtype)
+        block_bytes, slot_bytes = layout.bytes_per_block(layer_block)
         size = pool_size(tokens=config.kv_cache_tokens, nbytes=config.kv_cache_bytes,
                          memory_share=config.kv_cache_memory_share, block_size=config.block_size,
-                         bytes_per_block=block_bytes + int(slot_bytes * WINDOW_SLOT_SHARE),
-                         device=model.device)
+                         bytes_per_block=layout.budget_per_block(layer_block), device=model.device)
         num_blocks = size.num_blocks
         self.pool = BlockPool(num_blocks, config.block_size)
         self.slots = (WindowSlots(layout.num_slots(num_blocks, config.block_size, config.max_step_tokens),

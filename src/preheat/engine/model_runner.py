@@ -93,13 +93,17 @@ class ModelRunner:
     def _in_slots(self, meta: AttentionMetadata) -> AttentionMetadata:
         """``meta`` with block ids mapped to window slots (blocks without one lie before every
         window that reads them: slot 0 stands in, never attended)."""
-        slot_of = self.slots.slot_of.to(self.device).clamp(min=0)
+        slot_of = self.slots.slot_of.to(self.device)
+
+        def slots(blocks: torch.Tensor) -> torch.Tensor:
+            return slot_of[blocks].clamp_(min=0)
+
         bs = self.block_size
-        mapped = slot_of[meta.slot_mapping // bs] * bs + meta.slot_mapping % bs
+        mapped = slots(meta.slot_mapping // bs) * bs + meta.slot_mapping % bs
         decode = meta.decode
         if decode is not None:
-            decode = DecodeBatch(slot_of[decode.block_tables], decode.context_lens, bs)
-        prefills = [PrefillSlice(s.token_start, s.num_tokens, s.context_len, slot_of[s.block_table])
+            decode = DecodeBatch(slots(decode.block_tables), decode.context_lens, bs)
+        prefills = [PrefillSlice(s.token_start, s.num_tokens, s.context_len, slots(s.block_table))
                     for s in meta.prefills]
         return AttentionMetadata(mapped, decode, prefills)
 

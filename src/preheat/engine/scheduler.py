@@ -271,7 +271,8 @@ class Scheduler:
                                                num_slots=need - self._free_slots())
             if released == 0:
                 return False
-            log.warning("ended pinned prefixes to free %d KV blocks for a request", released)
+            log.warning("ended pinned prefixes to free %d KV blocks (and window slots) for a request",
+                        released)
         if need > 0:
             blocks = self.pool.allocate(need)
             if self.slots is not None:

@@ -46,6 +46,11 @@ class KVLayout:
         """(bytes of one pool block, of one window slot) given one layer's block of K and V."""
         return len(self.full_layers) * layer_block_bytes, len(self.window_layers) * layer_block_bytes
 
+    def budget_per_block(self, layer_block_bytes: int) -> int:
+        """Bytes a pool block costs with its share of window slots: what sizes the pool."""
+        block, slot = self.bytes_per_block(layer_block_bytes)
+        return block + int(slot * WINDOW_SLOT_SHARE)
+
     def num_slots(self, num_blocks: int, block_size: int, max_step_tokens: int) -> int:
         """Window slots beside a pool of ``num_blocks``: a share of it, at least one
         sequence's window and step, at most the pool."""

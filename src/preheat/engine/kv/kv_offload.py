@@ -71,7 +71,7 @@ def open_disk_tier(config: EngineConfig, model: DecoderModel, runner: ModelRunne
     cfg = model.cfg
     block_shape = (config.block_size, cfg.num_kv_heads, cfg.head_dim * kv_cache.element_size())
     tier = DiskTier(root, fingerprint, quota, cfg.num_layers, block_shape)
-    store = LayerStore(runner.kv_cache, runner.layout.places(), runner.window_cache, runner.slots)
+    store = LayerStore(kv_cache, runner.layout.places(), runner.window_cache, runner.slots)
     offload = KVOffload(radix, pool, store, tier, clock=clock)
     restored = offload.restore()
     log.info("disk tier: %s, quota %.1f GiB; %d pinned prefixes restored (%.2f GiB)",
@@ -90,6 +90,9 @@ class LayerStore:
         self._window = window_cache.view(torch.uint8) if window_cache is not None else None
         self.slots = slots
         self._places = places
+        # the file's layers that each cache holds, in its order
+        self._full = [i for i, (in_window, _) in enumerate(places) if not in_window]
+        self._local = [i for i, (in_window, _) in enumerate(places) if in_window]
         # copies into the pool move the widest words the row allows (8 bytes: 5x faster than bytes)
         self._word = next(d for d in (torch.int64, torch.int32, torch.int16, torch.uint8)
                           if self._kv.shape[-1] % d.itemsize == 0)
@@ -102,8 +105,7 @@ class LayerStore:
             return full
         out = np.zeros((len(self._places), *full.shape[1:]), dtype=np.uint8)
         at = [i for i, b in enumerate(blocks) if b in windowed]
-        slot_of = self.slots.slot_of.numpy()  # numpy on this thread, as in _take
-        local = self._take(self._window, [int(slot_of[blocks[i]]) for i in at])
+        local = self._take(self._window, self.slots.slots_of([blocks[i] for i in at]))
         for layer, (in_window, j) in enumerate(self._places):
             if not in_window:
                 out[layer] = full[j]
@@ -122,13 +124,11 @@ class LayerStore:
     def copy_in(self, blocks: list[int], kv: np.ndarray) -> None:
         """Write the global layers' KV bytes read from disk (``[layers, 2, len(blocks), ...]``)
         into ``blocks``."""
-        full = [j for j, (in_window, _) in enumerate(self._places) if not in_window]
-        self._put(self._kv, blocks, kv if self._window is None else kv[full])
+        self._put(self._kv, blocks, kv if self._window is None else kv[self._full])
 
     def copy_in_window(self, blocks: list[int], kv: np.ndarray) -> None:
         """Write the sliding-window layers' KV bytes of ``blocks`` (which hold window slots)."""
-        local = [j for j, (in_window, _) in enumerate(self._places) if in_window]
-        self._put(self._window, [int(self.slots.slot_of[b]) for b in blocks], kv[local])
+        self._put(self._window, self.slots.slots_of(blocks), kv[self._local])
 
     def _put(self, cache: torch.Tensor, index: list[int], kv: np.ndarray) -> None:
         where = torch.tensor(index, dtype=torch.long, device=cache.device)
@@ -212,7 +212,7 @@ class KVOffload:
         entry = seq.pinned_hit
         if entry is None or entry.in_ram or not entry.alive(self.clock()):
             return
-        if self.radix.cached_len(entry.namespace, entry.tokens) >= self._aligned(entry):
+        if self.radix.cached_len(entry.namespace, entry.tokens) >= entry.aligned(self.pool.block_size):
             self.radix.repin(entry)  # its blocks were still cached
             return
         key = prefix_key(entry.namespace, entry.tokens)
@@ -297,7 +297,7 @@ class KVOffload:
                 s.status is SeqStatus.FINISHED for s in self._waiting.get(key, [])):
             return _Install.UNNEEDED
         kv = self._loaded[key]
-        tokens = list(entry.tokens[: self._aligned(entry)])
+        tokens = list(entry.tokens[: entry.aligned(self.pool.block_size)])
         cached = self._make_room(entry.namespace, tokens, kv.shape[2], may_release)
         if cached is None:
             if not may_release or self.pool.total_refs > self.radix.cached_blocks:
@@ -370,9 +370,6 @@ class KVOffload:
             if self.pins.pinned_blocks <= self.pins.max_pinned_blocks:
                 break
             self.pins.unpin_ram(entry)
-
-    def _aligned(self, entry: PinEntry) -> int:
-        return len(entry.tokens) - len(entry.tokens) % self.pool.block_size
 
     def _wall(self, expiry: float) -> float:
         return expiry - self.clock() + self.wall_clock()

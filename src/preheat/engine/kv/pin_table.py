@@ -43,6 +43,10 @@ class PinEntry:
     def alive(self, now: float) -> bool:
         return self.expiry > now
 
+    def aligned(self, block_size: int) -> int:
+        """Its tokens in whole blocks: what the tree can hold of it."""
+        return len(self.tokens) - len(self.tokens) % block_size
+
     @property
     def last_used(self) -> float:
         return self.expiry - self.ttl

@@ -159,9 +159,7 @@ class RadixCache:
     def cached_len(self, ns: str, tokens: list[int] | Tokens) -> int:
         """Tokens of ``tokens`` a request may resume after (block-aligned), without touching
         LRU order."""
-        path, matched = self._walk(ns, tokens, split=False)
-        blocks = [b for node in path for b in node.blocks][: matched // self.bs]
-        return len(self._resumable(blocks)) * self.bs
+        return len(self._resumable(self.cached_blocks_of(ns, tokens))) * self.bs
 
     def cached_blocks_of(self, ns: str, tokens: list[int] | Tokens) -> list[int]:
         """The tree's blocks for the block-aligned start of ``tokens``, resumable or not."""
@@ -351,7 +349,7 @@ class RadixCache:
         if nodes is None:
             return False
         self.pins.place(entry, nodes)
-        self.keep_window(ns, tokens[: self._aligned(entry)], entry)
+        self.keep_window(ns, tokens[: entry.aligned(self.bs)], entry)
         return True
 
     def repin(self, entry: PinEntry) -> bool:
@@ -360,17 +358,14 @@ class RadixCache:
         if nodes is None:
             return False
         self.pins.cover(entry, nodes)
-        self.keep_window(entry.namespace, entry.tokens[: self._aligned(entry)], entry)
+        self.keep_window(entry.namespace, entry.tokens[: entry.aligned(self.bs)], entry)
         return True
 
     def _full_blocks(self, entry: PinEntry) -> list[_Node] | None:
         """The nodes of ``entry``'s full blocks, split to end with them; None if not all cached."""
-        aligned = self._aligned(entry)
+        aligned = entry.aligned(self.bs)
         path, matched = self._walk(entry.namespace, entry.tokens[:aligned], split=True)
         return path if matched >= aligned else None
-
-    def _aligned(self, entry: PinEntry) -> int:
-        return len(entry.tokens) - len(entry.tokens) % self.bs
 
     def release_pins(self, num_blocks: int, keep_undisked: bool = False, num_slots: int = 0) -> int:
         """Take pinned prefixes out of RAM until evicting has freed ``num_blocks`` blocks (and

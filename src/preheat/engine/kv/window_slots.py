@@ -47,8 +47,9 @@ class WindowSlots:
     def has(self, block: int) -> bool:
         return self._slot[block] >= 0
 
-    def refcount(self, block: int) -> int:
-        return int(self._refs[block])
+    def slots_of(self, blocks: list[int]) -> list[int]:
+        """The slots of ``blocks`` (numpy: safe off the engine thread, no torch op)."""
+        return self._slot[blocks].tolist()
 
     def hold(self, blocks: list[int]) -> None:
         """Take a reference on each block's slot, giving a slot to blocks without one."""
