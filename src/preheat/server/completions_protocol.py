@@ -13,8 +13,8 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from preheat.server.openai_protocol import (MAX_STOP_SEQUENCES, CompletionUsage, StreamOptions,
-                                            Strict, default_only, only_when_streaming,
-                                            parse_openai_request)
+                                            Strict, default_only, non_empty_stops,
+                                            only_when_streaming, parse_openai_request, stop_list)
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's, for this API
 MAX_LOGPROBS = 20
@@ -85,17 +85,8 @@ class CompletionRequest(Strict):
     def _null_is_default(cls, value: Any) -> Any:
         return DEFAULT_MAX_TOKENS if value is None else value
 
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _stop_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("stop")
-    @classmethod
-    def _non_empty_stops(cls, value: list[str] | None) -> list[str] | None:
-        if value and any(not s for s in value):
-            raise PydanticCustomError("invalid_value", "stop sequences must be non-empty strings")
-        return value
+    stop_as_list = field_validator("stop", mode="before")(stop_list)
+    stops_non_empty = field_validator("stop")(non_empty_stops)
 
     @field_validator("logprobs", mode="before")
     @classmethod

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 
 from preheat.server.cache_policy import MAX_BREAKPOINTS
 from preheat.server.errors import APIError, NotFoundError
@@ -36,8 +35,8 @@ from preheat.server.protocol import (MessageResponse, MessagesRequest, TextConte
                                      ToolUseContent, Usage, describe_validation_error)
 from preheat.server.reply_events import Closed, Opened, Ping, ReplyEvent
 from preheat.server.reply_parser import BlockEvent, BlockStart, JsonPiece, TextPiece
+from preheat.server.reply_response import reply_response
 from preheat.server.tool_format import dumps
-from preheat.server.whole_reply import DISCONNECT_CHECK_SECONDS, whole_reply
 
 if TYPE_CHECKING:
     from preheat.server.request_record import RequestRecord
@@ -65,24 +64,17 @@ class ChatCompletions:
         is the HTTP request's (metrics, access log)."""
         body = parse_chat_request(raw)
         prepared = await self._prepare(body, namespace, request_id, record)
-        headers = {"x-request-id": request_id}
         completion_id = f"chatcmpl-{prepared.message_id.removeprefix('msg_')}"
         created = int(time.time())
-        if body.stream:
-            reply = await self.service.run(prepared)
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            writer = ChunkWriter(completion_id, created, body.model, include_usage,
-                                 calls_only=prepared.output.calls_only)
-            # closes the reply after the last chunk or once the client disconnects
-            return StreamingResponse(writer.render(reply), media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache", **headers},
-                                     background=BackgroundTask(reply.close))
-        reply = await self.service.run(prepared, heartbeat=DISCONNECT_CHECK_SECONDS)
-        closed = await whole_reply(reply, is_disconnected)
-        if closed is None:
-            return None
-        return JSONResponse(to_completion(completion_id, created, closed.message).model_dump(),
-                            headers=headers)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        writer = ChunkWriter(completion_id, created, body.model, include_usage,
+                             calls_only=prepared.output.calls_only)
+
+        async def whole(closed: Closed) -> dict:
+            return to_completion(completion_id, created, closed.message).model_dump()
+
+        return await reply_response(self.service, prepared, request_id, body.stream, writer.render,
+                                    whole, is_disconnected)
 
     async def _prepare(self, body: ChatCompletionRequest, namespace: str, request_id: str,
                        record: RequestRecord | None) -> PreparedMessage:

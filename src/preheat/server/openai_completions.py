@@ -15,8 +15,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from starlette.background import BackgroundTask
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 
 from preheat.engine import SamplingParams, TokenLogprob
 from preheat.server.completion_logprobs import LogprobsWriter
@@ -30,7 +29,7 @@ from preheat.server.openai_errors import ModelNotFoundError, ParamError, openai_
 from preheat.server.protocol import MessageResponse, TextContent
 from preheat.server.reply_events import Closed, Ping, ReplyEvent, TokenLogprobs
 from preheat.server.reply_parser import TextPiece
-from preheat.server.whole_reply import DISCONNECT_CHECK_SECONDS, whole_reply
+from preheat.server.reply_response import reply_response
 
 if TYPE_CHECKING:
     from preheat.server.request_record import RequestRecord
@@ -51,24 +50,17 @@ class Completions:
         is the HTTP request's (metrics, access log)."""
         body = parse_completion_request(raw)
         prepared = await self._prepare(body, namespace, request_id, record)
-        headers = {"x-request-id": request_id}
         completion_id = f"cmpl-{prepared.message_id.removeprefix('msg_')}"
         created = int(time.time())
         logprobs = self._writer() if body.logprobs is not None else None
-        if body.stream:
-            reply = await self.service.run(prepared)
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            writer = TextChunkWriter(completion_id, created, body.model, include_usage, logprobs)
-            # closes the reply after the last chunk or once the client disconnects
-            return StreamingResponse(writer.render(reply), media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache", **headers},
-                                     background=BackgroundTask(reply.close))
-        reply = await self.service.run(prepared, heartbeat=DISCONNECT_CHECK_SECONDS)
-        closed = await whole_reply(reply, is_disconnected)
-        if closed is None:
-            return None
-        return JSONResponse(to_completion(completion_id, created, closed, logprobs).model_dump(),
-                            headers=headers)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        writer = TextChunkWriter(completion_id, created, body.model, include_usage, logprobs)
+
+        async def whole(closed: Closed) -> dict:
+            return to_completion(completion_id, created, closed, logprobs).model_dump()
+
+        return await reply_response(self.service, prepared, request_id, body.stream, writer.render,
+                                    whole, is_disconnected)
 
     def _writer(self) -> LogprobsWriter:
         tokenizer = self.service.engine.tokenizer

@@ -267,6 +267,17 @@ _DEFAULT_ONLY: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 
+def stop_list(value: Any) -> Any:
+    """``stop`` as a list: OpenAI takes one string or several."""
+    return [value] if isinstance(value, str) else value
+
+
+def non_empty_stops(value: list[str] | None) -> list[str] | None:
+    if value and any(not s for s in value):
+        raise PydanticCustomError("invalid_value", "stop sequences must be non-empty strings")
+    return value
+
+
 def only_when_streaming(value: Any, info: ValidationInfo) -> Any:
     """``stream_options``, which only a streamed request may send."""
     if value is not None and not info.data.get("stream"):
@@ -327,17 +338,8 @@ class ChatCompletionRequest(Strict):
     web_search_options: dict[str, Any] | None = None
     moderation: dict[str, Any] | None = None
 
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _stop_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("stop")
-    @classmethod
-    def _non_empty_stops(cls, value: list[str] | None) -> list[str] | None:
-        if value and any(not s for s in value):
-            raise PydanticCustomError("invalid_value", "stop sequences must be non-empty strings")
-        return value
+    stop_as_list = field_validator("stop", mode="before")(stop_list)
+    stops_non_empty = field_validator("stop")(non_empty_stops)
 
     only_streaming = field_validator("stream_options")(only_when_streaming)
 

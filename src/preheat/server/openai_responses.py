@@ -17,21 +17,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from starlette.background import BackgroundTask
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 
 from preheat.server.errors import NotFoundError
 from preheat.server.messages import MessageService, PreparedMessage, SamplingOverrides
 from preheat.server.openai_chat import prepare_translated
 from preheat.server.openai_protocol import parse_openai_request
 from preheat.server.reply_events import Closed
+from preheat.server.reply_response import reply_response
 from preheat.server.response_store import ResponseStore, StoredResponse
 from preheat.server.responses_input import to_messages_request
 from preheat.server.responses_output import ResponseEvents, ResponseShape
 from preheat.server.responses_protocol import (FunctionCallItem, FunctionCallOutputItem,
                                                MessageItem, ResponseCreateRequest,
                                                ResponseObject)
-from preheat.server.whole_reply import DISCONNECT_CHECK_SECONDS, whole_reply
 
 if TYPE_CHECKING:
     from preheat.server.request_record import RequestRecord
@@ -76,20 +75,13 @@ class Responses:
                 await asyncio.to_thread(self.store.put, namespace, StoredResponse(
                     shape.id, response.model_dump(), items, history))
 
-        headers = {"x-request-id": request_id}
-        if body.stream:
-            reply = await self.service.run(prepared)
-            events = ResponseEvents(shape, finished)
-            return StreamingResponse(events.render(reply), media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache", **headers},
-                                     background=BackgroundTask(reply.close))
-        reply = await self.service.run(prepared, heartbeat=DISCONNECT_CHECK_SECONDS)
-        closed = await whole_reply(reply, is_disconnected)
-        if closed is None:
-            return None
-        response = shape.finished(closed.message, closed.finished.reused_prompt_tokens)
-        await finished(response, closed)
-        return JSONResponse(response.model_dump(), headers=headers)
+        async def whole(closed: Closed) -> dict:
+            response = shape.finished(closed.message, closed.finished.reused_prompt_tokens)
+            await finished(response, closed)
+            return response.model_dump()
+
+        return await reply_response(self.service, prepared, request_id, body.stream,
+                                    ResponseEvents(shape, finished).render, whole, is_disconnected)
 
     async def _previous(self, body: ResponseCreateRequest,
                         namespace: str) -> StoredResponse | None:
