@@ -182,6 +182,24 @@ def test_concurrent_and_preempted_gemma_equals_sequential(gemma):
     assert [g.output_ids for g in got] == want
 
 
+def test_a_pool_sized_by_memory_short_of_window_slots_still_gives_the_sequential_tokens(gemma):
+    """A pool sized in bytes has fewer window slots than blocks (a pool sized in tokens has
+    one a block): running sequences and pinned windows then wait, preempt and release pins
+    for slots, and every answer stays that of a lone run."""
+    cfg, weights = gemma
+    prompts = [ids(30 + 5 * i, 60 + i) for i in range(6)]
+    want = [run_one(tiny_engine(cfg=cfg, weights=weights), p, GREEDY_40).output_ids for p in prompts]
+    per_block = 2 * 4 * 1 * 32 * 4  # a layer's block of K and V: 4 tokens, 1 head of 32, float32
+    small = tiny_engine(cfg=cfg, weights=weights, kv_cache_bytes=64 * (2 * per_block + 2 * per_block // 4))
+    assert small.pool.num_blocks == 64 and small.slots.num_slots == (16 + 64) // 4 + 4
+    requests = [GenerationRequest(p, GREEDY_40, breakpoints=(CacheBreakpoint(24, 300.0),)) for p in prompts]
+    got = run(small, requests)
+    assert small.scheduler.num_preemptions > 0
+    assert [g.output_ids for g in got] == want
+    kept = {b for w in small.radix._windows.values() for b in w.blocks}  # no slot leaks
+    assert small.slots.num_slots - small.slots.num_free == len(kept) > 0
+
+
 def test_a_pinned_prefix_read_back_from_disk_gives_the_cold_tokens(gemma, tmp_path):
     cfg, weights = gemma
     docs = [ids(36, seed) for seed in range(4)]

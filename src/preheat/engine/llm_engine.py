@@ -81,7 +81,9 @@ class LLMEngine:
                          bytes_per_block=layout.budget_per_block(layer_block), device=model.device)
         num_blocks = size.num_blocks
         self.pool = BlockPool(num_blocks, config.block_size)
-        self.slots = (WindowSlots(layout.num_slots(num_blocks, config.block_size, config.max_step_tokens),
+        in_tokens = config.kv_cache_tokens is not None and config.kv_cache_bytes is None
+        self.slots = (WindowSlots(layout.num_slots(num_blocks, config.block_size, config.max_step_tokens,
+                                                   in_tokens),
                                   num_blocks, layout.window, config.block_size)
                       if layout.windowed else None)
         self.pool_bytes = num_blocks * block_bytes + (self.slots.num_slots * slot_bytes if self.slots else 0)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Window slots as a share of the pool's blocks (the floor lets one sequence run):
-# running sequences need their windows, cached prefixes a window each where they resume.
+# Window slots as a share of the pool's blocks when the pool is sized by memory (the floor
+# lets one sequence run): running sequences need their windows, cached prefixes a window
+# each where they resume. A pool sized in tokens gets a slot for each block instead.
 WINDOW_SLOT_SHARE = 0.25
 
 
@@ -51,9 +52,14 @@ class KVLayout:
         block, slot = self.bytes_per_block(layer_block_bytes)
         return block + int(slot * WINDOW_SLOT_SHARE)
 
-    def num_slots(self, num_blocks: int, block_size: int, max_step_tokens: int) -> int:
-        """Window slots beside a pool of ``num_blocks``: a share of it, at least one
-        sequence's window and step, at most the pool."""
+    def num_slots(self, num_blocks: int, block_size: int, max_step_tokens: int, in_tokens: bool) -> int:
+        """Window slots beside a pool of ``num_blocks``. A pool sized in tokens (``in_tokens``)
+        promises that many tokens of context to whatever mix of requests comes: a slot for
+        every block, so windows never run short before blocks do (slots are held only where
+        blocks are). A pool sized by memory gets a share of it, at least one sequence's window
+        and step, at most the pool."""
+        if in_tokens:
+            return num_blocks
         # a sequence holds its window, a block behind it, a step's blocks and the partial
         # blocks at both ends
         floor = -(-(self.window + max_step_tokens) // block_size) + 4

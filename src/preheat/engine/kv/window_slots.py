@@ -13,8 +13,6 @@ released before its block can go to another prefix.
 """
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 import torch
 
@@ -31,7 +29,9 @@ class WindowSlots:
         self.block_size = block_size
         self._slot = np.full(num_blocks, -1, dtype=np.int64)  # global block -> slot, -1: none
         self._refs = np.zeros(num_blocks, dtype=np.int64)
-        self._free: deque[int] = deque(range(num_slots))
+        # a stack: the slot freed last is taken first, so the pages a cache of window slots
+        # has touched stay few when fewer are in use than it holds
+        self._free = list(range(num_slots - 1, -1, -1))
         # a view the model runner maps block tables through (-1 read as slot 0: such blocks
         # lie before every window that reads them)
         self.slot_of = torch.from_numpy(self._slot)
@@ -58,7 +58,7 @@ class WindowSlots:
             raise OutOfBlocksError(f"asked for {fresh} window slots, {len(self._free)} free")
         for b in blocks:
             if self._refs[b] == 0:
-                self._slot[b] = self._free.popleft()
+                self._slot[b] = self._free.pop()
             self._refs[b] += 1
 
     def share(self, blocks: list[int]) -> bool:
