@@ -27,7 +27,7 @@ from preheat.config import EngineConfig
 from preheat.engine.llm_engine import LLMEngine, build_engine
 from preheat.engine.output import Finished, TextDelta
 from preheat.engine.request import CacheBreakpoint, GenerationRequest, SamplingParams
-from preheat.kernels.quant_matmul import load_quant_kernel
+from preheat.kernels.quant_matmul import kernel_isa, load_quant_kernel
 from preheat.loader.embedded import embedded_model_path
 
 DECODE_TOKENS = 128
@@ -85,7 +85,7 @@ def bench_preheat(args, weight_format: str) -> Figures:
                                                  kv_cache_tokens=16384, kv_disk_bytes=0, max_step_tokens=512,
                                                  weight_format=weight_format))
     kernel = "" if weight_format == "dense" else \
-        f", {'VNNI' if load_quant_kernel() else 'PyTorch int4'} kernel"
+        f", {kernel_isa() + ' quantized' if load_quant_kernel() else 'PyTorch int4'} kernel"
     print(f"preheat ({weight_format}): {model_id} loaded in {time.perf_counter() - t0:.2f} s, "
           f"{args.threads} threads{kernel}", flush=True)
     f = Figures()

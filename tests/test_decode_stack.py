@@ -24,8 +24,8 @@ def recorded(engine) -> tuple[list[torch.Tensor], list[bool]]:
         logits.append(out.clone())
         return out
 
-    def fused_and_record(kv_cache, meta):
-        fused.append(is_fused(kv_cache, meta))
+    def fused_and_record(kv):
+        fused.append(is_fused(kv))
         return fused[-1]
 
     engine.runner.run = run_and_record

@@ -64,7 +64,7 @@ def test_greedy_tokens_and_logits_match_transformers(loaded, engine, hf_referenc
         torch.testing.assert_close(last_logits(engine, ids), want_logits.float(), atol=2e-3, rtol=1e-4)
 
 
-@pytest.mark.skipif(not load_quant_kernel(), reason="needs preheat's VNNI kernel (AVX-512 VNNI, a compiler)")
+@pytest.mark.skipif(not load_quant_kernel(), reason="needs preheat's quantized matmul kernel (AVX-512 VNNI or AVX2, a compiler)")
 def test_default_native_weights_give_the_reference_tokens(loaded, engine, hf_reference):
     default = build_engine(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=4096), loaded=loaded)[0]
     assert isinstance(default.model.layers[0].attn.qkv, QuantLinear)  # auto kept the Q4_1 codes
@@ -78,7 +78,7 @@ def test_default_native_weights_give_the_reference_tokens(loaded, engine, hf_ref
 
 
 def test_pytorch_int4_kernel_tracks_the_exact_model(loaded, engine, monkeypatch):
-    monkeypatch.setattr(linear, "load_quant_kernel", lambda: False)  # as on CPUs without VNNI
+    monkeypatch.setattr(linear, "load_quant_kernel", lambda: False)  # as on CPUs without AVX2
     int4 = build_engine(EngineConfig(kv_disk_bytes=0, kv_cache_tokens=4096, weight_format="int4"), loaded=loaded)[0]
     assert isinstance(int4.model.layers[0].attn.qkv, Int4Linear)
     for question in QUESTIONS:

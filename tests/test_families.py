@@ -84,7 +84,7 @@ def test_the_same_weights_from_gguf_and_from_the_folder_give_identical_logits(fa
         assert torch.equal(last_logits(from_gguf, prompt), last_logits(from_folder, prompt))
 
 
-@pytest.mark.skipif(not load_quant_kernel(), reason="needs preheat's VNNI kernel (AVX-512 VNNI, a compiler)")
+@pytest.mark.skipif(not load_quant_kernel(), reason="needs preheat's quantized matmul kernel (AVX-512 VNNI or AVX2, a compiler)")
 def test_quantized_gguf_runs_its_own_weights_and_follows_the_dequantized_model(family, tmp_path):
     """The default path keeps each tensor's blocks (no re-quantization); ``dense`` runs the
     same values in float32. They differ only by the kernel's int16 activations and the

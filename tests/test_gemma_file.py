@@ -71,7 +71,7 @@ def test_dense_logits_match_transformers_reading_of_the_file(loaded, reference):
 
 def test_the_default_path_gives_transformers_greedy_tokens(loaded, reference):
     if not load_quant_kernel():
-        pytest.skip("needs preheat's VNNI kernel")
+        pytest.skip("needs preheat's quantized matmul kernel")
     native = engine(loaded, "auto")
     assert native.model.weight_format == "native"
     for text in PROMPTS:
@@ -87,7 +87,7 @@ def test_building_the_default_model_expands_no_quantized_tensor(loaded, monkeypa
     F32 norms; every matrix goes from the map to the kernel's layout as blocks (q, k and v, of
     Q5_0 and Q8_0, joined into one matrix of 8-bit codes)."""
     if not load_quant_kernel():
-        pytest.skip("needs preheat's VNNI kernel")
+        pytest.skip("needs preheat's quantized matmul kernel")
     expanded = []
     real = gguf_loader.dequantize_tensor
 

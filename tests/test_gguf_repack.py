@@ -1,4 +1,4 @@
-"""GGUF blocks repacked for the VNNI kernel: every weight exactly as gguf dequantizes it."""
+"""GGUF blocks repacked for the quantized matmul kernel: every weight exactly as gguf dequantizes it."""
 import numpy as np
 import pytest
 import torch
@@ -12,7 +12,7 @@ from preheat.kernels.quant_matmul import GROUP, PackedWeight, load_quant_kernel,
 from test_quant_matmul import quantized_activations
 
 needs_kernel = pytest.mark.skipif(not load_quant_kernel(),
-                                  reason="the VNNI kernel needs AVX-512 VNNI and a C++ compiler")
+                                  reason="the quantized matmul kernel needs AVX-512 VNNI or AVX2, and a C++ compiler")
 
 # Byte offsets of each type's float16 fields in a block (random bytes there could be NaN/inf).
 FP16_FIELDS = {T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],

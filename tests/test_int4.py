@@ -11,11 +11,11 @@ from quant_weights import dequantized, q4_1_like
 from tiny import tiny_config, tiny_engine, tiny_weights
 
 
-@pytest.fixture(params=["vnni", "pytorch"])
+@pytest.fixture(params=["preheat", "pytorch"])
 def backend(request, monkeypatch):
-    """Runs a test on preheat's VNNI kernel and on PyTorch's int4 kernel."""
-    if request.param == "vnni" and not load_quant_kernel():
-        pytest.skip("the VNNI kernel needs AVX-512 VNNI and a C++ compiler")
+    """Runs a test on preheat's quantized matmul kernel and on PyTorch's int4 kernel."""
+    if request.param == "preheat" and not load_quant_kernel():
+        pytest.skip("the quantized matmul kernel needs AVX-512 VNNI or AVX2, and a C++ compiler")
     if request.param == "pytorch":
         monkeypatch.setattr(linear, "load_quant_kernel", lambda: False)
     return request.param
@@ -23,7 +23,7 @@ def backend(request, monkeypatch):
 
 def test_make_linear_picks_the_backend(backend):
     layer = linear.make_linear(q4_1_like(32, 64), None, int4=True)
-    assert isinstance(layer, QuantLinear if backend == "vnni" else Int4Linear)
+    assert isinstance(layer, QuantLinear if backend == "preheat" else Int4Linear)
     assert isinstance(linear.make_linear(q4_1_like(32, 64), None, int4=False), Linear)
 
 
@@ -87,7 +87,7 @@ def q4_1_model() -> dict[str, torch.Tensor]:
 def test_int4_follows_the_dense_model(backend):
     weights = q4_1_model()
     dense, int4 = tiny_engine(weights=weights), tiny_engine(weights=weights, weight_format="int4")
-    assert isinstance(int4.model.layers[0].attn.qkv, QuantLinear if backend == "vnni" else Int4Linear)
+    assert isinstance(int4.model.layers[0].attn.qkv, QuantLinear if backend == "preheat" else Int4Linear)
     for seed in range(3):
         a, b = last_logits(dense, ids(50, seed)), last_logits(int4, ids(50, seed))
         # Only the activations' rounding (int8 or bf16) separates the two.

@@ -107,7 +107,7 @@ def test_the_fused_decode_stack_stops_too_and_the_tokens_are_unchanged():
     arrivals = InteractiveArrivals()
     engine = tiny_engine(cfg=cfg, weights=weights, weight_format="int4", arrivals=arrivals)
     fused, is_fused = [], engine.model._fused
-    engine.model._fused = lambda kv, meta: fused.append(is_fused(kv, meta)) or fused[-1]
+    engine.model._fused = lambda kv: fused.append(is_fused(kv)) or fused[-1]
     background = [GenerationRequest(p, PARAMS, background=True) for p in PROMPTS]
     enqueue(engine, background)
     engine.step()

@@ -1,4 +1,4 @@
-"""preheat's VNNI matmul kernel against an exact model of its arithmetic."""
+"""preheat's quantized matmul kernel against an exact model of its arithmetic."""
 import pytest
 import torch
 
@@ -6,7 +6,7 @@ from preheat.kernels.quant_matmul import GROUP, load_quant_kernel, pack, quant_m
 from quant_weights import dequantized, q4_1_like
 
 pytestmark = pytest.mark.skipif(not load_quant_kernel(),
-                                reason="the VNNI kernel needs AVX-512 VNNI and a C++ compiler")
+                                reason="the quantized matmul kernel needs AVX-512 VNNI or AVX2, and a C++ compiler")
 
 
 def quantized_activations(x: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,7 @@ ENGINE_HELP = {
     "device": "torch device",
     "dtype": "weight and activation dtype (the KV cache's is --kv-dtype)",
     "weight_format": "auto (a GGUF's quantized weights run as the file has them, on a CPU with "
-                     "AVX-512 VNNI; float weights as --dtype), dense (every weight as --dtype: "
+                     "AVX-512 VNNI or AVX2; float weights as --dtype), dense (every weight as --dtype: "
                      "the exact reference) or int4 (lossy: re-quantizes every matmul to 4 bits)",
     "kv_dtype": "KV cache dtype: float32, float16 (half the memory and bandwidth), bfloat16 or "
                 "auto (float16 with quantized weights, else --dtype: dense stays exact)",

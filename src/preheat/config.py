@@ -11,8 +11,8 @@ class EngineConfig:
     chat_template: Path | None = None  # a Jinja file used instead of the model's chat template
     device: str = "cpu"
     dtype: str = "float32"
-    # "dense" (exact), "int4" (4-bit decoder weights: fast CPU decode) or "auto": int4 on a
-    # CPU with preheat's VNNI kernel when the file's decoder weights are 4-bit already, else dense
+    # "dense" (exact), "int4" (lossy 4-bit decoder weights) or "auto": a GGUF's quantized
+    # weights as the file has them on a CPU where preheat's quantized kernel runs, else dense
     weight_format: str = "auto"
     # KV cache storage: "float32", "float16", "bfloat16" or "auto" (see engine/kv/kv_dtype.py)
     kv_dtype: str = "auto"

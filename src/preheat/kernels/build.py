@@ -10,6 +10,28 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+ISA_LIMIT_ENV = "PREHEAT_KERNEL_ISA"
+# What each build of the kernels needs of the CPU, by torch.cpu.get_capabilities()'s names.
+_FEATURES = {
+    "avx512_vnni": ("avx512_f", "avx512_bw", "avx512_vl", "avx512_vnni"),
+    "avx512": ("avx512_f",),
+    "avx2": ("avx2", "fma3", "f16c"),
+}
+
+
+def cpu_runs(isa: str) -> bool:
+    """Whether a kernel may be built for ``isa`` ("avx512_vnni", "avx512" or "avx2") here: the
+    CPU has it, and ``PREHEAT_KERNEL_ISA`` allows it ("avx2": no AVX-512 build, as on a CPU
+    without it; "none": no kernel at all, PyTorch's paths throughout)."""
+    import torch
+
+    limit = os.environ.get(ISA_LIMIT_ENV, "").lower()
+    if limit == "none" or (limit == "avx2" and isa != "avx2"):
+        return False
+    caps = torch.cpu.get_capabilities()
+    return all(caps.get(f, False) for f in _FEATURES[isa])
+
+
 def _put_ninja_on_path() -> None:
     if shutil.which("ninja") is None:
         import ninja  # torch's extension builder runs `ninja` from PATH; the wheel keeps it here

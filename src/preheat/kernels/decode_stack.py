@@ -3,7 +3,7 @@
 A decode step runs about 25 small ops per layer; from Python each costs several
 microseconds of overhead, which on a small model is as much as the arithmetic. The
 C++ class runs the same ops and kernels in the same order, so its rows are bitwise
-the Python loop's. It serves models whose decoder linears all run on preheat's VNNI
+the Python loop's. It serves models whose decoder linears all run on preheat's quantized
 matmul and whose attention runs on preheat's paged kernel; others keep the Python loop.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GGUF's quantized blocks, repacked for the VNNI matmul kernel with every weight kept exactly.
+"""GGUF's quantized blocks, repacked for the quantized matmul kernel with every weight kept exactly.
 
 Dequantizing a GGUF file to floats and re-quantizing it into preheat's 4-bit groups changes
 the weights. Every type here is instead w = scale * code + min per 32 inputs (per 16 for
@@ -366,7 +366,7 @@ def _layout(ggml_type: GGMLQuantizationType) -> _Layout:
     if layout is None:
         names = ", ".join(t.name for t in _LAYOUTS)
         raise ValueError(f"GGML type {GGMLQuantizationType(ggml_type).name} cannot be repacked "
-                         f"for the VNNI kernel (supported: {names})")
+                         f"for the quantized matmul kernel (supported: {names})")
     return layout
 
 

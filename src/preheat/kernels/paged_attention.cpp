@@ -41,38 +41,175 @@
 namespace {
 
 constexpr int64_t kPartition = 256;  // tokens per work item: a constant, for invariance
-constexpr int64_t kLanes = 16;       // floats per AVX-512 register
 constexpr int64_t kMaxHeadDim = 256;
+constexpr int64_t kDimStep = 16;     // head_dim is a multiple of this (of every ISA's kLanes)
 constexpr int kMaxChunk = 4;  // query heads per pass over a KV head's rows, at most
 constexpr float kLog2e = 1.4426950408889634f;
 
-// 16 cache elements as float32.
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const c10::Half* p) {
+// The instruction set, chosen by the build flags (paged_attention.py): a register of kLanes
+// floats, AVX-512's 16 or AVX2's 8. Everything below is written over these few operations;
+// the register budgets that differ (AVX-512 has 32 registers, AVX2 16) are named where used.
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16;
+using Vec = __m512;
+using VecI = __m512i;
+using Mask = __mmask16;
+inline Vec v_zero() { return _mm512_setzero_ps(); }
+inline Vec v_set(float x) { return _mm512_set1_ps(x); }
+inline Vec v_load(const float* p) { return _mm512_loadu_ps(p); }
+inline void v_store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+inline Vec v_add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline Vec v_sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+inline Vec v_mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+inline Vec v_max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+inline Vec v_fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline float v_hmax(Vec v) { return _mm512_reduce_max_ps(v); }
+inline float v_hsum(Vec v) { return _mm512_reduce_add_ps(v); }
+inline VecI vi_load(const int32_t* p) { return _mm512_load_si512(p); }
+
+// kLanes cache elements as float32.
+inline Vec load_lanes(const float* p) { return _mm512_loadu_ps(p); }
+inline Vec load_lanes(const c10::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
-inline __m512 load16(const c10::BFloat16* p) {  // bfloat16 is float32's upper half
+inline Vec load_lanes(const c10::BFloat16* p) {  // bfloat16 is float32's upper half
   const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }
 
+inline Mask first_lanes(int64_t n) {
+  return n >= kLanes ? static_cast<Mask>(0xFFFF) : static_cast<Mask>((1u << n) - 1);
+}
+inline Mask no_lanes() { return 0; }
+inline Vec v_load_first(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }  // others 0
+inline void v_store_first(float* p, Mask m, Vec v) { _mm512_mask_storeu_ps(p, m, v); }
+inline Vec v_select(Mask m, Vec set, Vec unset) { return _mm512_mask_blend_ps(m, unset, set); }
+// Lanes r with lo[r] <= key <= pos[r].
+inline Mask key_visible(VecI pos, VecI lo, int32_t key) {
+  const VecI k = _mm512_set1_epi32(key);
+  return _mm512_mask_cmple_epi32_mask(_mm512_cmpge_epi32_mask(pos, k), lo, k);
+}
+
 // 2^x within 1 ulp (0.85 measured over [-126, 0]). 2^x = 2^n 2^f with f in [-0.5, 0.5]; 2^f
 // is the degree-7 Taylor series of e^(f ln 2), whose truncation error (< 1e-8) is below float32's.
-inline __m512 exp2_ps(__m512 x) {
+inline Vec exp2_fraction(Vec f);
+inline Vec exp2_ps(Vec x) {
   // Far below 2^-149 the result is 0 anyway; the clamp keeps -inf from making inf - inf.
   // NaN passes through: max_ps returns its second operand when either is NaN.
   x = _mm512_max_ps(_mm512_set1_ps(-200.f), x);
-  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(1.525273380405984e-05f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381608e-04f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-03f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-02f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
+  const Vec n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_scalef_ps(exp2_fraction(_mm512_sub_ps(x, n)), n);
+}
+
+// r[j] = the sum of v[j]'s 16 lanes, for j = 0..15: a transposing tree of 15 adds, where
+// one horizontal sum per vector would cost four shuffles each.
+inline Vec reduce_lanes(const Vec* v) {
+  __m512 halves[8], quarters[4];
+  for (int i = 0; i < 8; ++i) {  // 128-bit lanes (0, 1) hold v[2i]'s 8 partial sums, (2, 3) v[2i + 1]'s
+    halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                              _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  }
+  for (int i = 0; i < 4; ++i) {  // 128-bit lane k holds v[4i + k]'s 4 partial sums
+    quarters[i] = _mm512_add_ps(_mm512_shuffle_f32x4(halves[2 * i], halves[2 * i + 1], 0x88),
+                                _mm512_shuffle_f32x4(halves[2 * i], halves[2 * i + 1], 0xDD));
+  }
+  const __m512 lo = _mm512_add_ps(_mm512_unpacklo_ps(quarters[0], quarters[1]),
+                                  _mm512_unpackhi_ps(quarters[0], quarters[1]));
+  const __m512 hi = _mm512_add_ps(_mm512_unpacklo_ps(quarters[2], quarters[3]),
+                                  _mm512_unpackhi_ps(quarters[2], quarters[3]));
+  // Element 4k + m now holds the sum of v[4m + k]; put it at position 4m + k.
+  const __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(lo, hi, _MM_SHUFFLE(1, 0, 1, 0)),
+                                    _mm512_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, sums);
+}
+
+constexpr int kKeys = 16;  // prefill: key tokens per step, one score register each
+constexpr int kDims = 8;   // prefill: output dims accumulated at once, independent FMA chains
+#else
+constexpr int64_t kLanes = 8;
+using Vec = __m256;
+using VecI = __m256i;
+using Mask = __m256i;  // all ones in a lane that is set
+inline Vec v_zero() { return _mm256_setzero_ps(); }
+inline Vec v_set(float x) { return _mm256_set1_ps(x); }
+inline Vec v_load(const float* p) { return _mm256_loadu_ps(p); }
+inline void v_store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+inline Vec v_add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline Vec v_sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+inline Vec v_mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+inline Vec v_max(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+inline Vec v_fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline float v_hmax(Vec v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+inline float v_hsum(Vec v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+inline VecI vi_load(const int32_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
+
+inline Vec load_lanes(const float* p) { return _mm256_loadu_ps(p); }
+inline Vec load_lanes(const c10::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline Vec load_lanes(const c10::BFloat16* p) {  // bfloat16 is float32's upper half
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+inline Mask first_lanes(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(std::min(n, kLanes))),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline Mask no_lanes() { return _mm256_setzero_si256(); }
+inline Vec v_load_first(Mask m, const float* p) { return _mm256_maskload_ps(p, m); }  // others 0
+inline void v_store_first(float* p, Mask m, Vec v) { _mm256_maskstore_ps(p, m, v); }
+inline Vec v_select(Mask m, Vec set, Vec unset) { return _mm256_blendv_ps(unset, set, _mm256_castsi256_ps(m)); }
+inline Mask key_visible(VecI pos, VecI lo, int32_t key) {
+  const VecI k = _mm256_set1_epi32(key);
+  const VecI hidden = _mm256_or_si256(_mm256_cmpgt_epi32(k, pos), _mm256_cmpgt_epi32(lo, k));
+  return _mm256_andnot_si256(hidden, _mm256_set1_epi32(-1));
+}
+
+// 2^x as above, with 2^n formed in the exponent bits: exact for n >= -126; below 2^-126 the
+// result is 0 (AVX-512's is a denormal there, which no softmax weight notices).
+inline Vec exp2_fraction(Vec f);
+inline Vec exp2_ps(Vec x) {
+  const Vec nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  const Vec live = _mm256_cmp_ps(x, _mm256_set1_ps(-126.f), _CMP_GE_OQ);
+  const Vec y = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-126.f)), _mm256_set1_ps(127.f));
+  const Vec n = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const Vec r = _mm256_and_ps(_mm256_mul_ps(exp2_fraction(_mm256_sub_ps(y, n)), _mm256_castsi256_ps(bits)), live);
+  return _mm256_blendv_ps(r, x, nan);  // NaN passes through
+}
+
+// r[j] = the sum of v[j]'s 8 lanes, for j = 0..7: two rounds of pairwise adds, then the
+// 128-bit halves.
+inline Vec reduce_lanes(const Vec* v) {
+  const Vec ab = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const Vec cd = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  // ab holds v[0..3]'s sums of lanes 0-3, then of lanes 4-7; cd v[4..7]'s.
+  return _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31));
+}
+
+constexpr int kKeys = 8;   // prefill: 16 registers hold 8 score and 4 accumulator registers
+constexpr int kDims = 4;
+#endif
+
+inline Vec exp2_fraction(Vec f) {
+  Vec p = v_set(1.525273380405984e-05f);
+  p = v_fmadd(p, f, v_set(1.5403530393381608e-04f));
+  p = v_fmadd(p, f, v_set(1.3333558146428443e-03f));
+  p = v_fmadd(p, f, v_set(9.6181291076284772e-03f));
+  p = v_fmadd(p, f, v_set(5.5504108664821580e-02f));
+  p = v_fmadd(p, f, v_set(2.4022650695910071e-01f));
+  p = v_fmadd(p, f, v_set(6.9314718055994531e-01f));
+  return v_fmadd(p, f, v_set(1.f));
 }
 
 template <typename T>
@@ -111,33 +248,6 @@ inline void for_each_row(const Problem<T>& pb, const T* cache, int64_t b, int64_
   }
 }
 
-// r[j] = the sum of v[j]'s 16 lanes, for j = 0..15: a transposing tree of 15 adds, where
-// one horizontal sum per vector would cost four shuffles each.
-inline __m512 reduce16(const __m512* v) {
-  __m512 halves[8], quarters[4];
-  for (int i = 0; i < 8; ++i) {  // 128-bit lanes (0, 1) hold v[2i]'s 8 partial sums, (2, 3) v[2i + 1]'s
-    halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
-                              _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
-  }
-  for (int i = 0; i < 4; ++i) {  // 128-bit lane k holds v[4i + k]'s 4 partial sums
-    quarters[i] = _mm512_add_ps(_mm512_shuffle_f32x4(halves[2 * i], halves[2 * i + 1], 0x88),
-                                _mm512_shuffle_f32x4(halves[2 * i], halves[2 * i + 1], 0xDD));
-  }
-  const __m512 lo = _mm512_add_ps(_mm512_unpacklo_ps(quarters[0], quarters[1]),
-                                  _mm512_unpackhi_ps(quarters[0], quarters[1]));
-  const __m512 hi = _mm512_add_ps(_mm512_unpacklo_ps(quarters[2], quarters[3]),
-                                  _mm512_unpackhi_ps(quarters[2], quarters[3]));
-  // Element 4k + m now holds the sum of v[4m + k]; put it at position 4m + k.
-  const __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(lo, hi, _MM_SHUFFLE(1, 0, 1, 0)),
-                                    _mm512_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 2, 3, 2)));
-  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  return _mm512_permutexvar_ps(order, sums);
-}
-
-inline __mmask16 first_lanes(int64_t n) {
-  return n >= kLanes ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
-}
-
 // Base-2 scores of GC query heads (hq0 ...) that share KV head h, over tokens [t0, t1) of
 // sequence b: scores[g * kPartition + i] for token t0 + i.
 template <typename T, int NV, int GC>
@@ -145,21 +255,21 @@ void head_scores(const Problem<T>& pb, int64_t b, int64_t t0, int64_t t1, int64_
                  float* scores) {
   const int64_t nv = NV ? NV : pb.head_dim / kLanes, n = t1 - t0;
   const float* q = pb.q + (b * pb.heads + hq0) * pb.head_dim;
-  __m512 partial[GC][kLanes];  // 16 tokens' products, summed 16 at a time by reduce16
-  for (auto& head : partial) std::fill_n(head, kLanes, _mm512_setzero_ps());
+  Vec partial[GC][kLanes];  // kLanes tokens' products, summed kLanes at a time by reduce_lanes
+  for (auto& head : partial) std::fill_n(head, kLanes, v_zero());
   for_each_row(pb, pb.k, b, t0, t1, h, [&](int64_t i, const T* head) {
-    __m512 kr[NV ? NV : kMaxHeadDim / kLanes];
-    for (int64_t j = 0; j < nv; ++j) kr[j] = load16(head + j * kLanes);
+    Vec kr[NV ? NV : kMaxHeadDim / kLanes];
+    for (int64_t j = 0; j < nv; ++j) kr[j] = load_lanes(head + j * kLanes);
     for (int g = 0; g < GC; ++g) {
       const float* qg = q + g * pb.head_dim;
-      __m512 s = _mm512_mul_ps(_mm512_loadu_ps(qg), kr[0]);
-      for (int64_t j = 1; j < nv; ++j) s = _mm512_fmadd_ps(_mm512_loadu_ps(qg + j * kLanes), kr[j], s);
+      Vec s = v_mul(v_load(qg), kr[0]);
+      for (int64_t j = 1; j < nv; ++j) s = v_fmadd(v_load(qg + j * kLanes), kr[j], s);
       partial[g][i % kLanes] = s;
     }
     if (i % kLanes == kLanes - 1 || i == n - 1) {
       const int64_t i0 = i - i % kLanes;
       for (int g = 0; g < GC; ++g) {
-        _mm512_mask_storeu_ps(scores + g * kPartition + i0, first_lanes(i - i0 + 1), reduce16(partial[g]));
+        v_store_first(scores + g * kPartition + i0, first_lanes(i - i0 + 1), reduce_lanes(partial[g]));
       }
     }
   });
@@ -167,20 +277,20 @@ void head_scores(const Problem<T>& pb, int64_t b, int64_t t0, int64_t t1, int64_
 
 // In place: p = 2^(s - m) for n scores; returns (m, l = sum p).
 inline std::pair<float, float> softmax_partition(float* s, int64_t n) {
-  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  Vec vmax = v_set(-std::numeric_limits<float>::infinity());
   for (int64_t i = 0; i < n; i += kLanes) {
-    const __mmask16 m = first_lanes(n - i);
-    vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, s + i));
+    const Mask m = first_lanes(n - i);
+    vmax = v_select(m, v_max(vmax, v_load_first(m, s + i)), vmax);
   }
-  const float mx = _mm512_reduce_max_ps(vmax);
-  __m512 vsum = _mm512_setzero_ps();
+  const float mx = v_hmax(vmax);
+  Vec vsum = v_zero();
   for (int64_t i = 0; i < n; i += kLanes) {
-    const __mmask16 m = first_lanes(n - i);
-    const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + i), _mm512_set1_ps(mx)));
-    _mm512_mask_storeu_ps(s + i, m, p);
-    vsum = _mm512_mask_add_ps(vsum, m, vsum, p);
+    const Mask m = first_lanes(n - i);
+    const Vec p = exp2_ps(v_sub(v_load_first(m, s + i), v_set(mx)));
+    v_store_first(s + i, m, p);
+    vsum = v_select(m, v_add(vsum, p), vsum);
   }
-  return {mx, _mm512_reduce_add_ps(vsum)};
+  return {mx, v_hsum(vsum)};
 }
 
 // acc[g] = sum_i p[g][i] v_i over the partition for GC query heads sharing KV head h,
@@ -189,18 +299,18 @@ template <typename T, int NV, int GC>
 void head_values(const Problem<T>& pb, int64_t b, int64_t t0, int64_t t1, int64_t h, const float* probs,
                  float* part) {
   const int64_t nv = NV ? NV : pb.head_dim / kLanes;
-  __m512 acc[GC][NV ? NV : kMaxHeadDim / kLanes];
-  for (auto& head : acc) std::fill_n(head, nv, _mm512_setzero_ps());
+  Vec acc[GC][NV ? NV : kMaxHeadDim / kLanes];
+  for (auto& head : acc) std::fill_n(head, nv, v_zero());
   for_each_row(pb, pb.v, b, t0, t1, h, [&](int64_t i, const T* head) {
-    __m512 vr[NV ? NV : kMaxHeadDim / kLanes];
-    for (int64_t j = 0; j < nv; ++j) vr[j] = load16(head + j * kLanes);
+    Vec vr[NV ? NV : kMaxHeadDim / kLanes];
+    for (int64_t j = 0; j < nv; ++j) vr[j] = load_lanes(head + j * kLanes);
     for (int g = 0; g < GC; ++g) {
-      const __m512 p = _mm512_set1_ps(probs[g * kPartition + i]);
-      for (int64_t j = 0; j < nv; ++j) acc[g][j] = _mm512_fmadd_ps(p, vr[j], acc[g][j]);
+      const Vec p = v_set(probs[g * kPartition + i]);
+      for (int64_t j = 0; j < nv; ++j) acc[g][j] = v_fmadd(p, vr[j], acc[g][j]);
     }
   });
   for (int g = 0; g < GC; ++g) {
-    for (int64_t j = 0; j < nv; ++j) _mm512_storeu_ps(part + g * (pb.head_dim + 2) + 2 + j * kLanes, acc[g][j]);
+    for (int64_t j = 0; j < nv; ++j) v_store(part + g * (pb.head_dim + 2) + 2 + j * kLanes, acc[g][j]);
   }
 }
 
@@ -232,7 +342,7 @@ void attend_chunk(const Problem<T>& pb, int64_t b, int64_t t0, int64_t t1, int64
 // acc[head_dim]) of h's query heads to part ([groups, head_dim + 2]). h's rows are read once
 // per chunk of up to MaxGC of its query heads: once for SmolLM2's groups of 3 at head_dim 64,
 // twice for Llama 3 8B's groups of 4 at head_dim 128 (the second time from L2).
-// NV is head_dim / 16 when fixed at compile time (registers), or 0 for any multiple of 16.
+// NV is head_dim / kLanes when fixed at compile time (registers), or 0 for any multiple of 16.
 template <typename T, int NV, int MaxGC>
 void attend_partition(const Problem<T>& pb, int64_t b, int64_t t0, int64_t t1, int64_t h, float* scores,
                       float* part) {
@@ -267,12 +377,17 @@ void merge(const float* parts, int64_t num_parts, int64_t heads, int64_t dim, fl
 template <typename T>
 using AttendFn = void (*)(const Problem<T>&, int64_t, int64_t, int64_t, int64_t, float*, float*);
 
-// Head dims 64 and 128 get registers: MaxGC * NV accumulators and NV row registers fit in 32.
+// Head dims 64 and 128 get registers: MaxGC * NV accumulators and NV row registers fit in
+// AVX-512's 32; AVX2's 16 hold one query head's at head_dim 64.
 template <typename T>
 AttendFn<T> pick_attend(int64_t dim) {
   static_assert(kMaxChunk >= 4, "the scratch must hold attend_partition<T, 4, 4>'s scores");
-  if (dim == 64) return attend_partition<T, 4, 4>;
-  if (dim == 128) return attend_partition<T, 8, 2>;
+  if constexpr (kLanes == 16) {
+    if (dim == 64) return attend_partition<T, 4, 4>;
+    if (dim == 128) return attend_partition<T, 8, 2>;
+  } else {
+    if (dim == 64) return attend_partition<T, 8, 1>;
+  }
   return attend_partition<T, 0, 1>;
 }
 
@@ -366,7 +481,7 @@ void check_query_and_caches(const char* op, const char* rows, const at::Tensor& 
               "the cache must be float32, float16 or bfloat16, not ", dtype);
   const int64_t heads = query.size(1), dim = query.size(2), kv_heads = k_cache.size(2);
   TORCH_CHECK(k_cache.size(3) == dim, "the cache's head_dim is ", k_cache.size(3), ", q's ", dim);
-  TORCH_CHECK(dim % kLanes == 0 && dim > 0 && dim <= kMaxHeadDim,
+  TORCH_CHECK(dim % kDimStep == 0 && dim > 0 && dim <= kMaxHeadDim,
               "head_dim must be a multiple of 16 up to 256, got ", dim);
   TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "q's ", heads, " heads must be a multiple of the cache's ",
               kv_heads, " KV heads");
@@ -426,9 +541,9 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
 //
 // A prompt chunk's n tokens attend over everything cached before them and, causally, over
 // each other; the chunk's own k and v are already in the cache. Query rows are pairs
-// (token i, query head of KV head h), and 16 of them fill a register's lanes, so a work
-// item is (KV head, 16 rows). With rows in lanes every step is vertical: key token t's
-// scores are one register, sum_d k[t][d] * qT[d] (a broadcast key element times 16 rows'
+// (token i, query head of KV head h), and kLanes of them fill a register's lanes, so a work
+// item is (KV head, kLanes rows). With rows in lanes every step is vertical: key token t's
+// scores are one register, sum_d k[t][d] * qT[d] (a broadcast key element times the rows'
 // q); the online softmax's max, sum and rescale are elementwise; the output accumulates as
 // oT[d] += sum_t p[t] * v[t][d]. No transposes or horizontal sums in the loop.
 //
@@ -440,9 +555,7 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
 // 512-token chunk after 3584 cached tokens here), large enough that the two parallel
 // regions a span costs stay small beside its arithmetic.
 
-constexpr int kRows = 16;      // query rows per item: one per lane
-constexpr int kKeys = 16;      // key tokens per step: one score register each
-constexpr int kDims = 8;       // output dims accumulated at once: independent FMA chains
+constexpr int kRows = kLanes;  // query rows per item: one per lane
 constexpr int64_t kSpanBytes = 1 << 20;  // a span's float32 keys and values: stays in L2
 
 template <typename T>
@@ -503,8 +616,8 @@ void convert_span(const PrefillProblem<T>& pb, int64_t s0, int64_t s1, int64_t s
       for (int64_t h = 0; h < pb.kv_heads; ++h) {
         const int64_t to = (h * span + j) * dim, from = at + h * dim;
         for (int64_t d = 0; d < dim; d += kLanes) {
-          _mm512_storeu_ps(keys + to + d, load16(pb.k + from + d));
-          _mm512_storeu_ps(values + to + d, load16(pb.v + from + d));
+          v_store(keys + to + d, load_lanes(pb.k + from + d));
+          v_store(values + to + d, load_lanes(pb.v + from + d));
         }
       }
     }
@@ -518,55 +631,53 @@ template <int DIM>
 void prefill_step(PrefillItem& item, int64_t head_dim, int64_t t0, int64_t c, const float* keys,
                   const float* values) {
   const int64_t dim = DIM ? DIM : head_dim;
-  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  const __m512i vpos = _mm512_load_si512(item.pos);
-  const __m512i vlo = _mm512_load_si512(item.lo);
-  __m512 s[kKeys];
-  for (auto& x : s) x = _mm512_setzero_ps();
+  const Vec neg_inf = v_set(-std::numeric_limits<float>::infinity());
+  const VecI vpos = vi_load(item.pos);
+  const VecI vlo = vi_load(item.lo);
+  Vec s[kKeys];
+  for (auto& x : s) x = v_zero();
   const float* qt = item.qt.data();
   for (int64_t d = 0; d < dim; ++d) {
-    const __m512 qd = _mm512_loadu_ps(qt + d * kRows);
+    const Vec qd = v_load(qt + d * kRows);
     const float* k = keys + d;
 #pragma GCC unroll 16
-    for (int j = 0; j < kKeys; ++j) s[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j * dim]), qd, s[j]);
+    for (int j = 0; j < kKeys; ++j) s[j] = v_fmadd(v_set(k[j * dim]), qd, s[j]);
   }
   // Row r sees key t0 + j when j < c and lo[r] <= t0 + j <= pos[r]: branch-free, so the
   // scores stay in registers.
-  const __m512 m_old = _mm512_load_ps(item.m);
-  __m512 top = m_old;
+  const Vec m_old = v_load(item.m);
+  Vec top = m_old;
 #pragma GCC unroll 16
   for (int j = 0; j < kKeys; ++j) {
-    const __m512i key = _mm512_set1_epi32(static_cast<int32_t>(t0 + j));
-    const __mmask16 sees = _mm512_mask_cmple_epi32_mask(_mm512_cmpge_epi32_mask(vpos, key), vlo, key);
-    s[j] = _mm512_mask_blend_ps(j < c ? sees : static_cast<__mmask16>(0), neg_inf, s[j]);
-    top = _mm512_max_ps(top, s[j]);
+    s[j] = v_select(j < c ? key_visible(vpos, vlo, static_cast<int32_t>(t0 + j)) : no_lanes(), s[j], neg_inf);
+    top = v_max(top, s[j]);
   }
-  const __m512 alpha = exp2_ps(_mm512_sub_ps(m_old, top));
-  __m512 l = _mm512_mul_ps(_mm512_load_ps(item.l), alpha);
+  const Vec alpha = exp2_ps(v_sub(m_old, top));
+  Vec l = v_mul(v_load(item.l), alpha);
 #pragma GCC unroll 16
   for (int j = 0; j < kKeys; ++j) {
-    s[j] = exp2_ps(_mm512_sub_ps(s[j], top));
-    l = _mm512_add_ps(l, s[j]);
+    s[j] = exp2_ps(v_sub(s[j], top));
+    l = v_add(l, s[j]);
   }
-  _mm512_store_ps(item.m, top);
-  _mm512_store_ps(item.l, l);
+  v_store(item.m, top);
+  v_store(item.l, l);
   float* ot = item.ot.data();
   for (int64_t d0 = 0; d0 < dim; d0 += kDims) {
-    __m512 acc[kDims];
+    Vec acc[kDims];
     const float* v = values + d0;
 #pragma GCC unroll 8
-    for (int e = 0; e < kDims; ++e) acc[e] = _mm512_mul_ps(_mm512_loadu_ps(ot + (d0 + e) * kRows), alpha);
+    for (int e = 0; e < kDims; ++e) acc[e] = v_mul(v_load(ot + (d0 + e) * kRows), alpha);
 #pragma GCC unroll 16
     for (int j = 0; j < kKeys; ++j) {
 #pragma GCC unroll 8
-      for (int e = 0; e < kDims; ++e) acc[e] = _mm512_fmadd_ps(s[j], _mm512_set1_ps(v[j * dim + e]), acc[e]);
+      for (int e = 0; e < kDims; ++e) acc[e] = v_fmadd(s[j], v_set(v[j * dim + e]), acc[e]);
     }
 #pragma GCC unroll 8
-    for (int e = 0; e < kDims; ++e) _mm512_storeu_ps(ot + (d0 + e) * kRows, acc[e]);
+    for (int e = 0; e < kDims; ++e) v_store(ot + (d0 + e) * kRows, acc[e]);
   }
 }
 
-// The item's keys within span [s0, s1), 16 at a time. Rows past the span's end in the
+// The item's keys within span [s0, s1), kKeys at a time. Rows past the span's end in the
 // copy hold zeros or an earlier span's finite values: masked to probability 0.
 template <int DIM>
 void prefill_span(PrefillItem& item, int64_t dim, int64_t s0, int64_t s1, int64_t span, const float* keys,

@@ -8,9 +8,11 @@ bfloat16): decode for a batch of one-token sequences, prefill for one sequence's
 prompt tokens (causal, over everything cached before it). Their results do not depend on
 the batch or the thread count.
 
-It needs a CPU with AVX-512F and a C++ compiler (ninja comes with preheat). Where either
-is missing, ``load_attention_kernel`` says so once and returns False, and attention takes
-the PyTorch path.
+It needs a CPU with AVX-512F, or AVX2 with FMA and F16C, and a C++ compiler (ninja comes
+with preheat); one source builds for either (sums are ordered by register width, so the two
+agree within float rounding, and each is invariant on its own). Where neither is there,
+``load_attention_kernel`` says so once and returns False, and attention takes the PyTorch
+path.
 """
 from __future__ import annotations
 
@@ -20,27 +22,25 @@ from pathlib import Path
 
 import torch
 
-from preheat.kernels.build import build_kernel
+from preheat.kernels.build import build_kernel, cpu_runs
 
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("paged_attention.cpp")
 CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mf16c", "-mfma"]
-
-
-def cpu_has_avx512f() -> bool:
-    return bool(torch.cpu.get_capabilities().get("avx512_f", False))
+_AVX512_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mf16c", "-mfma"]
+_AVX2_FLAGS = ["-O3", "-fopenmp", "-mavx2", "-mf16c", "-mfma"]
 
 
 @functools.cache
 def load_attention_kernel() -> bool:
     """Register ``torch.ops.preheat.paged_decode_attention``, compiling it on a first run; False if it cannot run."""
-    if not cpu_has_avx512f():
-        logger.info("this CPU lacks AVX-512F: attention gathers the KV cache for PyTorch's SDPA")
+    flags = _AVX512_FLAGS if cpu_runs("avx512") else _AVX2_FLAGS if cpu_runs("avx2") else None
+    if flags is None:
+        logger.info("this CPU has neither AVX-512F nor AVX2: attention gathers the KV cache for PyTorch's SDPA")
         return False
     logger.info("loading the paged attention kernel (a first start on this machine compiles it)")
-    return build_kernel("preheat_attention", SOURCE, _FLAGS, what="paged attention kernel",
+    return build_kernel("preheat_attention", SOURCE, flags, what="paged attention kernel",
                         fallback="attention gathers the KV cache for PyTorch's SDPA")
 
 

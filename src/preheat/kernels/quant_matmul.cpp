@@ -2,11 +2,12 @@
 // 4-bit codes 0..15 (GGUF's Q4_1) or 8-bit codes 0..255 (GGUF's Q8_0, shifted: m = -128 d),
 // d and m per group (or per 16 inputs, as GGUF's Q6_K needs; see gguf_repack.py).
 // The activations are rounded to int16 per group of 32 (scale = max |x| / 32767), so the
-// inner product is an exact integer one on AVX-512 VNNI (32 multiply-adds per instruction)
-// and the result stays within float rounding of the float product with the same weights.
+// inner product is an exact integer one (int16 pairs multiplied and summed into int32: one
+// instruction per 32 on AVX-512 VNNI, two per 16 on AVX2) and the result stays within float
+// rounding of the float product with the same weights.
 // (llama.cpp rounds activations to int8 instead, which can swap near-tied tokens.)
 //
-// Vector lanes run over 16 output features, so one weight register serves every
+// Vector lanes run over output features (16, or 8 on AVX2), so one weight register serves every
 // activation row of the block and results store without horizontal sums. Each output
 // element accumulates its groups in the same order whatever the batch size, and the
 // integer dot products are exact: a row's result never depends on the other rows.
@@ -38,16 +39,78 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
 namespace {
 
 constexpr int64_t kGroup = 32;
-constexpr int64_t kTile = 16;         // output rows per register
-constexpr int64_t kMaxRows = 8;       // activation rows per register block
+constexpr int64_t kTile = 16;         // output rows per tile of the packed layout
 constexpr float kActMax = 32767.f;    // activations become int16: near-exact, unlike int8
 constexpr float kTiny = 1e-30f;
+
+// The instruction set, chosen by the build flags (quant_matmul.py): AVX-512 VNNI runs a tile's
+// 16 rows in one register; AVX2 runs it as two halves of 8, each a pass of its own (AVX2 has
+// 16 vector registers, AVX-512 32). The integer dot products are exact on both, so both give
+// the same results.
+#if defined(__AVX512VNNI__)
+constexpr int64_t kLanes = 16;
+constexpr int kMaxRows = 8;           // activation rows per register block
+using VecF = __m512;
+using VecI = __m512i;
+inline VecF f_zero() { return _mm512_setzero_ps(); }
+inline VecF f_set(float v) { return _mm512_set1_ps(v); }
+inline VecF f_mul(VecF a, VecF b) { return _mm512_mul_ps(a, b); }
+inline VecF f_fmadd(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
+inline VecF f_from_i32(VecI a) { return _mm512_cvtepi32_ps(a); }
+inline void f_store(float* p, VecF a) { _mm512_storeu_ps(p, a); }
+inline VecF f_load(const uint8_t* p) { return _mm512_loadu_ps(reinterpret_cast<const float*>(p)); }
+inline VecF f_half(const uint8_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline VecF f_u8(const uint8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline VecF f_i8(const uint8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline VecI i_zero() { return _mm512_setzero_si512(); }
+inline VecI i_load(const uint8_t* p) { return _mm512_loadu_si512(p); }
+inline VecI i_set(int32_t v) { return _mm512_set1_epi32(v); }
+inline VecI i_and(VecI a, VecI b) { return _mm512_and_si512(a, b); }
+template <int N> VecI i_srli16(VecI a) { return _mm512_srli_epi16(a, N); }
+// acc + the int16 pairs of a times those of b, summed per 32-bit lane.
+inline VecI i_dot_pairs(VecI acc, VecI a, VecI b) { return _mm512_dpwssd_epi32(acc, a, b); }
+#else
+constexpr int64_t kLanes = 8;
+constexpr int kMaxRows = 6;           // 6 accumulators and 6 dot products fit beside the codes
+using VecF = __m256;
+using VecI = __m256i;
+inline VecF f_zero() { return _mm256_setzero_ps(); }
+inline VecF f_set(float v) { return _mm256_set1_ps(v); }
+inline VecF f_mul(VecF a, VecF b) { return _mm256_mul_ps(a, b); }
+inline VecF f_fmadd(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
+inline VecF f_from_i32(VecI a) { return _mm256_cvtepi32_ps(a); }
+inline void f_store(float* p, VecF a) { _mm256_storeu_ps(p, a); }
+inline VecF f_load(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
+inline VecF f_half(const uint8_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline VecF f_u8(const uint8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline VecF f_i8(const uint8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline VecI i_zero() { return _mm256_setzero_si256(); }
+inline VecI i_load(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline VecI i_set(int32_t v) { return _mm256_set1_epi32(v); }
+inline VecI i_and(VecI a, VecI b) { return _mm256_and_si256(a, b); }
+template <int N> VecI i_srli16(VecI a) { return _mm256_srli_epi16(a, N); }
+inline VecI i_dot_pairs(VecI acc, VecI a, VecI b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
+#endif
 
 // How scale and min are stored (see the header): per group of 32 as float16 or float32, per 16
 // as float32; or compact: float16 with an implied min, super-block factors (Q4_K), per 16 (Q6_K).
@@ -62,33 +125,41 @@ struct QuantizedRows {
   std::vector<float> sum16;    // [rows, groups, 2]: the same per 16 inputs (per-16 formats only)
 };
 
+// Group r of x rounded to int16 (to nearest even, as the vector conversion does); returns the
+// sums of codes of its two halves. Plain C++ that the compiler vectorizes for the target.
+void quantize_group(const float* x, float inv, int16_t* codes, int32_t* half_sums) {
+  int32_t c[kGroup];
+  for (int k = 0; k < kGroup; ++k) c[k] = static_cast<int32_t>(std::nearbyint(x[k] * inv));
+  // Pairs (0, 2) and (1, 3) of each quad meet the weight words that the dot product pairs up.
+  for (int k = 0; k < kGroup; k += 4) {
+    codes[k] = c[k], codes[k + 1] = c[k + 2], codes[k + 2] = c[k + 1], codes[k + 3] = c[k + 3];
+  }
+  half_sums[0] = half_sums[1] = 0;
+  for (int k = 0; k < kGroup; ++k) half_sums[k / 16] += c[k];
+}
+
 QuantizedRows quantize_rows(const float* x, int64_t rows, int64_t in, bool halves) {
   const int64_t n = rows * in / kGroup;
   QuantizedRows q{std::vector<int16_t>(rows * in), std::vector<float>(n), std::vector<float>(n),
                   std::vector<float>(halves ? 2 * n : 0)};
-  // Pairs (0, 2) and (1, 3) of each quad meet the weight words that VNNI pairs up.
-  const __m512i quad_order = _mm512_setr_epi32(0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15);
   for (int64_t r = 0; r < n; ++r) {
-    const __m512 a = _mm512_loadu_ps(x + r * kGroup);
-    const __m512 b = _mm512_loadu_ps(x + r * kGroup + 16);
-    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    const float* group = x + r * kGroup;
+    float amax = 0.f;
+    for (int k = 0; k < kGroup; ++k) amax = std::max(amax, std::fabs(group[k]));
     // Groups below 1e-30 round to zero: their inverse scale would overflow.
-    const __m512 inv = _mm512_set1_ps(amax > kTiny ? kActMax / amax : 0.f);
-    const __m512i ca = _mm512_cvtps_epi32(_mm512_mul_ps(a, inv));  // round to nearest even
-    const __m512i cb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inv));
-    auto* dst = reinterpret_cast<__m256i*>(q.codes.data() + r * kGroup);
-    _mm256_storeu_si256(dst, _mm512_cvtsepi32_epi16(_mm512_permutexvar_epi32(quad_order, ca)));
-    _mm256_storeu_si256(dst + 1, _mm512_cvtsepi32_epi16(_mm512_permutexvar_epi32(quad_order, cb)));
+    int32_t sums[2];
+    quantize_group(group, amax > kTiny ? kActMax / amax : 0.f, q.codes.data() + r * kGroup, sums);
     q.scale[r] = amax > kTiny ? amax / kActMax : 0.f;
-    q.sum[r] = q.scale[r] * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(ca, cb)));
-    if (halves) {  // ca holds inputs 0..15, cb 16..31: the halves a per-16 min multiplies
-      q.sum16[2 * r] = q.scale[r] * static_cast<float>(_mm512_reduce_add_epi32(ca));
-      q.sum16[2 * r + 1] = q.scale[r] * static_cast<float>(_mm512_reduce_add_epi32(cb));
+    q.sum[r] = q.scale[r] * static_cast<float>(sums[0] + sums[1]);
+    if (halves) {  // the halves a per-16 min multiplies
+      q.sum16[2 * r] = q.scale[r] * static_cast<float>(sums[0]);
+      q.sum16[2 * r + 1] = q.scale[r] * static_cast<float>(sums[1]);
     }
   }
   return q;
 }
 
+// One pass over a tile: rows lane0 .. lane0 + kLanes - 1 of its 16.
 struct TileArgs {
   const uint8_t* codes;    // this tile's [groups, 64 * bits]
   const uint8_t* scale;    // this tile's scale bytes, in the format's layout
@@ -96,69 +167,57 @@ struct TileArgs {
   const int16_t* x;        // first activation row of the block
   const float* x_scale;    // [rows, groups]
   const float* x_sum;      // [rows, groups], or [rows, groups, 2] per 16 inputs
-  float* y;                // y[0, tile * 16]
-  int64_t groups, in, out;
+  float* y;                // y[0, tile * 16 + lane0]
+  int64_t groups, in, out, lane0;
 };
-
-__m512 half16(const uint8_t* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-__m512 float32x16(const uint8_t* p) { return _mm512_loadu_ps(reinterpret_cast<const float*>(p)); }
-__m512 u8x16(const uint8_t* p) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-}
-__m512 i8x16(const uint8_t* p) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-}
 
 // The super-block factors of groups g .. g + 7 (g a multiple of 8): d and -dmin, or d alone.
 template <Scales S>
-void load_super(const TileArgs& a, int64_t g, __m512* super) {
+void load_super(const TileArgs& a, int64_t g, VecF* super) {
+  const int64_t half = a.lane0 * 2;  // bytes before this pass's first row in a float16 vector
   if constexpr (S == Scales::kSuper) {
-    super[0] = half16(a.min + (g / 8) * 64);
-    super[1] = half16(a.min + (g / 8) * 64 + 32);
+    super[0] = f_half(a.min + (g / 8) * 64 + half);
+    super[1] = f_half(a.min + (g / 8) * 64 + 32 + half);
   } else if constexpr (S == Scales::kSuper16) {
-    super[0] = half16(a.min + (g / 8) * 32);
+    super[0] = f_half(a.min + (g / 8) * 32 + half);
   }
 }
 
-// The 16 rows' scale d and min m for group g (and half `part` of it, per 16 inputs), in float32.
-// The compact formats' products are exact: the same floats as the float32 formats hold.
+// The pass's rows' scale d and min m for group g (and half `part` of it, per 16 inputs), in
+// float32. The compact formats' products are exact: the same floats as the float32 formats hold.
 template <Scales S>
-void load_scales(const TileArgs& a, const __m512* super, int64_t g, int part, __m512& d, __m512& m) {
+void load_scales(const TileArgs& a, const VecF* super, int64_t g, int part, VecF& d, VecF& m) {
+  const int64_t half = a.lane0 * 2, single = a.lane0 * 4, byte = a.lane0;
   if constexpr (S == Scales::kHalf) {
-    d = half16(a.scale + g * 32);
-    m = half16(a.min + g * 32);
+    d = f_half(a.scale + g * 32 + half);
+    m = f_half(a.min + g * 32 + half);
   } else if constexpr (S == Scales::kFloat) {
-    d = float32x16(a.scale + g * 64);
-    m = float32x16(a.min + g * 64);
+    d = f_load(a.scale + g * 64 + single);
+    m = f_load(a.min + g * 64 + single);
   } else if constexpr (S == Scales::kFloatHalves) {
-    d = float32x16(a.scale + (2 * g + part) * 64);
-    m = float32x16(a.min + (2 * g + part) * 64);
+    d = f_load(a.scale + (2 * g + part) * 64 + single);
+    m = f_load(a.min + (2 * g + part) * 64 + single);
   } else if constexpr (S == Scales::kHalfImplied) {
-    d = half16(a.scale + g * 32);
-    m = _mm512_mul_ps(d, _mm512_set1_ps(*reinterpret_cast<const float*>(a.min)));
+    d = f_half(a.scale + g * 32 + half);
+    m = f_mul(d, f_set(*reinterpret_cast<const float*>(a.min)));
   } else if constexpr (S == Scales::kSuper) {
-    d = _mm512_mul_ps(super[0], u8x16(a.scale + g * 32));
-    m = _mm512_mul_ps(super[1], u8x16(a.scale + g * 32 + 16));
+    d = f_mul(super[0], f_u8(a.scale + g * 32 + byte));
+    m = f_mul(super[1], f_u8(a.scale + g * 32 + 16 + byte));
   } else {  // kSuper16
-    d = _mm512_mul_ps(super[0], i8x16(a.scale + (2 * g + part) * 16));
-    m = _mm512_mul_ps(d, _mm512_set1_ps(-32.f));
+    d = f_mul(super[0], f_i8(a.scale + (2 * g + part) * 16 + byte));
+    m = f_mul(d, f_set(-32.f));
   }
 }
 
-// The codes of one tile and group as 8 registers; register j pairs with inputs 4j..4j+3.
+// The pass's codes of quad j of a group (src: the group's codes), lane l's inputs 4j..4j+3.
+// Loaded where used: keeping a group's 8 code registers live spills AVX2's 16 registers.
 template <int Bits>
-void load_codes(const uint8_t* src, __m512i* w) {
+VecI code_register(const uint8_t* src, int j) {
   if constexpr (Bits == 8) {
-    for (int j = 0; j < 8; ++j) w[j] = _mm512_loadu_si512(src + j * 64);
-  } else {
-    const __m512i nibble = _mm512_set1_epi8(0x0F);
-    for (int p = 0; p < 4; ++p) {
-      const __m512i v = _mm512_loadu_si512(src + p * 64);
-      w[2 * p] = _mm512_and_si512(v, nibble);
-      w[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
-    }
+    return i_load(src + j * 64);
+  } else {  // quads 2p and 2p + 1 share chunk p: low and high nibble
+    const VecI v = i_load(src + (j / 2) * 64);
+    return i_and(j % 2 ? i_srli16<4>(v) : v, i_set(0x0F0F0F0F));
   }
 }
 
@@ -167,52 +226,48 @@ void tile_block(const TileArgs& a) {
   // A scale and min per 16 inputs split each group's dot product in two halves of 4 quads.
   constexpr int kParts = per_16(S) ? 2 : 1;
   constexpr int kQuads = 8 / kParts;
-  __m512 acc[Rows];
-  for (int i = 0; i < Rows; ++i) acc[i] = _mm512_setzero_ps();
-  __m512 super[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  VecF acc[Rows];
+  for (int i = 0; i < Rows; ++i) acc[i] = f_zero();
+  VecF super[2] = {f_zero(), f_zero()};
   for (int64_t g = 0; g < a.groups; ++g) {
     if (g % 8 == 0) load_super<S>(a, g, super);
-    __m512i w[8];
-    load_codes<Bits>(a.codes + g * Bits * 64, w);
+    const uint8_t* codes = a.codes + g * Bits * 64 + a.lane0 * 4;  // each row's 4 bytes of a chunk
     for (int part = 0; part < kParts; ++part) {
-      __m512 d, m;
+      VecF d, m;
       load_scales<S>(a, super, g, part, d, m);
-      __m512i dot[Rows];
-      for (int i = 0; i < Rows; ++i) dot[i] = _mm512_setzero_si512();
-      const __m512i low_bytes = _mm512_set1_epi32(0x00FF00FF);
+      VecI dot[Rows];
+      for (int i = 0; i < Rows; ++i) dot[i] = i_zero();
+      const VecI low_bytes = i_set(0x00FF00FF);
       for (int j = part * kQuads; j < (part + 1) * kQuads; ++j) {
         // Widen lane l's codes at inputs 4j + (0, 2) and 4j + (1, 3) to int16 pairs.
-        const __m512i even = _mm512_and_si512(w[j], low_bytes);
-        const __m512i odd = _mm512_srli_epi16(w[j], 8);
+        const VecI w = code_register<Bits>(codes, j);
+        const VecI even = i_and(w, low_bytes);
+        const VecI odd = i_srli16<8>(w);
         for (int i = 0; i < Rows; ++i) {
           const auto* xq = reinterpret_cast<const int32_t*>(a.x + i * a.in + g * kGroup + 4 * j);
-          dot[i] = _mm512_dpwssd_epi32(dot[i], even, _mm512_set1_epi32(xq[0]));
-          dot[i] = _mm512_dpwssd_epi32(dot[i], odd, _mm512_set1_epi32(xq[1]));
+          dot[i] = i_dot_pairs(dot[i], even, i_set(xq[0]));
+          dot[i] = i_dot_pairs(dot[i], odd, i_set(xq[1]));
         }
       }
       for (int i = 0; i < Rows; ++i) {
         const int64_t r = i * a.groups + g;
         // sum_k (d c_k + m) s x_k = d s (c . x) + m (s sum_k x_k)
-        const __m512 ds = _mm512_mul_ps(d, _mm512_set1_ps(a.x_scale[r]));
-        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i]), ds, acc[i]);
-        acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.x_sum[r * kParts + part]), acc[i]);
+        const VecF ds = f_mul(d, f_set(a.x_scale[r]));
+        acc[i] = f_fmadd(f_from_i32(dot[i]), ds, acc[i]);
+        acc[i] = f_fmadd(m, f_set(a.x_sum[r * kParts + part]), acc[i]);
       }
     }
   }
-  for (int i = 0; i < Rows; ++i) _mm512_storeu_ps(a.y + i * a.out, acc[i]);
+  for (int i = 0; i < Rows; ++i) f_store(a.y + i * a.out, acc[i]);
 }
 
-template <int Bits, Scales S>
+// A block of `rows` activation rows (1 .. kMaxRows), each count compiled with its own registers.
+template <int Bits, Scales S, int R = 1>
 void run_block(int64_t rows, const TileArgs& a) {
-  switch (rows) {
-    case 1: return tile_block<Bits, 1, S>(a);
-    case 2: return tile_block<Bits, 2, S>(a);
-    case 3: return tile_block<Bits, 3, S>(a);
-    case 4: return tile_block<Bits, 4, S>(a);
-    case 5: return tile_block<Bits, 5, S>(a);
-    case 6: return tile_block<Bits, 6, S>(a);
-    case 7: return tile_block<Bits, 7, S>(a);
-    default: return tile_block<Bits, 8, S>(a);
+  if constexpr (R == kMaxRows) {
+    tile_block<Bits, R, S>(a);
+  } else {
+    rows == R ? tile_block<Bits, R, S>(a) : run_block<Bits, S, R + 1>(rows, a);
   }
 }
 
@@ -280,18 +335,20 @@ at::Tensor quant_matmul(const at::Tensor& input, const at::Tensor& codes, const 
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows) {
-        const TileArgs a{codes_p + t * groups * bits * 64, scale_p + t * tile_scales,
-                         min_p + t * tile_mins, q.codes.data() + r0 * in,
-                         q.scale.data() + r0 * groups, x_sum + r0 * groups * parts,
-                         y_p + r0 * out + t * kTile, groups, in, out};
-        const int64_t n = std::min(kMaxRows, rows - r0);
-        switch (format) {
-          case Scales::kHalf: run_block<Scales::kHalf>(bits, n, a); break;
-          case Scales::kFloat: run_block<Scales::kFloat>(bits, n, a); break;
-          case Scales::kFloatHalves: run_block<Scales::kFloatHalves>(bits, n, a); break;
-          case Scales::kHalfImplied: run_block<Scales::kHalfImplied>(bits, n, a); break;
-          case Scales::kSuper: run_block<Scales::kSuper>(bits, n, a); break;
-          case Scales::kSuper16: run_block<Scales::kSuper16>(bits, n, a); break;
+        for (int64_t lane0 = 0; lane0 < kTile; lane0 += kLanes) {
+          const TileArgs a{codes_p + t * groups * bits * 64, scale_p + t * tile_scales,
+                           min_p + t * tile_mins, q.codes.data() + r0 * in,
+                           q.scale.data() + r0 * groups, x_sum + r0 * groups * parts,
+                           y_p + r0 * out + t * kTile + lane0, groups, in, out, lane0};
+          const int64_t n = std::min<int64_t>(kMaxRows, rows - r0);
+          switch (format) {
+            case Scales::kHalf: run_block<Scales::kHalf>(bits, n, a); break;
+            case Scales::kFloat: run_block<Scales::kFloat>(bits, n, a); break;
+            case Scales::kFloatHalves: run_block<Scales::kFloatHalves>(bits, n, a); break;
+            case Scales::kHalfImplied: run_block<Scales::kHalfImplied>(bits, n, a); break;
+            case Scales::kSuper: run_block<Scales::kSuper>(bits, n, a); break;
+            case Scales::kSuper16: run_block<Scales::kSuper16>(bits, n, a); break;
+          }
         }
       }
     }

@@ -3,15 +3,17 @@
 PyTorch's int4 CPU kernel converts weights to floats and multiplies in float, so eight
 rows cost three times one row, which caps batched decoding. This kernel multiplies 4-bit
 (Q4_1) or 8-bit (Q8_0) weight codes by activations rounded to int16 per group of 32,
-as exact integer dot products on AVX-512 VNNI, so a batch of decode rows costs little
-more than one, and results stay within float rounding of the dequantized model.
+as exact integer dot products (on AVX-512 VNNI, or AVX2 at about half the pace per cycle),
+so a batch of decode rows costs little more than one, and results stay within float rounding
+of the dequantized model.
 ``pack`` quantizes float weights into that form; ``gguf_repack.repack`` moves a GGUF
 file's own blocks (Q4_0 ... Q6_K, IQ4) into it without changing a weight, keeping K-quants'
 super-block scales compact (the kernel multiplies them out exactly), or a scale per 16 inputs
 where the file's need them.
 
-It needs a CPU with AVX-512 VNNI and a C++ compiler (ninja comes with preheat). Where
-either is missing, ``load_quant_kernel`` says so once and returns False, and callers use
+It needs a CPU with AVX-512 VNNI, or AVX2 with FMA and F16C, and a C++ compiler (ninja comes
+with preheat); both instruction sets build from one source and give the same results. Where
+neither is there, ``load_quant_kernel`` says so once and returns False, and callers use
 PyTorch's kernels instead.
 """
 from __future__ import annotations
@@ -23,14 +25,15 @@ from pathlib import Path
 
 import torch
 
-from preheat.kernels.build import build_kernel
+from preheat.kernels.build import build_kernel, cpu_runs
 
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("quant_matmul.cpp")
 GROUP = 32  # inputs per scale/min pair, as in GGUF's Q4_1 and Q8_0
-TILE = 16  # output rows per AVX-512 register
-_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"]
+TILE = 16  # output rows per tile of the packed layout (an AVX-512 register)
+_VNNI_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"]
+_AVX2_FLAGS = ["-O3", "-fopenmp", "-mavx2", "-mf16c", "-mfma"]
 
 
 @dataclass
@@ -59,19 +62,21 @@ class PackedWeight:
     min: torch.Tensor  # see above
 
 
-def cpu_has_vnni() -> bool:
-    caps = torch.cpu.get_capabilities()
-    return all(caps.get(f, False) for f in ("avx512_f", "avx512_bw", "avx512_vl", "avx512_vnni"))
+def kernel_isa() -> str | None:
+    """The instruction set the kernel is built for on this CPU: "AVX-512 VNNI", "AVX2" or None."""
+    return "AVX-512 VNNI" if cpu_runs("avx512_vnni") else "AVX2" if cpu_runs("avx2") else None
 
 
 @functools.cache
 def load_quant_kernel() -> bool:
     """Register ``torch.ops.preheat.quant_matmul``, compiling it on a first run; False if it cannot run."""
-    if not cpu_has_vnni():
-        logger.info("this CPU lacks AVX-512 VNNI: quantized weights use PyTorch's kernels")
+    isa = kernel_isa()
+    if isa is None:
+        logger.info("this CPU has neither AVX-512 VNNI nor AVX2: quantized weights use PyTorch's kernels")
         return False
-    logger.info("loading the VNNI matmul kernel (a first start on this machine compiles it, ~10 s)")
-    return build_kernel("preheat_quant", SOURCE, _FLAGS, what="VNNI matmul kernel",
+    logger.info("loading the %s matmul kernel (a first start on this machine compiles it, ~10 s)", isa)
+    flags = _VNNI_FLAGS if isa == "AVX-512 VNNI" else _AVX2_FLAGS
+    return build_kernel("preheat_quant", SOURCE, flags, what=f"{isa} matmul kernel",
                         fallback="quantized weights use PyTorch's kernels")
 
 

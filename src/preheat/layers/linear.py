@@ -6,10 +6,10 @@ and minimum per group (the layout of GGUF's Q4_1, so Q4_1 weights convert
 without loss in the codes): a quarter of fp16's memory traffic, which is what
 bounds decoding on a CPU. Two kernels run them:
 
-- ``QuantLinear``: preheat's AVX-512 VNNI kernel (integer dot products with the
-  activations rounded to int16); a batch of rows costs little more than one. It
-  also runs 8-bit (Q8_0) weights, for the LM head.
-- ``Int4Linear``: PyTorch's int4 CPU kernel in bf16, for CPUs without VNNI.
+- ``QuantLinear``: preheat's kernel (integer dot products with the activations
+  rounded to int16, on AVX-512 VNNI or AVX2); a batch of rows costs little more
+  than one. It also runs 8-bit (Q8_0) weights, for the LM head.
+- ``Int4Linear``: PyTorch's int4 CPU kernel in bf16, for CPUs with neither.
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None,
 
 
 def make_head(weight: torch.Tensor, quantized: bool) -> Linear | QuantLinear:
-    """The LM head: 8-bit on the VNNI kernel, else bf16, when decoder weights are quantized."""
+    """The LM head: 8-bit on preheat's kernel, else bf16, when decoder weights are quantized."""
     if not quantized:
         return Linear(weight)
     return QuantLinear(weight, bits=8) if load_quant_kernel() else Linear(weight.to(torch.bfloat16))

@@ -17,7 +17,7 @@ from preheat.loader.gguf_file import GGUFFile, GGUFFormatError
 from preheat.loader.model_path import is_gguf, model_path
 from preheat.models import registry
 
-# Repacked block for block onto the VNNI kernel (kernels/gguf_repack.py), or float.
+# Repacked block for block onto the quantized matmul kernel (kernels/gguf_repack.py), or float.
 QUANTIZED_TYPES = (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS)
 FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16)
 RUNNABLE_TYPES = frozenset(QUANTIZED_TYPES + FLOAT_TYPES)

@@ -39,7 +39,7 @@ class DecoderModel:
     """``forward`` returns final hidden states; ``logits`` projects the rows that get sampled.
 
     ``weight_format`` is how the matmuls hold their weights (``models/weights.py``):
-    "native" (a quantized file's own weights on the VNNI kernel), "dense" or "int4".
+    "native" (a quantized file's own weights on the quantized matmul kernel), "dense" or "int4".
     """
 
     def __init__(self, cfg: ModelConfig, parts: DecoderParts, device: torch.device, dtype: torch.dtype,

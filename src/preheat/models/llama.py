@@ -1,8 +1,8 @@
 """The Llama family: Llama 2/3 (llama3 RoPE scaling included), SmolLM2, Mistral and Qwen2
 (which adds biases on the q/k/v projections).
 
-Pure decode steps run on a fused C++ decoder stack when every matmul is on the VNNI
-kernel (``kernels/decode_stack.cpp``); every other step runs the blocks from Python.
+Pure decode steps run on a fused C++ decoder stack when every matmul is on preheat's
+quantized kernel (``kernels/decode_stack.cpp``); every other step runs the blocks from Python.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class LlamaModel(DecoderModel):
 
 def fused_decode_stack(cfg: ModelConfig, blocks: list[PreNormBlock]):
     """``PreNormBlock.__call__`` for every layer in one C++ call, for pure decode steps
-    (``kernels/decode_stack.cpp``); None unless every linear runs on the VNNI kernel."""
+    (``kernels/decode_stack.cpp``); None unless every linear runs on the quantized kernel."""
     linears = [(b.attn.qkv, b.attn.o, b.mlp.gate_up, b.mlp.down) for b in blocks]
     if not all(type(lin) is QuantLinear for group in linears for lin in group):
         return None

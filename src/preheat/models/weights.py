@@ -4,7 +4,7 @@ A family asks for tensors by their Hugging Face names; a ``Weights`` source answ
 a GGUF file, a safetensors folder or a dict, one tensor at a time. ``WeightBuilder`` turns
 them into the engine's layout as the weight format says:
 
-- ``auto``: a quantized tensor is repacked, block for block, into preheat's VNNI kernel
+- ``auto``: a quantized tensor is repacked, block for block, into preheat's quantized matmul kernel
   layout (``kernels/gguf_repack.py``): every weight keeps the value the file gives it, and
   nothing is ever expanded to floats. Float tensors (and everything, where that kernel
   cannot run) are dense in the model's dtype.
