@@ -88,9 +88,9 @@ def test_memory_per_weight(ggml_type):
         assert nbytes * 8 / (32 * 512) == bits_per_weight(ggml_type, compact)
         assert bits_per_weight(ggml_type, compact) >= file_bits
     compact = {T.Q4_0: 4.5, T.Q4_1: 5, T.Q5_0: 8.5, T.Q5_1: 9, T.Q8_0: 8.5, T.IQ4_NL: 8.5,
-               T.Q4_K: 4.625, T.Q5_K: 8.625, T.IQ4_XS: 10, T.Q6_K: 8.5625}
+               T.Q4_K: 4.625, T.Q5_K: 8.625, T.IQ4_XS: 10, T.Q6_K: 6.5625}
     plain = {T.Q4_0: 5, T.Q4_1: 5, T.Q5_0: 9, T.Q5_1: 9, T.Q8_0: 9, T.IQ4_NL: 9,
-             T.Q4_K: 6, T.Q5_K: 10, T.IQ4_XS: 10, T.Q6_K: 12}
+             T.Q4_K: 6, T.Q5_K: 10, T.IQ4_XS: 10, T.Q6_K: 10}
     assert bits_per_weight(ggml_type) == compact[ggml_type]
     assert bits_per_weight(ggml_type, compact=False) == plain[ggml_type]
 

@@ -6,8 +6,9 @@ Q6_K) with small integer codes, which is what the kernel multiplies, so the file
 moved bit for bit into the kernel's layout and its scales become the kernel's scale and min:
 
 - Q4_0 (d, min -8d), Q4_1 (d, m), Q4_K (d * s_j, -dmin * m_j): 4-bit codes;
-- Q5_0, Q5_1, Q5_K, Q8_0 (code + 128), Q6_K (per-16 scales): 8-bit codes, the fifth and
-  sixth bits being what no 4-bit code can hold;
+- Q6_K (per-16 scales): 6-bit codes, as the file has them;
+- Q5_0, Q5_1, Q5_K, Q8_0 (code + 128): 8-bit codes, the fifth bit being what no 4-bit code
+  can hold;
 - IQ4_NL, IQ4_XS: their table values are integers in [-127, 113], so code = value + 128
   with min -128 * scale: 8-bit codes.
 
@@ -16,7 +17,8 @@ in float32 exactly (``quant_matmul.cpp``'s header has the layouts):
 
 - Q4_K, Q5_K ("super-blocks"): uint8 s_j and m_j per 32 inputs, float16 d and -dmin per 256;
   4.625 bits a weight for Q4_K (the file: 4.5), 8.625 for Q5_K's 8-bit codes;
-- Q6_K ("symmetric per 16"): int8 s per 16 inputs, float16 d per 256, min -32 * scale: 8.5625;
+- Q6_K ("symmetric per 16"): int8 s per 16 inputs, float16 d per 256, min -32 * scale: 6.5625,
+  as in the file;
 - Q4_0, Q5_0, Q8_0, IQ4_NL ("implied min"): float16 d per 32, min = -8, -16 or -128 times d,
   the factor a float32 per tile of 16 rows;
 - Q4_1, Q5_1: float16 scale and min per 32, as the file's; IQ4_XS: float32 d * ls and
@@ -51,7 +53,7 @@ _CHUNK_BYTES = 4 << 20  # file bytes repacked at a time: the temporaries stay a 
 _IQ4_CODES = (np.array(IQ4_NL.kvalues, dtype=np.int16) + 128).astype(np.uint16)
 _IQ4_PAIRS = _IQ4_CODES[np.arange(256) & 15] | (_IQ4_CODES[np.arange(256) >> 4] << 8)
 
-# What a decoder returns for a chunk of rows: the codes as int32 words [rows, groups, 4 or 8]
+# What a decoder returns for a chunk of rows: the codes as int32 words [rows, groups, 4, 6 or 8]
 # (word j holds the 4 bytes the kernel reads for chunk j), and float32 scale, min [rows, groups]
 # or, per 16 inputs, [rows, groups, 2]; for the super-block types instead the file's factors,
 # sub [rows, groups, 2] and super [rows, blocks (, 2)] (see _Layout.compact).
@@ -201,7 +203,17 @@ def _q6_k(blocks: torch.Tensor) -> Decoded:
     high = ((qh >> torch.arange(0, 8, 2, dtype=torch.int32)[:, None]) & 0x03030303) << 4
     codes = low.reshape(*high.shape[:2], 64) | high.reshape(*high.shape[:2], 64)  # 6-bit q
     sub = blocks[..., 192:208].view(torch.int8).float().reshape(rows, -1, 2)  # s per 16 inputs
-    return codes.reshape(rows, -1, 8), sub, _f16(blocks, 208)
+    return _six_bit_chunks(codes.reshape(rows, -1, 8)), sub, _f16(blocks, 208)
+
+
+def _six_bit_chunks(words: torch.Tensor) -> torch.Tensor:
+    """Words [rows, groups, 8] of 6-bit codes as bytes (word j: inputs 4j..4j+3) -> the
+    kernel's 6 chunks: the low 4 bits paired as 4-bit codes are, then 2 high bits a quad."""
+    low = (words[..., 0::2] & _LOW) | ((words[..., 1::2] & _LOW) << 4)
+    two = (words >> 4) & 0x03030303
+    quads = two.unflatten(-1, (2, 4)) << (2 * torch.arange(4, dtype=torch.int32))
+    high = quads[..., 0] | quads[..., 1] | quads[..., 2] | quads[..., 3]
+    return torch.cat([low, high], dim=-1)
 
 
 def _iq4_codes(qs: torch.Tensor) -> torch.Tensor:
@@ -236,7 +248,7 @@ _LAYOUTS: dict[GGMLQuantizationType, _Layout] = {
     _T.Q8_0: _Layout(8, True, False, _q8_0, "implied", -128),
     _T.Q4_K: _Layout(4, False, False, _q4_k, "super"),
     _T.Q5_K: _Layout(8, False, False, _q5_k, "super"),
-    _T.Q6_K: _Layout(8, False, True, _q6_k, "super16"),
+    _T.Q6_K: _Layout(6, False, True, _q6_k, "super16"),
     _T.IQ4_NL: _Layout(8, True, False, _iq4_nl, "implied", -128),
     _T.IQ4_XS: _Layout(8, False, False, _iq4_xs),
 }
@@ -336,9 +348,12 @@ def unpack_rows(pw: PackedWeight, rows: torch.Tensor, in_features: int) -> torch
     tile, lane = rows // TILE, rows % TILE
     words = pw.codes.view(torch.int32).view(tiles, groups, width // 64, TILE)[tile, :, :, lane]
     # [rows, groups, chunk j, byte kk]: input 4j + kk, or for 4 bits 8j + kk and 8j + 4 + kk
-    b = words.contiguous().view(torch.uint8).view(len(rows), groups, -1, 4)
-    if width == 256:
-        b = torch.stack([b & 0x0F, b >> 4], dim=-2)
+    raw = words.contiguous().view(torch.uint8).view(len(rows), groups, -1, 4)
+    b = raw if width == 512 else torch.stack([raw[:, :, :4] & 0x0F, raw[:, :, :4] >> 4], dim=-2)
+    b = b.reshape(len(rows), groups, 8, 4)  # [rows, groups, quad, kk]
+    if width == 384:  # 6 bits: chunk 4 + c holds quad 4c + q's high bits at bits 2q, 2q + 1
+        shifts = 2 * torch.arange(4, dtype=torch.uint8)[:, None]
+        b = b | (((raw[:, :, 4:, None, :] >> shifts) & 3) << 4).reshape(b.shape)
     scale, low = (t.reshape(len(rows), -1, 1) for t in _float_scales(pw, tile, lane))
     codes = b.reshape(len(rows), scale.shape[1], -1).float()  # [rows, scales, inputs per scale]
     w = codes * scale

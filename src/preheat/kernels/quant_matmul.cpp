@@ -1,5 +1,6 @@
 // y = x @ W.T for weights quantized per group of 32 inputs as w = d * code + m, with
-// 4-bit codes 0..15 (GGUF's Q4_1) or 8-bit codes 0..255 (GGUF's Q8_0, shifted: m = -128 d),
+// 4-bit codes 0..15 (GGUF's Q4_1), 6-bit codes 0..63 (GGUF's Q6_K) or 8-bit codes 0..255
+// (GGUF's Q8_0, shifted: m = -128 d),
 // d and m per group (or per 16 inputs, as GGUF's Q6_K needs; see gguf_repack.py).
 // The activations are rounded to int16 per group of 32 (scale = max |x| / 32767), so the
 // inner product is an exact integer one (int16 pairs multiplied and summed into int32: one
@@ -15,6 +16,9 @@
 // Packed weight layout, per tile of 16 output rows and group g of 32 inputs (offset g * 32):
 //   4-bit codes [tiles, groups, 4, 64] uint8: byte (l * 4 + kk) of chunk p holds the codes
 //     of output row l at inputs 8p + kk (low nibble) and 8p + 4 + kk (high nibble);
+//   6-bit codes [tiles, groups, 6, 64] uint8: chunks 0-3 hold the codes' low 4 bits as the
+//     4-bit layout does; byte (l * 4 + kk) of chunk 4 + c holds, at bits 2q and 2q + 1, the
+//     high 2 bits of row l's code at input 4 (4c + q) + kk;
 //   8-bit codes [tiles, groups, 8, 64] uint8: byte (l * 4 + kk) of chunk j holds the code
 //     of output row l at input 4j + kk;
 //   scale and min, one of (chosen from their dtypes and shapes):
@@ -80,7 +84,9 @@ inline VecI i_zero() { return _mm512_setzero_si512(); }
 inline VecI i_load(const uint8_t* p) { return _mm512_loadu_si512(p); }
 inline VecI i_set(int32_t v) { return _mm512_set1_epi32(v); }
 inline VecI i_and(VecI a, VecI b) { return _mm512_and_si512(a, b); }
+inline VecI i_or(VecI a, VecI b) { return _mm512_or_si512(a, b); }
 template <int N> VecI i_srli16(VecI a) { return _mm512_srli_epi16(a, N); }
+template <int N> VecI i_slli16(VecI a) { return _mm512_slli_epi16(a, N); }
 // acc + the int16 pairs of a times those of b, summed per 32-bit lane.
 inline VecI i_dot_pairs(VecI acc, VecI a, VecI b) { return _mm512_dpwssd_epi32(acc, a, b); }
 #else
@@ -108,7 +114,9 @@ inline VecI i_zero() { return _mm256_setzero_si256(); }
 inline VecI i_load(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 inline VecI i_set(int32_t v) { return _mm256_set1_epi32(v); }
 inline VecI i_and(VecI a, VecI b) { return _mm256_and_si256(a, b); }
+inline VecI i_or(VecI a, VecI b) { return _mm256_or_si256(a, b); }
 template <int N> VecI i_srli16(VecI a) { return _mm256_srli_epi16(a, N); }
+template <int N> VecI i_slli16(VecI a) { return _mm256_slli_epi16(a, N); }
 inline VecI i_dot_pairs(VecI acc, VecI a, VecI b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
 #endif
 
@@ -215,6 +223,12 @@ template <int Bits>
 VecI code_register(const uint8_t* src, int j) {
   if constexpr (Bits == 8) {
     return i_load(src + j * 64);
+  } else if constexpr (Bits == 6) {  // the low 4 bits as for 4-bit codes, then the high 2:
+    // quad j's sit at bits 2 (j % 4) of chunk 4 + j / 4's bytes, and move to bits 4 and 5.
+    const VecI h = i_load(src + 256 + (j / 4) * 64);
+    const int q = j % 4;
+    const VecI high = q == 0 ? i_slli16<4>(h) : q == 1 ? i_slli16<2>(h) : q == 2 ? h : i_srli16<2>(h);
+    return i_or(code_register<4>(src, j), i_and(high, i_set(0x30303030)));
   } else {  // quads 2p and 2p + 1 share chunk p: low and high nibble
     const VecI v = i_load(src + (j / 2) * 64);
     return i_and(j % 2 ? i_srli16<4>(v) : v, i_set(0x0F0F0F0F));
@@ -273,7 +287,9 @@ void run_block(int64_t rows, const TileArgs& a) {
 
 template <Scales S>
 void run_block(int64_t bits, int64_t rows, const TileArgs& a) {
-  bits == 8 ? run_block<8, S>(rows, a) : run_block<4, S>(rows, a);
+  if (bits == 8) return run_block<8, S>(rows, a);
+  if (bits == 6) return run_block<6, S>(rows, a);
+  run_block<4, S>(rows, a);
 }
 
 // The scale/min format from the tensors' dtypes and shapes (see the header).
@@ -311,8 +327,8 @@ at::Tensor quant_matmul(const at::Tensor& input, const at::Tensor& codes, const 
               "x must be a floating-point tensor");
   const at::Tensor x = input.reshape({-1, input.size(-1)}).to(at::kFloat).contiguous();
   TORCH_CHECK(codes.dim() == 3 && codes.scalar_type() == at::kByte && codes.is_contiguous() &&
-                  (codes.size(2) == 256 || codes.size(2) == 512),
-              "codes must be [tiles, groups, 256 or 512] uint8 (4- or 8-bit)");
+                  (codes.size(2) == 256 || codes.size(2) == 384 || codes.size(2) == 512),
+              "codes must be [tiles, groups, 256, 384 or 512] uint8 (4-, 6- or 8-bit)");
   const int64_t bits = codes.size(2) / 64;
   const int64_t rows = x.size(0), in = x.size(1), tiles = codes.size(0), groups = codes.size(1);
   TORCH_CHECK(in == groups * kGroup, "x has ", in, " inputs, the weights ", groups * kGroup);

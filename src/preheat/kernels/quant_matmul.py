@@ -57,7 +57,7 @@ class PackedWeight:
     tile: rows of tiles concatenate along dim 0.
     """
 
-    codes: torch.Tensor  # [out / 16, in / 32, 64 * bits] uint8, bits 4 or 8
+    codes: torch.Tensor  # [out / 16, in / 32, 64 * bits] uint8, bits 4, 6 or 8
     scale: torch.Tensor  # see above
     min: torch.Tensor  # see above
 
