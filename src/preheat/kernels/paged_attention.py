@@ -35,12 +35,13 @@ _AVX2_FLAGS = ["-O3", "-fopenmp", "-mavx2", "-mf16c", "-mfma"]
 @functools.cache
 def load_attention_kernel() -> bool:
     """Register ``torch.ops.preheat.paged_decode_attention``, compiling it on a first run; False if it cannot run."""
-    flags = _AVX512_FLAGS if cpu_runs("avx512") else _AVX2_FLAGS if cpu_runs("avx2") else None
-    if flags is None:
+    isa = "AVX-512" if cpu_runs("avx512") else "AVX2" if cpu_runs("avx2") else None
+    if isa is None:
         logger.info("this CPU has neither AVX-512F nor AVX2: attention gathers the KV cache for PyTorch's SDPA")
         return False
-    logger.info("loading the paged attention kernel (a first start on this machine compiles it)")
-    return build_kernel("preheat_attention", SOURCE, flags, what="paged attention kernel",
+    logger.info("loading the %s paged attention kernel (a first start on this machine compiles it)", isa)
+    flags = _AVX512_FLAGS if isa == "AVX-512" else _AVX2_FLAGS
+    return build_kernel("preheat_attention", SOURCE, flags, what=f"{isa} paged attention kernel",
                         fallback="attention gathers the KV cache for PyTorch's SDPA")
 
 
