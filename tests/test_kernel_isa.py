@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from preheat.kernels.build import ISA_LIMIT_ENV, cpu_runs
+from preheat.kernels.build import AVX512, ISA_LIMIT_ENV, cpu_runs
 
 TESTS = Path(__file__).parent
 
@@ -37,7 +37,7 @@ def test_without_kernels_a_quantized_file_runs_dense_on_pytorch():
     assert out.splitlines()[-1] == "None False False dense"
 
 
-@pytest.mark.skipif(not cpu_runs("avx512"), reason="this CPU's kernels are AVX2 builds: the kernel tests run them")
+@pytest.mark.skipif(not cpu_runs(AVX512), reason="this CPU's kernels are AVX2 builds: the kernel tests run them")
 def test_the_avx2_build_passes_the_kernel_tests_on_an_avx512_cpu():
     assert run_python("from preheat.kernels.quant_matmul import kernel_isa; print(kernel_isa())",
                       limit="avx2") == "AVX2"

@@ -5,31 +5,47 @@ import hashlib
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 
 ISA_LIMIT_ENV = "PREHEAT_KERNEL_ISA"
-# What each build of the kernels needs of the CPU, by torch.cpu.get_capabilities()'s names.
-_FEATURES = {
-    "avx512_vnni": ("avx512_f", "avx512_bw", "avx512_vl", "avx512_vnni"),
-    "avx512": ("avx512_f",),
-    "avx2": ("avx2", "fma3", "f16c"),
-}
 
 
-def cpu_runs(isa: str) -> bool:
-    """Whether a kernel may be built for ``isa`` ("avx512_vnni", "avx512" or "avx2") here: the
-    CPU has it, and ``PREHEAT_KERNEL_ISA`` allows it ("avx2": no AVX-512 build, as on a CPU
-    without it; "none": no kernel at all, PyTorch's paths throughout)."""
+@dataclass(frozen=True)
+class Isa:
+    """An instruction set a kernel builds for: what the CPU must have (torch.cpu's names)
+    and the compiler flags that target it."""
+
+    name: str
+    features: tuple[str, ...]
+    flags: tuple[str, ...]
+
+
+AVX512_VNNI = Isa("AVX-512 VNNI", ("avx512_f", "avx512_bw", "avx512_vl", "avx512_vnni"),
+                  ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"))
+AVX512 = Isa("AVX-512", ("avx512_f",), ("-mavx512f", "-mf16c", "-mfma"))
+AVX2 = Isa("AVX2", ("avx2", "fma3", "f16c"), ("-mavx2", "-mf16c", "-mfma"))
+
+
+def cpu_runs(isa: Isa) -> bool:
+    """Whether a kernel may be built for ``isa`` here: the CPU has it, and
+    ``PREHEAT_KERNEL_ISA`` allows it ("avx2": no AVX-512 build, as on a CPU without it;
+    "none": no kernel at all, PyTorch's paths throughout)."""
     import torch
 
     limit = os.environ.get(ISA_LIMIT_ENV, "").lower()
-    if limit == "none" or (limit == "avx2" and isa != "avx2"):
+    if limit == "none" or (limit == "avx2" and isa != AVX2):
         return False
     caps = torch.cpu.get_capabilities()
-    return all(caps.get(f, False) for f in _FEATURES[isa])
+    return all(caps.get(f, False) for f in isa.features)
+
+
+def widest(*choices: Isa) -> Isa | None:
+    """The first of ``choices`` (widest first) that ``cpu_runs``, or None."""
+    return next((isa for isa in choices if cpu_runs(isa)), None)
 
 
 def _put_ninja_on_path() -> None:

@@ -22,26 +22,24 @@ from pathlib import Path
 
 import torch
 
-from preheat.kernels.build import build_kernel, cpu_runs
+from preheat.kernels.build import AVX2, AVX512, build_kernel, widest
 
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("paged_attention.cpp")
 CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_AVX512_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mf16c", "-mfma"]
-_AVX2_FLAGS = ["-O3", "-fopenmp", "-mavx2", "-mf16c", "-mfma"]
 
 
 @functools.cache
 def load_attention_kernel() -> bool:
     """Register ``torch.ops.preheat.paged_decode_attention``, compiling it on a first run; False if it cannot run."""
-    isa = "AVX-512" if cpu_runs("avx512") else "AVX2" if cpu_runs("avx2") else None
+    isa = widest(AVX512, AVX2)
     if isa is None:
         logger.info("this CPU has neither AVX-512F nor AVX2: attention gathers the KV cache for PyTorch's SDPA")
         return False
-    logger.info("loading the %s paged attention kernel (a first start on this machine compiles it)", isa)
-    flags = _AVX512_FLAGS if isa == "AVX-512" else _AVX2_FLAGS
-    return build_kernel("preheat_attention", SOURCE, flags, what=f"{isa} paged attention kernel",
+    logger.info("loading the %s paged attention kernel (a first start on this machine compiles it)", isa.name)
+    return build_kernel("preheat_attention", SOURCE, ["-O3", "-fopenmp", *isa.flags],
+                        what=f"{isa.name} paged attention kernel",
                         fallback="attention gathers the KV cache for PyTorch's SDPA")
 
 

@@ -25,15 +25,13 @@ from pathlib import Path
 
 import torch
 
-from preheat.kernels.build import build_kernel, cpu_runs
+from preheat.kernels.build import AVX2, AVX512_VNNI, build_kernel, widest
 
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("quant_matmul.cpp")
 GROUP = 32  # inputs per scale/min pair, as in GGUF's Q4_1 and Q8_0
 TILE = 16  # output rows per tile of the packed layout (an AVX-512 register)
-_VNNI_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"]
-_AVX2_FLAGS = ["-O3", "-fopenmp", "-mavx2", "-mf16c", "-mfma"]
 
 
 @dataclass
@@ -64,19 +62,19 @@ class PackedWeight:
 
 def kernel_isa() -> str | None:
     """The instruction set the kernel is built for on this CPU: "AVX-512 VNNI", "AVX2" or None."""
-    return "AVX-512 VNNI" if cpu_runs("avx512_vnni") else "AVX2" if cpu_runs("avx2") else None
+    isa = widest(AVX512_VNNI, AVX2)
+    return isa.name if isa else None
 
 
 @functools.cache
 def load_quant_kernel() -> bool:
     """Register ``torch.ops.preheat.quant_matmul``, compiling it on a first run; False if it cannot run."""
-    isa = kernel_isa()
+    isa = widest(AVX512_VNNI, AVX2)
     if isa is None:
         logger.info("this CPU has neither AVX-512 VNNI nor AVX2: quantized weights use PyTorch's kernels")
         return False
-    logger.info("loading the %s matmul kernel (a first start on this machine compiles it, ~10 s)", isa)
-    flags = _VNNI_FLAGS if isa == "AVX-512 VNNI" else _AVX2_FLAGS
-    return build_kernel("preheat_quant", SOURCE, flags, what=f"{isa} matmul kernel",
+    logger.info("loading the %s matmul kernel (a first start on this machine compiles it, ~10 s)", isa.name)
+    return build_kernel("preheat_quant", SOURCE, ["-O3", "-fopenmp", *isa.flags], what=f"{isa.name} matmul kernel",
                         fallback="quantized weights use PyTorch's kernels")
 
 
